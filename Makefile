@@ -1,0 +1,46 @@
+# `make dev` starts everything; `make test` runs every test. Both install what
+# is missing first (scripts/setup.sh).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+export WRANGLER_SEND_METRICS := false
+export CLOUDFLARE_CF_FETCH_ENABLED := false
+# worker-build would download these from GitHub; use the pinned local ones.
+export WASM_BINDGEN_BIN := $(HOME)/.cargo/bin/wasm-bindgen
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+
+RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
+
+.PHONY: help setup worker dev test test-unit test-e2e lint migrate
+
+help:
+	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
+	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
+
+setup:
+	@scripts/setup.sh
+
+worker: build/index.js
+
+build/index.js: $(RUST_SOURCES)
+	worker-build --release
+	@touch $@
+
+dev: setup worker
+	scripts/dev.sh
+
+test: setup
+	$(MAKE) lint test-unit worker test-e2e
+
+lint:
+	cargo fmt --all --check
+	cargo clippy -p wallet-core --all-targets -- -D warnings
+	cargo clippy -p ai-wallet --target wasm32-unknown-unknown -- -D warnings
+
+test-unit:
+	cargo test -p wallet-core
+
+test-e2e: worker
+	node --test --test-concurrency=1 tests/e2e/

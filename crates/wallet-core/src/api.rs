@@ -1,0 +1,725 @@
+//! The HTTP API's data: request bodies and their validation, the commands the
+//! Worker sends to an organization's Durable Object, response shapes, and the
+//! stable error codes every rejection maps to.
+
+use crate::config::WalletConfig;
+use crate::money::Credits;
+use crate::time::rfc3339;
+use crate::wallet::{Hold, LedgerEntry, Metadata, Rejection};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Largest request body accepted (16 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_ORG_ID_CHARS: usize = 64;
+pub const MAX_REF_ID_CHARS: usize = 128;
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+pub const MAX_METADATA_KEYS: usize = 20;
+pub const MAX_METADATA_KEY_CHARS: usize = 40;
+pub const MAX_METADATA_VALUE_CHARS: usize = 500;
+pub const LIST_LIMIT_DEFAULT: u32 = 50;
+pub const LIST_LIMIT_MAX: u32 = 100;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden,
+    WalletNotFound,
+    NotFound,
+    MethodNotAllowed,
+    InvalidJson(String),
+    InvalidRequest {
+        field: String,
+        message: String,
+    },
+    PayloadTooLarge,
+    IdempotencyKeyReused,
+    /// A signup repeated for an existing organization with another owner.
+    WalletOwnerConflict,
+    Rejected(Rejection),
+    Internal,
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden => 403,
+            ApiError::WalletNotFound | ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::InvalidJson(_) => 400,
+            ApiError::InvalidRequest { .. } => 422,
+            ApiError::PayloadTooLarge => 413,
+            ApiError::IdempotencyKeyReused | ApiError::WalletOwnerConflict => 409,
+            ApiError::Internal => 500,
+            ApiError::Rejected(r) => match r {
+                Rejection::InsufficientCredits { .. } => 402,
+                Rejection::DailyCapReached { .. } => 429,
+                Rejection::AmountOutOfRange { .. }
+                | Rejection::DailyCapOutOfRange { .. }
+                | Rejection::HoldTtlOutOfRange { .. }
+                | Rejection::CaptureExceedsHold { .. } => 422,
+                Rejection::HoldNotFound => 404,
+                Rejection::TooManyActiveHolds { .. }
+                | Rejection::HoldNotActive { .. }
+                | Rejection::HoldAlreadyClosed { .. }
+                | Rejection::BalanceOverflow => 409,
+            },
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::WalletNotFound => "wallet_not_found",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::WalletOwnerConflict => "wallet_owner_conflict",
+            ApiError::Internal => "internal_error",
+            ApiError::Rejected(r) => match r {
+                Rejection::InsufficientCredits { .. } => "insufficient_credits",
+                Rejection::DailyCapReached { .. } => "daily_cap_reached",
+                Rejection::AmountOutOfRange { .. }
+                | Rejection::DailyCapOutOfRange { .. }
+                | Rejection::HoldTtlOutOfRange { .. }
+                | Rejection::CaptureExceedsHold { .. } => "invalid_request",
+                Rejection::TooManyActiveHolds { .. } => "too_many_active_holds",
+                Rejection::HoldNotFound => "hold_not_found",
+                Rejection::HoldNotActive { .. } | Rejection::HoldAlreadyClosed { .. } => {
+                    "hold_not_active"
+                }
+                Rejection::BalanceOverflow => "balance_limit_reached",
+            },
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for `Retry-After`.
+    pub fn retry_after_seconds(&self, now: DateTime<Utc>) -> Option<i64> {
+        match self {
+            ApiError::Rejected(Rejection::DailyCapReached { resumes_at, .. }) => {
+                let ms = (*resumes_at - now).num_milliseconds().max(0);
+                Some((ms + 999) / 1000)
+            }
+            _ => None,
+        }
+    }
+
+    /// The JSON error body. Messages are written for people; nothing internal leaks.
+    pub fn body(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), json!(self.code()));
+        let message: String = match self {
+            ApiError::Unauthorized => "A valid bearer token is required.".into(),
+            ApiError::Forbidden => {
+                "This token may not perform this action on this organization.".into()
+            }
+            ApiError::WalletNotFound => "No wallet exists for this organization.".into(),
+            ApiError::NotFound => "No such route.".into(),
+            ApiError::MethodNotAllowed => "This route does not accept that method.".into(),
+            ApiError::InvalidJson(detail) => format!("The body is not valid JSON: {detail}"),
+            ApiError::InvalidRequest { field, message } => {
+                error.insert("field".into(), json!(field));
+                format!("{field} {message}")
+            }
+            ApiError::PayloadTooLarge => {
+                error.insert("limit_bytes".into(), json!(MAX_BODY_BYTES));
+                format!("The body is larger than {MAX_BODY_BYTES} bytes.")
+            }
+            ApiError::IdempotencyKeyReused => {
+                "This Idempotency-Key was already used with a different request.".into()
+            }
+            ApiError::WalletOwnerConflict => {
+                "This organization already has a wallet with a different owner.".into()
+            }
+            ApiError::Internal => {
+                "Something went wrong on our side; the request may be retried.".into()
+            }
+            ApiError::Rejected(r) => match r {
+                Rejection::InsufficientCredits {
+                    available,
+                    requested,
+                } => {
+                    error.insert("available".into(), json!(available));
+                    error.insert("requested".into(), json!(requested));
+                    "Not enough credits are available for this operation.".into()
+                }
+                Rejection::DailyCapReached {
+                    resumes_at,
+                    daily_cap,
+                    cap_remaining,
+                    requested,
+                } => {
+                    error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
+                    error.insert("daily_cap".into(), json!(daily_cap));
+                    error.insert("cap_remaining".into(), json!(cap_remaining));
+                    error.insert("requested".into(), json!(requested));
+                    "The daily spend cap is reached; AI features resume at 00:00 UTC.".into()
+                }
+                Rejection::AmountOutOfRange { max } => {
+                    error.insert("field".into(), json!("amount"));
+                    format!("amount must be greater than 0 and at most {max}")
+                }
+                Rejection::DailyCapOutOfRange { max } => {
+                    error.insert("field".into(), json!("daily_cap"));
+                    format!("daily_cap must be greater than 0 and at most {max}")
+                }
+                Rejection::HoldTtlOutOfRange { max_seconds } => {
+                    error.insert("field".into(), json!("ttl_seconds"));
+                    format!("ttl_seconds must be between 1 and {max_seconds}")
+                }
+                Rejection::CaptureExceedsHold { held, requested } => {
+                    error.insert("field".into(), json!("amount"));
+                    error.insert("held".into(), json!(held));
+                    error.insert("requested".into(), json!(requested));
+                    "amount must be between 0 and the held amount".into()
+                }
+                Rejection::TooManyActiveHolds { limit } => {
+                    error.insert("limit".into(), json!(limit));
+                    "Too many holds are active; capture or release some first.".into()
+                }
+                Rejection::HoldNotFound => "No such hold.".into(),
+                Rejection::HoldNotActive { status } | Rejection::HoldAlreadyClosed { status } => {
+                    error.insert("hold_status".into(), json!(status.as_str()));
+                    format!("The hold is {} and can no longer change.", status.as_str())
+                }
+                Rejection::BalanceOverflow => {
+                    "The balance would exceed the largest amount a wallet holds.".into()
+                }
+            },
+        };
+        error.insert("message".into(), json!(message));
+        json!({ "error": error })
+    }
+}
+
+/// Parses a JSON body into `T`, naming the offending field on failure.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::invalid("body", "must be a JSON object"),
+                Err(e) => ApiError::InvalidJson(e.to_string()),
+            },
+        );
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Syntax
+            | serde_json::error::Category::Eof
+            | serde_json::error::Category::Io => ApiError::InvalidJson(inner.to_string()),
+            serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
+        }
+    })?;
+    de.end().map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    Ok(value)
+}
+
+/// Turns serde's data error into a 422 naming the field.
+fn data_error(path: &str, message: &str) -> ApiError {
+    // serde's text is "... at line L column C"; the position adds nothing for a field error.
+    let message = message.split(" at line ").next().unwrap_or(message);
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string)
+    };
+    if let Some(field) = quoted("missing field `") {
+        return ApiError::invalid(&field, "is required");
+    }
+    if let Some(field) = quoted("unknown field `") {
+        return ApiError::invalid(&field, "is not a known field");
+    }
+    let field = if path.is_empty() || path == "." {
+        "body"
+    } else {
+        path
+    };
+    ApiError::invalid(field, message)
+}
+
+pub fn is_org_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_ORG_ID_CHARS
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn check_org_id(field: &str, text: &str) -> Result<(), ApiError> {
+    if is_org_id(text) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {MAX_ORG_ID_CHARS} characters of A-Z, a-z, 0-9, _ or -"),
+        ))
+    }
+}
+
+/// Caller references (user, project, customer ids): printable, bounded.
+fn check_ref_id(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.is_empty()
+        || text.chars().count() > MAX_REF_ID_CHARS
+        || text.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {MAX_REF_ID_CHARS} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_optional_ref(field: &str, text: &Option<String>) -> Result<(), ApiError> {
+    text.as_deref().map_or(Ok(()), |t| check_ref_id(field, t))
+}
+
+fn check_feature(feature: &str, config: &WalletConfig) -> Result<(), ApiError> {
+    if config.is_feature(feature) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "feature",
+            format!("must be one of: {}", config.features.join(", ")),
+        ))
+    }
+}
+
+fn check_metadata(metadata: &Option<Metadata>) -> Result<(), ApiError> {
+    let Some(metadata) = metadata else {
+        return Ok(());
+    };
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!("may have at most {MAX_METADATA_KEYS} keys"),
+        ));
+    }
+    for (key, value) in metadata {
+        if key.is_empty() || key.chars().count() > MAX_METADATA_KEY_CHARS {
+            return Err(ApiError::invalid(
+                "metadata",
+                format!("keys must be 1 to {MAX_METADATA_KEY_CHARS} characters"),
+            ));
+        }
+        if value.chars().count() > MAX_METADATA_VALUE_CHARS {
+            return Err(ApiError::invalid(
+                &format!("metadata.{key}"),
+                format!("must be at most {MAX_METADATA_VALUE_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_spend_amount(amount: Credits, config: &WalletConfig) -> Result<(), ApiError> {
+    if !amount.is_positive() || amount > config.max_operation {
+        return Err(ApiError::Rejected(Rejection::AmountOutOfRange {
+            max: config.max_operation,
+        }));
+    }
+    Ok(())
+}
+
+/// The `Idempotency-Key` header: required on debits, holds and purchases.
+pub fn check_idempotency_key(header: Option<&str>) -> Result<String, ApiError> {
+    let field = "Idempotency-Key";
+    let key = header.ok_or_else(|| ApiError::invalid(field, "header is required"))?;
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
+        ));
+    }
+    Ok(key.to_string())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupBody {
+    pub org_id: String,
+    pub owner_id: String,
+    #[serde(default)]
+    pub stripe_customer_id: Option<String>,
+}
+
+impl SignupBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_org_id("org_id", &self.org_id)?;
+        check_ref_id("owner_id", &self.owner_id)?;
+        if let Some(customer) = &self.stripe_customer_id {
+            if !customer.starts_with("cus_")
+                || customer.len() > 64
+                || !customer
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(ApiError::invalid(
+                    "stripe_customer_id",
+                    "must be a Stripe customer id (cus_…)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebitBody {
+    pub feature: String,
+    pub amount: Credits,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+impl DebitBody {
+    pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
+        check_feature(&self.feature, config)?;
+        check_spend_amount(self.amount, config)?;
+        check_optional_ref("user_id", &self.user_id)?;
+        check_optional_ref("project_id", &self.project_id)?;
+        check_metadata(&self.metadata)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    pub feature: String,
+    pub amount: Credits,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+}
+
+impl HoldBody {
+    pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
+        check_feature(&self.feature, config)?;
+        check_spend_amount(self.amount, config)?;
+        check_optional_ref("user_id", &self.user_id)?;
+        check_optional_ref("project_id", &self.project_id)?;
+        match self.ttl_seconds {
+            Some(ttl) if !(1..=config.hold_ttl_max_seconds).contains(&ttl) => {
+                Err(ApiError::Rejected(Rejection::HoldTtlOutOfRange {
+                    max_seconds: config.hold_ttl_max_seconds,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureBody {
+    pub amount: Credits,
+}
+
+/// A release takes no fields; an empty body is allowed too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DailyCapBody {
+    pub daily_cap: Credits,
+}
+
+impl DailyCapBody {
+    pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
+        if !self.daily_cap.is_positive() || self.daily_cap > config.daily_cap_max {
+            return Err(ApiError::Rejected(Rejection::DailyCapOutOfRange {
+                max: config.daily_cap_max,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `limit` and `starting_after` of a list route.
+pub fn list_params(
+    limit: Option<&str>,
+    starting_after: Option<&str>,
+) -> Result<(u32, Option<u64>), ApiError> {
+    let limit = match limit {
+        None => LIST_LIMIT_DEFAULT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=LIST_LIMIT_MAX).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("must be an integer from 1 to {LIST_LIMIT_MAX}"),
+                )
+            })?,
+    };
+    let cursor = match starting_after {
+        None => None,
+        Some(id) => Some(
+            crate::wallet::seq_of(id)
+                .filter(|_| id.starts_with("le_"))
+                .ok_or_else(|| {
+                    ApiError::invalid("starting_after", "must be a ledger entry id (le_…)")
+                })?,
+        ),
+    };
+    Ok((limit, cursor))
+}
+
+/// A stable digest of a request, to tell a replay from a reuse of its key.
+pub fn fingerprint(route: &str, body: &impl Serialize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(body).expect("request bodies serialize"));
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// What the Worker asks an organization's Durable Object to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    Open(SignupBody),
+    View,
+    SetDailyCap(DailyCapBody),
+    Debit {
+        idempotency_key: String,
+        fingerprint: String,
+        body: DebitBody,
+    },
+    PlaceHold {
+        idempotency_key: String,
+        fingerprint: String,
+        body: HoldBody,
+    },
+    Capture {
+        hold_id: String,
+        body: CaptureBody,
+    },
+    Release {
+        hold_id: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The request's time, milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    pub command: Command,
+}
+
+/// A ledger entry as clients see it.
+pub fn entry_json(entry: &LedgerEntry) -> Value {
+    let mut out = Map::new();
+    out.insert("id".into(), json!(entry.id));
+    out.insert("kind".into(), json!(entry.kind.as_str()));
+    out.insert("amount".into(), json!(entry.amount));
+    out.insert("balance_after".into(), json!(entry.balance_after));
+    out.insert("created_at".into(), json!(rfc3339(entry.created_at)));
+    if !entry.kind.adds_credits() {
+        // Spending entries always carry their attribution, null when absent.
+        out.insert("feature".into(), json!(entry.feature));
+        out.insert("user_id".into(), json!(entry.user_id));
+        out.insert("project_id".into(), json!(entry.project_id));
+        out.insert("usage_day".into(), json!(entry.usage_day));
+    }
+    let optional = [
+        ("hold_id", entry.hold_id.as_ref().map(|v| json!(v))),
+        ("pack_id", entry.pack_id.as_ref().map(|v| json!(v))),
+        ("amount_cents", entry.amount_cents.map(|v| json!(v))),
+        ("currency", entry.currency.as_ref().map(|v| json!(v))),
+        (
+            "payment_intent_id",
+            entry.payment_intent_id.as_ref().map(|v| json!(v)),
+        ),
+        ("purchase_id", entry.purchase_id.as_ref().map(|v| json!(v))),
+        ("metadata", entry.metadata.as_ref().map(|v| json!(v))),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            out.insert(name.into(), value);
+        }
+    }
+    Value::Object(out)
+}
+
+/// A hold as clients see it, with its capture entry when there is one.
+pub fn hold_json(hold: &Hold, capture: Option<&LedgerEntry>) -> Value {
+    let mut out = json!({
+        "id": hold.id,
+        "status": hold.status.as_str(),
+        "amount": hold.amount,
+        "feature": hold.feature,
+        "user_id": hold.user_id,
+        "project_id": hold.project_id,
+        "created_at": rfc3339(hold.created_at),
+        "expires_at": rfc3339(hold.expires_at),
+        "captured_amount": hold.captured_amount,
+    });
+    if hold.status == crate::wallet::HoldStatus::Captured {
+        out["entry"] = capture.map(entry_json).unwrap_or(Value::Null);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: ApiError) -> String {
+        match err {
+            ApiError::InvalidRequest { field, .. } => field,
+            other => panic!("expected invalid_request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let cfg = WalletConfig::defaults();
+        let cases: &[(&str, &str)] = &[
+            (r#"{"feature":"chat","amount":5}"#, "amount"),
+            (r#"{"feature":"chat","amount":"1e3"}"#, "amount"),
+            (r#"{"feature":"chat","amount":"1.00001"}"#, "amount"),
+            (r#"{"feature":"chat","amount":null}"#, "amount"),
+            (r#"{"feature":"chat"}"#, "amount"),
+            (
+                r#"{"feature":"chat","amount":"1","colour":"red"}"#,
+                "colour",
+            ),
+            (r#"{"feature":"chat","amount":"1","user_id":7}"#, "user_id"),
+            (r#"[1,2]"#, "body"),
+        ];
+        for (body, field) in cases {
+            let err = parse_body::<DebitBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(field_of(err), *field, "{body}");
+        }
+        let semantic: &[(&str, &str)] = &[
+            (r#"{"feature":"poetry","amount":"1"}"#, "feature"),
+            (r#"{"feature":"chat","amount":"0"}"#, "amount"),
+            (r#"{"feature":"chat","amount":"10000.0001"}"#, "amount"),
+            (r#"{"feature":"chat","amount":"1","user_id":""}"#, "user_id"),
+        ];
+        for (body, field) in semantic {
+            let parsed: DebitBody = parse_body(body.as_bytes()).unwrap();
+            let err = parsed.validate(&cfg).unwrap_err();
+            assert_eq!(err.status(), 422, "{body}");
+            assert_eq!(err.body()["error"]["field"], *field, "{body}");
+        }
+        let long_user = format!(
+            r#"{{"feature":"chat","amount":"1","user_id":"{}"}}"#,
+            "u".repeat(129)
+        );
+        let parsed: DebitBody = parse_body(long_user.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.validate(&cfg).unwrap_err().body()["error"]["field"],
+            "user_id"
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_bodies() {
+        assert!(matches!(
+            parse_body::<DebitBody>(b"{\"feature\":"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_body::<DebitBody>(b"not json"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_body::<DebitBody>(b""),
+            Err(ApiError::InvalidJson(_))
+        ));
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(
+            parse_body::<DebitBody>(&big),
+            Err(ApiError::PayloadTooLarge)
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        assert!(check_idempotency_key(None).is_err());
+        assert!(check_idempotency_key(Some("")).is_err());
+        assert!(check_idempotency_key(Some("has space")).is_err());
+        assert!(check_idempotency_key(Some(&"k".repeat(256))).is_err());
+        assert_eq!(check_idempotency_key(Some("abc-123")).unwrap(), "abc-123");
+    }
+
+    #[test]
+    fn fingerprints_ignore_formatting_but_not_content() {
+        let a: DebitBody = parse_body(br#"{"feature":"chat","amount":"1.50"}"#).unwrap();
+        let b: DebitBody = parse_body(br#"{ "amount": "1.5", "feature": "chat" }"#).unwrap();
+        let c: DebitBody = parse_body(br#"{"feature":"chat","amount":"1.6"}"#).unwrap();
+        assert_eq!(fingerprint("debit", &a), fingerprint("debit", &b));
+        assert_ne!(fingerprint("debit", &a), fingerprint("debit", &c));
+        assert_ne!(fingerprint("debit", &a), fingerprint("hold", &a));
+    }
+
+    #[test]
+    fn list_params_are_bounded() {
+        assert_eq!(list_params(None, None).unwrap(), (50, None));
+        assert_eq!(
+            list_params(Some("100"), Some("le_000000000007")).unwrap(),
+            (100, Some(7))
+        );
+        for bad in ["0", "101", "-1", "ten"] {
+            assert!(list_params(Some(bad), None).is_err(), "{bad}");
+        }
+        assert!(list_params(None, Some("hold_000000000001")).is_err());
+        assert!(list_params(None, Some("le_1")).is_err());
+    }
+
+    #[test]
+    fn daily_cap_errors_carry_retry_after() {
+        let resumes_at = crate::time::parse_utc("2030-01-02T00:00:00Z").unwrap();
+        let now = crate::time::parse_utc("2030-01-01T23:59:58.5Z").unwrap();
+        let err = ApiError::Rejected(Rejection::DailyCapReached {
+            resumes_at,
+            daily_cap: Credits::whole(5),
+            cap_remaining: Credits::ZERO,
+            requested: Credits::whole(1),
+        });
+        assert_eq!(err.status(), 429);
+        assert_eq!(err.retry_after_seconds(now), Some(2));
+        assert_eq!(
+            err.body()["error"]["resumes_at"],
+            "2030-01-02T00:00:00.000Z"
+        );
+    }
+}

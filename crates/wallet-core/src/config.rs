@@ -1,0 +1,339 @@
+//! Wallet configuration, read once from the Worker's variables and validated
+//! before any request is served. Nothing here has a hidden default that the
+//! configuration cannot override.
+
+use crate::money::Credits;
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+pub const DEFAULT_FEATURES: &str =
+    "chat,auto_triage,error_analysis,incident_timeline,release_analysis,nl_alerts";
+pub const DEFAULT_PACKS: &str = r#"[
+ {"id":"starter","name":"Starter","credits":"1000","price_cents":1000,"currency":"usd"},
+ {"id":"team","name":"Team","credits":"5250","price_cents":5000,"currency":"usd"},
+ {"id":"business","name":"Business","credits":"22000","price_cents":20000,"currency":"usd"},
+ {"id":"scale","name":"Scale","credits":"120000","price_cents":100000,"currency":"usd"}
+]"#;
+/// Largest price of one pack: keeps cents far inside ±2^53 and Stripe's limits.
+pub const MAX_PACK_PRICE_CENTS: i64 = 99_999_999;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pack {
+    pub id: String,
+    pub name: String,
+    pub credits: Credits,
+    pub price_cents: i64,
+    pub currency: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalletConfig {
+    pub credits_per_usd: Decimal,
+    pub trial_credits: Credits,
+    pub daily_cap_default: Credits,
+    pub daily_cap_max: Credits,
+    /// Largest single debit, hold or capture.
+    pub max_operation: Credits,
+    pub features: Vec<String>,
+    pub packs: Vec<Pack>,
+    pub hold_ttl_default_seconds: i64,
+    pub hold_ttl_max_seconds: i64,
+    /// Active holds one organization may have at once.
+    pub max_active_holds: usize,
+    /// How long idempotency records are kept (at least 24 hours).
+    pub idempotency_retention_seconds: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "configuration variable {}: {}",
+            self.variable, self.problem
+        )
+    }
+}
+
+impl WalletConfig {
+    /// Builds the configuration from named variables; `lookup` returns a
+    /// variable's text or `None` when it is unset (the documented default applies).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<WalletConfig, ConfigError> {
+        let text =
+            |name: &'static str, default: &str| lookup(name).unwrap_or_else(|| default.to_string());
+        let credits = |name: &'static str, default: &str| -> Result<Credits, ConfigError> {
+            let value = Credits::parse(text(name, default).trim()).map_err(|e| ConfigError {
+                variable: name,
+                problem: e.message().to_string(),
+            })?;
+            if !value.is_positive() {
+                return Err(ConfigError {
+                    variable: name,
+                    problem: "must be positive".into(),
+                });
+            }
+            Ok(value)
+        };
+        let integer = |name: &'static str, default: &str, max: i64| -> Result<i64, ConfigError> {
+            let value: i64 = text(name, default)
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError {
+                    variable: name,
+                    problem: "must be an integer".into(),
+                })?;
+            if value <= 0 || value > max {
+                return Err(ConfigError {
+                    variable: name,
+                    problem: format!("must be between 1 and {max}"),
+                });
+            }
+            Ok(value)
+        };
+
+        let credits_per_usd = Decimal::from_str(text("CREDITS_PER_USD", "100").trim())
+            .ok()
+            .filter(|d| d.is_sign_positive() && !d.is_zero())
+            .ok_or(ConfigError {
+                variable: "CREDITS_PER_USD",
+                problem: "must be a positive decimal".into(),
+            })?;
+        let trial_usd = Decimal::from_str(text("TRIAL_USD", "2").trim())
+            .ok()
+            .filter(|d| d.is_sign_positive())
+            .ok_or(ConfigError {
+                variable: "TRIAL_USD",
+                problem: "must be a non-negative decimal".into(),
+            })?;
+        // Rounding rule: trial credits are truncated toward zero at four
+        // fractional digits, so a grant never exceeds the configured dollars.
+        let trial_credits = trial_usd
+            .checked_mul(credits_per_usd)
+            .map(|d| d.round_dp_with_strategy(4, RoundingStrategy::ToZero))
+            .and_then(|d| Credits::from_decimal(d).ok())
+            .ok_or(ConfigError {
+                variable: "TRIAL_USD",
+                problem: "trial credits out of range".into(),
+            })?;
+
+        let daily_cap_default = credits("DAILY_CAP_DEFAULT", "500")?;
+        let daily_cap_max = credits("DAILY_CAP_MAX", "50000")?;
+        if daily_cap_default > daily_cap_max {
+            return Err(ConfigError {
+                variable: "DAILY_CAP_DEFAULT",
+                problem: "exceeds DAILY_CAP_MAX".into(),
+            });
+        }
+        let max_operation = credits("MAX_OPERATION_CREDITS", "10000")?;
+
+        let features: Vec<String> = text("FEATURES", DEFAULT_FEATURES)
+            .split(',')
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect();
+        if features.is_empty() || features.iter().any(|f| !is_identifier(f, 64)) {
+            return Err(ConfigError {
+                variable: "FEATURES",
+                problem:
+                    "must be a comma-separated list of identifiers ([a-z0-9_], at most 64 chars)"
+                        .into(),
+            });
+        }
+
+        let packs = parse_packs(&text("PACKS", DEFAULT_PACKS))?;
+        let hold_ttl_max_seconds = integer("HOLD_TTL_MAX_SECONDS", "3600", 86_400)?;
+        let hold_ttl_default_seconds =
+            integer("HOLD_TTL_DEFAULT_SECONDS", "300", hold_ttl_max_seconds)?;
+        let max_active_holds = integer("MAX_ACTIVE_HOLDS", "1000", 100_000)? as usize;
+        let idempotency_retention_seconds =
+            integer("IDEMPOTENCY_RETENTION_SECONDS", "86400", 30 * 86_400)?;
+        if idempotency_retention_seconds < 86_400 {
+            return Err(ConfigError {
+                variable: "IDEMPOTENCY_RETENTION_SECONDS",
+                problem: "must be at least 86400 (24 hours)".into(),
+            });
+        }
+
+        Ok(WalletConfig {
+            credits_per_usd,
+            trial_credits,
+            daily_cap_default,
+            daily_cap_max,
+            max_operation,
+            features,
+            packs,
+            hold_ttl_default_seconds,
+            hold_ttl_max_seconds,
+            max_active_holds,
+            idempotency_retention_seconds,
+        })
+    }
+
+    pub fn defaults() -> WalletConfig {
+        WalletConfig::from_vars(|_| None).expect("built-in defaults are valid")
+    }
+
+    pub fn is_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    pub fn pack(&self, id: &str) -> Option<&Pack> {
+        self.packs.iter().find(|p| p.id == id)
+    }
+}
+
+/// Lowercase identifier: `[a-z0-9_]`, 1..=max chars.
+pub fn is_identifier(text: &str, max: usize) -> bool {
+    !text.is_empty()
+        && text.len() <= max
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn parse_packs(json: &str) -> Result<Vec<Pack>, ConfigError> {
+    let problem = |p: String| ConfigError {
+        variable: "PACKS",
+        problem: p,
+    };
+    let mut packs: Vec<Pack> = serde_json::from_str(json)
+        .map_err(|e| problem(format!("not a JSON list of packs: {e}")))?;
+    if packs.is_empty() {
+        return Err(problem("must list at least one pack".into()));
+    }
+    for pack in &packs {
+        if !is_identifier(&pack.id, 32) {
+            return Err(problem(format!(
+                "pack id {:?} must match [a-z0-9_]{{1,32}}",
+                pack.id
+            )));
+        }
+        if pack.name.trim().is_empty() || pack.name.len() > 64 {
+            return Err(problem(format!(
+                "pack {} needs a name of 1 to 64 characters",
+                pack.id
+            )));
+        }
+        if !pack.credits.is_positive() || !(1..=MAX_PACK_PRICE_CENTS).contains(&pack.price_cents) {
+            return Err(problem(format!(
+                "pack {} needs positive credits and a price of 1 to {MAX_PACK_PRICE_CENTS} cents",
+                pack.id
+            )));
+        }
+        if pack.currency != "usd" {
+            return Err(problem(format!("pack {} must be priced in usd", pack.id)));
+        }
+    }
+    packs.sort_by_key(|p| p.credits);
+    for pair in packs.windows(2) {
+        let (small, large) = (&pair[0], &pair[1]);
+        if small.id == large.id || packs.iter().filter(|p| p.id == small.id).count() > 1 {
+            return Err(problem(format!("pack id {} is listed twice", small.id)));
+        }
+        if small.credits == large.credits {
+            return Err(problem(format!(
+                "packs {} and {} give the same credits",
+                small.id, large.id
+            )));
+        }
+        // Cheaper per credit: large.price / large.credits < small.price / small.credits,
+        // compared by cross-multiplication in i128 so nothing rounds.
+        let lhs = large.price_cents as i128 * small.credits.units() as i128;
+        let rhs = small.price_cents as i128 * large.credits.units() as i128;
+        if lhs >= rhs {
+            return Err(problem(format!(
+                "pack {} must cost less per credit than the smaller pack {}",
+                large.id, small.id
+            )));
+        }
+    }
+    Ok(packs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> Result<WalletConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        WalletConfig::from_vars(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let cfg = WalletConfig::defaults();
+        assert_eq!(cfg.trial_credits, Credits::whole(200));
+        assert_eq!(cfg.daily_cap_default, Credits::whole(500));
+        assert_eq!(cfg.daily_cap_max, Credits::whole(50_000));
+        assert_eq!(cfg.max_operation, Credits::whole(10_000));
+        assert_eq!(cfg.features.len(), 6);
+        let ids: Vec<&str> = cfg.packs.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["starter", "team", "business", "scale"]);
+        assert_eq!(cfg.pack("team").unwrap().credits, Credits::whole(5250));
+    }
+
+    #[test]
+    fn trial_truncates_toward_zero() {
+        let cfg = with(&[("TRIAL_USD", "0.333333"), ("CREDITS_PER_USD", "1")]).unwrap();
+        assert_eq!(cfg.trial_credits, Credits::parse("0.3333").unwrap());
+    }
+
+    #[test]
+    fn rejects_bad_configuration() {
+        let bad: &[(&str, &str, &str)] = &[
+            ("DAILY_CAP_DEFAULT", "60000", "DAILY_CAP_DEFAULT"),
+            ("DAILY_CAP_MAX", "0", "DAILY_CAP_MAX"),
+            ("MAX_OPERATION_CREDITS", "-5", "MAX_OPERATION_CREDITS"),
+            ("FEATURES", "chat,Bad Feature", "FEATURES"),
+            ("FEATURES", "", "FEATURES"),
+            ("CREDITS_PER_USD", "0", "CREDITS_PER_USD"),
+            (
+                "IDEMPOTENCY_RETENTION_SECONDS",
+                "3600",
+                "IDEMPOTENCY_RETENTION_SECONDS",
+            ),
+            (
+                "HOLD_TTL_DEFAULT_SECONDS",
+                "7200",
+                "HOLD_TTL_DEFAULT_SECONDS",
+            ),
+            ("PACKS", "[]", "PACKS"),
+            ("PACKS", "not json", "PACKS"),
+        ];
+        for (name, value, variable) in bad {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert_eq!(err.variable, *variable, "{name}={value}");
+        }
+    }
+
+    #[test]
+    fn larger_packs_must_be_cheaper_per_credit() {
+        let same_rate = r#"[{"id":"a","name":"A","credits":"100","price_cents":100,"currency":"usd"},
+                            {"id":"b","name":"B","credits":"200","price_cents":200,"currency":"usd"}]"#;
+        assert!(with(&[("PACKS", same_rate)])
+            .unwrap_err()
+            .problem
+            .contains("less per credit"));
+        let duplicate = r#"[{"id":"a","name":"A","credits":"100","price_cents":100,"currency":"usd"},
+                            {"id":"a","name":"B","credits":"200","price_cents":150,"currency":"usd"}]"#;
+        assert!(with(&[("PACKS", duplicate)])
+            .unwrap_err()
+            .problem
+            .contains("twice"));
+        let good = r#"[{"id":"b","name":"B","credits":"200","price_cents":150,"currency":"usd"},
+                       {"id":"a","name":"A","credits":"100","price_cents":100,"currency":"usd"}]"#;
+        let cfg = with(&[("PACKS", good)]).unwrap();
+        assert_eq!(cfg.packs[0].id, "a", "packs are listed smallest first");
+    }
+}

@@ -1,0 +1,636 @@
+//! The wallet rules: one organization's balance, holds and daily cap.
+//!
+//! Every function here is a pure decision over plain state with `now` passed
+//! in. A rejected operation leaves the wallet untouched: each operation checks
+//! everything first and mutates only after the last check.
+//!
+//! Before every operation the caller runs [`Wallet::advance`], which moves the
+//! wallet's clock forward (never backward), expires holds whose time is up and
+//! rolls the day over at midnight UTC.
+
+use crate::config::WalletConfig;
+use crate::money::Credits;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Adds credits: the signup trial, granted once.
+    TrialGrant,
+    /// Adds credits: a paid credit pack.
+    Purchase,
+    /// Removes credits: an AI call's cost.
+    Debit,
+    /// Removes credits: the used part of a hold.
+    Capture,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::TrialGrant => "trial_grant",
+            EntryKind::Purchase => "purchase",
+            EntryKind::Debit => "debit",
+            EntryKind::Capture => "capture",
+        }
+    }
+
+    pub fn adds_credits(self) -> bool {
+        match self {
+            EntryKind::TrialGrant | EntryKind::Purchase => true,
+            EntryKind::Debit | EntryKind::Capture => false,
+        }
+    }
+}
+
+/// One movement of credits. `amount` is always positive; `kind` says which way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub seq: u64,
+    pub id: String,
+    pub kind: EntryKind,
+    pub amount: Credits,
+    pub balance_after: Credits,
+    pub created_at: DateTime<Utc>,
+    /// The UTC day the spending decision was made (a capture counts on its hold's day).
+    pub usage_day: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_intent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase_id: Option<String>,
+    /// Caller-supplied labels on a debit or hold, echoed back, never interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+pub type Metadata = BTreeMap<String, String>;
+
+impl LedgerEntry {
+    /// Signed effect on the balance.
+    pub fn signed_amount(&self) -> i64 {
+        if self.kind.adds_credits() {
+            self.amount.units()
+        } else {
+            -self.amount.units()
+        }
+    }
+}
+
+pub fn entry_id(seq: u64) -> String {
+    format!("le_{seq:012}")
+}
+
+pub fn hold_id(seq: u64) -> String {
+    format!("hold_{seq:012}")
+}
+
+/// Sequence number of an entry or hold id made by this module.
+pub fn seq_of(id: &str) -> Option<u64> {
+    let digits = id
+        .strip_prefix("le_")
+        .or_else(|| id.strip_prefix("hold_"))?;
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Active,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Active => "active",
+            HoldStatus::Captured => "captured",
+            HoldStatus::Released => "released",
+            HoldStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub status: HoldStatus,
+    pub amount: Credits,
+    pub feature: String,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    /// The UTC day the hold was made; its capture counts against that day's cap.
+    pub day: NaiveDate,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub captured_amount: Option<Credits>,
+    /// The capture's ledger entry id, when a non-zero amount was captured.
+    pub capture_entry_id: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wallet {
+    pub org_id: String,
+    pub owner_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub balance: Credits,
+    pub held: Credits,
+    pub daily_cap: Credits,
+    pub day: NaiveDate,
+    pub spent_today: Credits,
+    /// Credits held by active holds made today: they count against today's cap.
+    pub held_today: Credits,
+    /// Sequence number the next entry or hold takes.
+    pub next_seq: u64,
+    /// Latest time this wallet has seen; decisions never use an earlier one.
+    pub clock: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// Active holds by id.
+    pub holds: BTreeMap<String, Hold>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebitRequest {
+    pub feature: String,
+    pub amount: Credits,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldRequest {
+    pub feature: String,
+    pub amount: Credits,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    pub ttl_seconds: i64,
+}
+
+/// A paid pack to credit; amounts come from the catalogue and from what the
+/// payment processor reports, never from the buyer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurchaseCredit {
+    pub pack_id: String,
+    pub credits: Credits,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub payment_intent_id: String,
+    pub purchase_id: Option<String>,
+}
+
+/// Why an operation was refused. Each maps to one stable API error code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    InsufficientCredits {
+        available: Credits,
+        requested: Credits,
+    },
+    DailyCapReached {
+        resumes_at: DateTime<Utc>,
+        daily_cap: Credits,
+        cap_remaining: Credits,
+        requested: Credits,
+    },
+    AmountOutOfRange {
+        max: Credits,
+    },
+    DailyCapOutOfRange {
+        max: Credits,
+    },
+    HoldTtlOutOfRange {
+        max_seconds: i64,
+    },
+    TooManyActiveHolds {
+        limit: usize,
+    },
+    HoldNotFound,
+    HoldNotActive {
+        status: HoldStatus,
+    },
+    CaptureExceedsHold {
+        held: Credits,
+        requested: Credits,
+    },
+    /// A capture or release repeated with a different outcome than the first.
+    HoldAlreadyClosed {
+        status: HoldStatus,
+    },
+    BalanceOverflow,
+}
+
+/// What `advance` changed, for the caller to persist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advanced {
+    pub expired: Vec<Hold>,
+    pub day_changed: bool,
+    pub clock_moved: bool,
+}
+
+/// Start of the UTC day after `day`: when the daily cap resets.
+pub fn next_midnight(day: NaiveDate) -> DateTime<Utc> {
+    let next = day.succ_opt().expect("dates stay far from chrono's limits");
+    next.and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+}
+
+impl Wallet {
+    /// A new organization's wallet and its one trial grant.
+    pub fn open(
+        org_id: &str,
+        owner_id: &str,
+        stripe_customer_id: Option<String>,
+        config: &WalletConfig,
+        now: DateTime<Utc>,
+    ) -> (Wallet, Option<LedgerEntry>) {
+        let mut wallet = Wallet {
+            org_id: org_id.to_string(),
+            owner_id: owner_id.to_string(),
+            stripe_customer_id,
+            balance: Credits::ZERO,
+            held: Credits::ZERO,
+            daily_cap: config.daily_cap_default,
+            day: now.date_naive(),
+            spent_today: Credits::ZERO,
+            held_today: Credits::ZERO,
+            next_seq: 1,
+            clock: now,
+            created_at: now,
+            holds: BTreeMap::new(),
+        };
+        let grant = config.trial_credits.is_positive().then(|| {
+            wallet.balance = config.trial_credits;
+            wallet.new_entry(EntryKind::TrialGrant, config.trial_credits, now, wallet.day)
+        });
+        (wallet, grant)
+    }
+
+    pub fn available(&self) -> Credits {
+        self.balance.saturating_sub(self.held)
+    }
+
+    pub fn cap_remaining(&self) -> Credits {
+        self.daily_cap.saturating_sub(
+            self.spent_today
+                .checked_add(self.held_today)
+                .unwrap_or(self.daily_cap),
+        )
+    }
+
+    pub fn resets_at(&self) -> DateTime<Utc> {
+        next_midnight(self.day)
+    }
+
+    /// Moves the clock to `now` (or keeps it, if `now` is earlier), expires
+    /// due holds and starts a new cap day after midnight UTC.
+    pub fn advance(&mut self, now: DateTime<Utc>) -> Advanced {
+        let mut advanced = Advanced::default();
+        if now > self.clock {
+            self.clock = now;
+            advanced.clock_moved = true;
+        }
+        let now = self.clock;
+        let due: Vec<String> = self
+            .holds
+            .values()
+            .filter(|h| h.expires_at <= now)
+            .map(|h| h.id.clone())
+            .collect();
+        for id in due {
+            let mut hold = self.holds.remove(&id).expect("listed above");
+            self.unreserve(&hold);
+            hold.status = HoldStatus::Expired;
+            hold.closed_at = Some(now);
+            advanced.expired.push(hold);
+        }
+        let today = now.date_naive();
+        if today > self.day {
+            self.day = today;
+            self.spent_today = Credits::ZERO;
+            // Holds made on earlier days no longer count against the new day's cap.
+            self.held_today = Credits::ZERO;
+            advanced.day_changed = true;
+        }
+        advanced
+    }
+
+    /// Effective time of the next decision (the wallet clock after `advance`).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock
+    }
+
+    pub fn debit(
+        &mut self,
+        request: &DebitRequest,
+        config: &WalletConfig,
+    ) -> Result<LedgerEntry, Rejection> {
+        self.check_spend(request.amount, config)?;
+        self.balance = self
+            .balance
+            .checked_sub(request.amount)
+            .ok_or(Rejection::BalanceOverflow)?;
+        self.spent_today = self
+            .spent_today
+            .checked_add(request.amount)
+            .ok_or(Rejection::BalanceOverflow)?;
+        let mut entry = self.new_entry(EntryKind::Debit, request.amount, self.clock, self.day);
+        entry.feature = Some(request.feature.clone());
+        entry.user_id = request.user_id.clone();
+        entry.project_id = request.project_id.clone();
+        entry.metadata = request.metadata.clone();
+        Ok(entry)
+    }
+
+    pub fn place_hold(
+        &mut self,
+        request: &HoldRequest,
+        config: &WalletConfig,
+    ) -> Result<Hold, Rejection> {
+        if !(1..=config.hold_ttl_max_seconds).contains(&request.ttl_seconds) {
+            return Err(Rejection::HoldTtlOutOfRange {
+                max_seconds: config.hold_ttl_max_seconds,
+            });
+        }
+        if self.holds.len() >= config.max_active_holds {
+            return Err(Rejection::TooManyActiveHolds {
+                limit: config.max_active_holds,
+            });
+        }
+        self.check_spend(request.amount, config)?;
+        let now = self.clock;
+        let hold = Hold {
+            id: hold_id(self.take_seq()),
+            status: HoldStatus::Active,
+            amount: request.amount,
+            feature: request.feature.clone(),
+            user_id: request.user_id.clone(),
+            project_id: request.project_id.clone(),
+            day: self.day,
+            created_at: now,
+            expires_at: now + Duration::seconds(request.ttl_seconds),
+            captured_amount: None,
+            capture_entry_id: None,
+            closed_at: None,
+        };
+        self.held = self
+            .held
+            .checked_add(hold.amount)
+            .ok_or(Rejection::BalanceOverflow)?;
+        self.held_today = self
+            .held_today
+            .checked_add(hold.amount)
+            .ok_or(Rejection::BalanceOverflow)?;
+        self.holds.insert(hold.id.clone(), hold.clone());
+        Ok(hold)
+    }
+
+    /// Captures `amount` of an active hold (debiting it, releasing the rest).
+    /// `closed` is the stored record of the hold when it is no longer active,
+    /// so a repeated identical capture answers as the first did.
+    pub fn capture(
+        &mut self,
+        hold_id: &str,
+        amount: Credits,
+        closed: Option<&Hold>,
+    ) -> Result<(Hold, Option<LedgerEntry>), Rejection> {
+        let Some(active) = self.holds.get(hold_id) else {
+            return match closed {
+                Some(h)
+                    if h.status == HoldStatus::Captured && h.captured_amount == Some(amount) =>
+                {
+                    Err(Rejection::HoldAlreadyClosed { status: h.status })
+                }
+                Some(h) => Err(Rejection::HoldNotActive { status: h.status }),
+                None => Err(Rejection::HoldNotFound),
+            };
+        };
+        if amount.units() < 0 || amount > active.amount {
+            return Err(Rejection::CaptureExceedsHold {
+                held: active.amount,
+                requested: amount,
+            });
+        }
+        if amount > self.balance {
+            // Unreachable while held <= balance holds; refused rather than trusted.
+            return Err(Rejection::InsufficientCredits {
+                available: self.balance,
+                requested: amount,
+            });
+        }
+        let mut hold = self.holds.remove(hold_id).expect("checked above");
+        let now = self.clock;
+        self.unreserve(&hold);
+        let entry = if amount.is_positive() {
+            self.balance = self
+                .balance
+                .checked_sub(amount)
+                .ok_or(Rejection::BalanceOverflow)?;
+            if hold.day == self.day {
+                self.spent_today = self
+                    .spent_today
+                    .checked_add(amount)
+                    .ok_or(Rejection::BalanceOverflow)?;
+            }
+            let mut entry = self.new_entry(EntryKind::Capture, amount, now, hold.day);
+            entry.feature = Some(hold.feature.clone());
+            entry.user_id = hold.user_id.clone();
+            entry.project_id = hold.project_id.clone();
+            entry.hold_id = Some(hold.id.clone());
+            Some(entry)
+        } else {
+            None
+        };
+        hold.status = HoldStatus::Captured;
+        hold.captured_amount = Some(amount);
+        hold.capture_entry_id = entry.as_ref().map(|e| e.id.clone());
+        hold.closed_at = Some(now);
+        Ok((hold, entry))
+    }
+
+    /// Releases an active hold. Releasing an already released hold answers
+    /// as the first release did; any other closed hold is not active.
+    pub fn release(&mut self, hold_id: &str, closed: Option<&Hold>) -> Result<Hold, Rejection> {
+        let Some(mut hold) = self.holds.remove(hold_id) else {
+            return match closed {
+                Some(h) if h.status == HoldStatus::Released => {
+                    Err(Rejection::HoldAlreadyClosed { status: h.status })
+                }
+                Some(h) => Err(Rejection::HoldNotActive { status: h.status }),
+                None => Err(Rejection::HoldNotFound),
+            };
+        };
+        self.unreserve(&hold);
+        hold.status = HoldStatus::Released;
+        hold.closed_at = Some(self.clock);
+        Ok(hold)
+    }
+
+    pub fn set_daily_cap(
+        &mut self,
+        daily_cap: Credits,
+        config: &WalletConfig,
+    ) -> Result<(), Rejection> {
+        if !daily_cap.is_positive() || daily_cap > config.daily_cap_max {
+            return Err(Rejection::DailyCapOutOfRange {
+                max: config.daily_cap_max,
+            });
+        }
+        // Lowering the cap below what is already spent or held today is allowed:
+        // it pauses further spending today and never undoes past decisions.
+        self.daily_cap = daily_cap;
+        Ok(())
+    }
+
+    pub fn credit_purchase(&mut self, purchase: &PurchaseCredit) -> Result<LedgerEntry, Rejection> {
+        self.balance = self
+            .balance
+            .checked_add(purchase.credits)
+            .ok_or(Rejection::BalanceOverflow)?;
+        let mut entry = self.new_entry(EntryKind::Purchase, purchase.credits, self.clock, self.day);
+        entry.pack_id = Some(purchase.pack_id.clone());
+        entry.amount_cents = Some(purchase.amount_cents);
+        entry.currency = Some(purchase.currency.clone());
+        entry.payment_intent_id = Some(purchase.payment_intent_id.clone());
+        entry.purchase_id = purchase.purchase_id.clone();
+        Ok(entry)
+    }
+
+    /// Checks a new spend of `amount` against limits, available credits and
+    /// today's cap, in that order.
+    fn check_spend(&self, amount: Credits, config: &WalletConfig) -> Result<(), Rejection> {
+        if !amount.is_positive() || amount > config.max_operation {
+            return Err(Rejection::AmountOutOfRange {
+                max: config.max_operation,
+            });
+        }
+        if amount > self.available() {
+            return Err(Rejection::InsufficientCredits {
+                available: self.available(),
+                requested: amount,
+            });
+        }
+        if amount > self.cap_remaining() {
+            return Err(Rejection::DailyCapReached {
+                resumes_at: self.resets_at(),
+                daily_cap: self.daily_cap,
+                cap_remaining: self.cap_remaining(),
+                requested: amount,
+            });
+        }
+        Ok(())
+    }
+
+    fn unreserve(&mut self, hold: &Hold) {
+        self.held = self.held.saturating_sub(hold.amount);
+        if hold.day == self.day {
+            self.held_today = self.held_today.saturating_sub(hold.amount);
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn new_entry(
+        &mut self,
+        kind: EntryKind,
+        amount: Credits,
+        now: DateTime<Utc>,
+        usage_day: NaiveDate,
+    ) -> LedgerEntry {
+        let seq = self.take_seq();
+        LedgerEntry {
+            seq,
+            id: entry_id(seq),
+            kind,
+            amount,
+            balance_after: self.balance,
+            created_at: now,
+            usage_day,
+            feature: None,
+            user_id: None,
+            project_id: None,
+            hold_id: None,
+            pack_id: None,
+            amount_cents: None,
+            currency: None,
+            payment_intent_id: None,
+            purchase_id: None,
+            metadata: None,
+        }
+    }
+}
+
+/// What the dashboard and callers see of a wallet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WalletView {
+    pub org_id: String,
+    pub balance: Credits,
+    pub held: Credits,
+    pub available: Credits,
+    pub daily_cap: Credits,
+    pub daily_cap_default: Credits,
+    pub daily_cap_max: Credits,
+    pub spent_today: Credits,
+    pub held_today: Credits,
+    pub cap_remaining: Credits,
+    pub day: NaiveDate,
+    pub resets_at: String,
+    pub status: &'static str,
+    pub resumes_at: Option<String>,
+}
+
+impl Wallet {
+    pub fn view(&self, config: &WalletConfig) -> WalletView {
+        let (status, resumes_at) = if self.available().is_zero() {
+            ("paused_no_credits", None)
+        } else if self.cap_remaining().is_zero() {
+            (
+                "paused_daily_cap",
+                Some(crate::time::rfc3339(self.resets_at())),
+            )
+        } else {
+            ("active", None)
+        };
+        WalletView {
+            org_id: self.org_id.clone(),
+            balance: self.balance,
+            held: self.held,
+            available: self.available(),
+            daily_cap: self.daily_cap,
+            daily_cap_default: config.daily_cap_default,
+            daily_cap_max: config.daily_cap_max,
+            spent_today: self.spent_today,
+            held_today: self.held_today,
+            cap_remaining: self.cap_remaining(),
+            day: self.day,
+            resets_at: crate::time::rfc3339(self.resets_at()),
+            status,
+            resumes_at,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building and running the wallet needs, skipping what is
+# already present at the pinned version. Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKER_BUILD_VERSION=0.8.7
+# Must equal the wasm-bindgen version in Cargo.lock.
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  step "adding the wasm32-unknown-unknown Rust target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+if ! worker-build --version 2>/dev/null | grep -qw "$WORKER_BUILD_VERSION"; then
+  step "installing worker-build $WORKER_BUILD_VERSION (about 3-4 minutes the first time)"
+  cargo install worker-build --version "$WORKER_BUILD_VERSION"
+fi
+
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  step "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (about 2-3 minutes the first time)"
+  # No --locked: its lockfile names a crate version the registry lacks.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+
+# npm ci refuses the lockfile's macOS/Windows workerd entries; install honours it.
+if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.install-stamp ]; then
+  step "installing npm packages (wrangler, Node 22, esbuild, binaryen)"
+  npm install --no-audit --no-fund
+  touch node_modules/.install-stamp
+fi

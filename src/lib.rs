@@ -1,0 +1,349 @@
+//! The AI Wallet Worker: HTTP routes, authentication and validation in front
+//! of one Durable Object per organization (`wallet_object`), which alone moves
+//! credits, and the D1 ledger replica (`replica`) that list routes read.
+
+mod replica;
+mod settings;
+mod wallet_object;
+mod wallet_store;
+
+pub use wallet_object::WalletObject;
+
+use serde_json::{json, Value};
+use settings::{settings, Settings};
+use wallet_core::api::{
+    check_idempotency_key, fingerprint, list_params, parse_body, ApiError, CaptureBody, Command,
+    DailyCapBody, DebitBody, Envelope, HoldBody, ReleaseBody, SignupBody, MAX_BODY_BYTES,
+};
+use wallet_core::time::{parse_utc, rfc3339};
+use wallet_core::token::{self, Claims, Role};
+use wasm_bindgen::JsValue;
+use worker::*;
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// Who may call a route.
+const ANY_ROLE_OR_SERVICE: &[Role] = &[
+    Role::Owner,
+    Role::Admin,
+    Role::Member,
+    Role::Viewer,
+    Role::Service,
+];
+const OWNER: &[Role] = &[Role::Owner];
+const OWNER_OR_ADMIN: &[Role] = &[Role::Owner, Role::Admin];
+const SERVICE: &[Role] = &[Role::Service];
+
+#[event(fetch, respond_with_errors)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let settings = match settings(&env) {
+        Ok(s) => s,
+        Err(problem) => {
+            console_error!("refusing to serve: {problem}");
+            return error_response(&ApiError::Internal, None);
+        }
+    };
+    match route(req, &env, &settings).await {
+        Ok(response) => Ok(response),
+        Err(Failure::Api(err)) => error_response(&err, None),
+        Err(Failure::Worker(err)) => {
+            console_error!("request failed: {err}");
+            error_response(&ApiError::Internal, None)
+        }
+    }
+}
+
+/// A request that could not be answered normally.
+enum Failure {
+    Api(ApiError),
+    Worker(Error),
+}
+
+impl From<ApiError> for Failure {
+    fn from(err: ApiError) -> Failure {
+        Failure::Api(err)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Failure {
+        Failure::Worker(err)
+    }
+}
+
+type Answer = std::result::Result<Response, Failure>;
+
+fn json_response(status: u16, body: &Value) -> Result<Response> {
+    Ok(Response::from_json(body)?.with_status(status))
+}
+
+fn error_response(err: &ApiError, retry_after: Option<i64>) -> Result<Response> {
+    let response = json_response(err.status(), &err.body())?;
+    if let Some(seconds) = retry_after {
+        response
+            .headers()
+            .set("retry-after", &seconds.to_string())?;
+    }
+    Ok(response)
+}
+
+/// The time a request is decided at: the clock, or `X-Dev-Now` in development.
+fn request_now(req: &Request, settings: &Settings) -> std::result::Result<i64, ApiError> {
+    let clock = Date::now().as_millis() as i64;
+    if !settings.development {
+        return Ok(clock);
+    }
+    match req.headers().get("x-dev-now").ok().flatten() {
+        None => Ok(clock),
+        Some(text) => parse_utc(&text)
+            .map(|t| t.timestamp_millis())
+            .ok_or_else(|| ApiError::invalid("X-Dev-Now", "must be an RFC 3339 UTC time")),
+    }
+}
+
+fn authenticate(req: &Request, settings: &Settings) -> std::result::Result<Claims, ApiError> {
+    let header = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .ok_or(ApiError::Unauthorized)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or(ApiError::Unauthorized)?;
+    let now_seconds = (Date::now().as_millis() / 1000) as i64;
+    token::verify(token.trim(), &settings.jwt_secret, now_seconds)
+        .map_err(|_| ApiError::Unauthorized)
+}
+
+fn authorize(claims: &Claims, org: &str, allowed: &[Role]) -> std::result::Result<(), ApiError> {
+    if claims.org != org || !allowed.contains(&claims.role) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(())
+}
+
+async fn read_body(req: &mut Request) -> std::result::Result<Vec<u8>, Failure> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
+    let bytes = req.bytes().await?;
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
+    Ok(bytes)
+}
+
+/// Sends `command` to the organization's Durable Object; its answer is final.
+async fn call_wallet(env: &Env, org: &str, now_ms: i64, command: Command) -> Answer {
+    let stub = env
+        .durable_object("WALLET")?
+        .id_from_name(org)?
+        .get_stub()?;
+    let envelope = serde_json::to_string(&Envelope { now_ms, command })
+        .map_err(|e| Error::RustError(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(JsValue::from_str(&envelope)));
+    let request = Request::new_with_init("https://wallet.internal/op", &init)?;
+    Ok(stub.fetch_with_request(request).await?)
+}
+
+async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
+    let url = req.url()?;
+    let method = req.method();
+    let segments: Vec<String> = url
+        .path_segments()
+        .map(|s| s.map(str::to_string).collect())
+        .unwrap_or_default();
+    let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let query = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+
+    match (parts.as_slice(), method.clone()) {
+        (["healthz"], Method::Get) => return Ok(json_response(200, &json!({"status": "ok"}))?),
+        (["openapi.json"], Method::Get) => {
+            let response = Response::ok(OPENAPI)?;
+            response.headers().set("content-type", "application/json")?;
+            return Ok(response);
+        }
+        (["dev", "token"], Method::Post) if settings.development => {
+            let body = read_body(&mut req).await?;
+            return Ok(dev_token(&body, settings)?);
+        }
+        (["dev", ..], _) => return Err(ApiError::NotFound.into()),
+        _ => {}
+    }
+    let known = matches!(
+        parts.as_slice(),
+        ["healthz"]
+            | ["openapi.json"]
+            | ["v1", "orgs"]
+            | [
+                "v1",
+                "orgs",
+                _,
+                "wallet" | "daily-cap" | "debits" | "holds" | "ledger"
+            ]
+            | ["v1", "orgs", _, "holds", _, "capture" | "release"]
+    );
+    if !known {
+        return Err(ApiError::NotFound.into());
+    }
+
+    let claims = authenticate(&req, settings)?;
+    let now_ms = request_now(&req, settings)?;
+    let config = &settings.config;
+
+    match (parts.as_slice(), method) {
+        (["v1", "orgs"], Method::Post) => {
+            let body: SignupBody = parse_body(&read_body(&mut req).await?)?;
+            body.validate()?;
+            authorize(&claims, &body.org_id, SERVICE)?;
+            let org = body.org_id.clone();
+            call_wallet(env, &org, now_ms, Command::Open(body)).await
+        }
+        (["v1", "orgs", org, rest @ ..], method) => {
+            if !wallet_core::api::is_org_id(org) {
+                return Err(ApiError::invalid(
+                    "org",
+                    "must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -",
+                )
+                .into());
+            }
+            match (rest, method) {
+                (["wallet"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE_OR_SERVICE)?;
+                    call_wallet(env, org, now_ms, Command::View).await
+                }
+                (["daily-cap"], Method::Put) => {
+                    authorize(&claims, org, OWNER)?;
+                    let body: DailyCapBody = parse_body(&read_body(&mut req).await?)?;
+                    body.validate(config)?;
+                    call_wallet(env, org, now_ms, Command::SetDailyCap(body)).await
+                }
+                (["debits"], Method::Post) => {
+                    authorize(&claims, org, SERVICE)?;
+                    let key =
+                        check_idempotency_key(req.headers().get("idempotency-key")?.as_deref())?;
+                    let body: DebitBody = parse_body(&read_body(&mut req).await?)?;
+                    body.validate(config)?;
+                    let fingerprint = fingerprint("debit", &body);
+                    call_wallet(
+                        env,
+                        org,
+                        now_ms,
+                        Command::Debit {
+                            idempotency_key: key,
+                            fingerprint,
+                            body,
+                        },
+                    )
+                    .await
+                }
+                (["holds"], Method::Post) => {
+                    authorize(&claims, org, SERVICE)?;
+                    let key =
+                        check_idempotency_key(req.headers().get("idempotency-key")?.as_deref())?;
+                    let body: HoldBody = parse_body(&read_body(&mut req).await?)?;
+                    body.validate(config)?;
+                    let fingerprint = fingerprint("hold", &body);
+                    call_wallet(
+                        env,
+                        org,
+                        now_ms,
+                        Command::PlaceHold {
+                            idempotency_key: key,
+                            fingerprint,
+                            body,
+                        },
+                    )
+                    .await
+                }
+                (["holds", hold_id, action @ ("capture" | "release")], Method::Post) => {
+                    authorize(&claims, org, SERVICE)?;
+                    let bytes = read_body(&mut req).await?;
+                    let hold_id = hold_id.to_string();
+                    if hold_id.len() > 64 {
+                        return Err(ApiError::invalid("hold_id", "is too long").into());
+                    }
+                    let command = if *action == "capture" {
+                        Command::Capture {
+                            hold_id,
+                            body: parse_body::<CaptureBody>(&bytes)?,
+                        }
+                    } else {
+                        if !bytes.iter().all(u8::is_ascii_whitespace) {
+                            parse_body::<ReleaseBody>(&bytes)?;
+                        }
+                        Command::Release { hold_id }
+                    };
+                    call_wallet(env, org, now_ms, command).await
+                }
+                (["ledger"], Method::Get) => {
+                    authorize(&claims, org, OWNER_OR_ADMIN)?;
+                    let (limit, before) = list_params(
+                        query("limit").as_deref(),
+                        query("starting_after").as_deref(),
+                    )?;
+                    let db = env.d1("DB")?;
+                    let (data, has_more) = replica::ledger_page(&db, org, limit, before).await?;
+                    if data.is_empty() && before.is_none() {
+                        // Nothing replicated yet: tell an unknown organization apart from a new one.
+                        let view = call_wallet(env, org, now_ms, Command::View).await?;
+                        if view.status_code() == 404 {
+                            return Ok(view);
+                        }
+                    }
+                    Ok(json_response(
+                        200,
+                        &json!({ "data": data, "has_more": has_more }),
+                    )?)
+                }
+                _ => Err(ApiError::MethodNotAllowed.into()),
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed.into()),
+    }
+}
+
+/// Development login: mints a token for any organization and role.
+fn dev_token(body: &[u8], settings: &Settings) -> Result<Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DevTokenBody {
+        org: String,
+        sub: String,
+        role: Role,
+        #[serde(default)]
+        ttl_seconds: Option<i64>,
+    }
+    let parsed: DevTokenBody = match parse_body(body) {
+        Ok(b) => b,
+        Err(err) => return error_response(&err, None),
+    };
+    if !wallet_core::api::is_org_id(&parsed.org) || parsed.sub.is_empty() || parsed.sub.len() > 128
+    {
+        return error_response(&ApiError::invalid("org", "and sub must be valid ids"), None);
+    }
+    let ttl = parsed.ttl_seconds.unwrap_or(12 * 3600).clamp(1, 7 * 86_400);
+    let now = (Date::now().as_millis() / 1000) as i64;
+    let claims = Claims {
+        sub: parsed.sub,
+        org: parsed.org,
+        role: parsed.role,
+        exp: now + ttl,
+    };
+    let token = token::sign(&claims, &settings.jwt_secret);
+    let expires_at = wallet_core::time::from_millis((now + ttl) * 1000).map(rfc3339);
+    json_response(200, &json!({ "token": token, "expires_at": expires_at }))
+}

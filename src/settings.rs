@@ -1,0 +1,51 @@
+//! Settings read from the Worker's environment once per isolate and checked
+//! before the first request is served: an invalid configuration answers
+//! every request with a 500 and logs why, rather than running half-configured.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+use wallet_core::WalletConfig;
+use worker::Env;
+
+pub const DEV_JWT_SECRET: &str = "local-dev-jwt-secret";
+/// Production secrets must be at least this long (HS256 keys of 256 bits).
+const MIN_SECRET_BYTES: usize = 32;
+
+pub struct Settings {
+    pub config: WalletConfig,
+    /// `ENVIRONMENT = "development"`: enables `/dev/*` and `X-Dev-Now`.
+    pub development: bool,
+    pub jwt_secret: Vec<u8>,
+}
+
+thread_local! {
+    static SETTINGS: OnceCell<Result<Rc<Settings>, String>> = const { OnceCell::new() };
+}
+
+/// A variable or secret as text.
+pub fn env_text(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .ok()
+        .map(|s| s.to_string())
+        .or_else(|| env.var(name).ok().map(|v| v.to_string()))
+}
+
+fn read(env: &Env) -> Result<Settings, String> {
+    let config = WalletConfig::from_vars(|name| env_text(env, name)).map_err(|e| e.to_string())?;
+    let development = env_text(env, "ENVIRONMENT").as_deref() == Some("development");
+    let secret = env_text(env, "AUTH_JWT_SECRET").ok_or("AUTH_JWT_SECRET is not set")?;
+    if !development && (secret == DEV_JWT_SECRET || secret.len() < MIN_SECRET_BYTES) {
+        return Err(format!(
+            "AUTH_JWT_SECRET must be a secret of at least {MIN_SECRET_BYTES} bytes outside development"
+        ));
+    }
+    Ok(Settings {
+        config,
+        development,
+        jwt_secret: secret.into_bytes(),
+    })
+}
+
+pub fn settings(env: &Env) -> Result<Rc<Settings>, String> {
+    SETTINGS.with(|cell| cell.get_or_init(|| read(env).map(Rc::new)).clone())
+}
