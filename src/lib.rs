@@ -20,8 +20,6 @@ use wallet_core::token::{self, Claims, Role};
 use wasm_bindgen::JsValue;
 use worker::*;
 
-const OPENAPI: &str = include_str!("openapi.json");
-
 /// Who may call a route.
 const ANY_ROLE_OR_SERVICE: &[Role] = &[
     Role::Owner,
@@ -172,7 +170,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
     match (parts.as_slice(), method.clone()) {
         (["healthz"], Method::Get) => return Ok(json_response(200, &json!({"status": "ok"}))?),
         (["openapi.json"], Method::Get) => {
-            let response = Response::ok(OPENAPI)?;
+            let response = Response::ok(wallet_core::api::OPENAPI_JSON)?;
             response.headers().set("content-type", "application/json")?;
             return Ok(response);
         }

@@ -70,7 +70,7 @@ fn text(value: impl Into<String>) -> SqlStorageValue {
 }
 
 fn opt_text(value: Option<&str>) -> SqlStorageValue {
-    value.map_or(SqlStorageValue::Null, |v| text(v))
+    value.map_or(SqlStorageValue::Null, text)
 }
 
 #[derive(Deserialize)]

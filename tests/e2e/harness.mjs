@@ -57,7 +57,7 @@ export function tempDir() {
 // A crashed or interrupted test file must not leave wrangler and workerd behind.
 process.on('exit', (code) => {
   for (const pgid of liveGroups) killGroup(pgid, 'SIGKILL');
-  if (code === 0 && !process.exitCode) {
+  if (code === 0) {
     for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -12,6 +12,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+/// The OpenAPI 3.1 description served at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Every route the Worker answers, as (method, OpenAPI path template).
+/// The OpenAPI document must describe exactly these (checked by a test).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/openapi.json"),
+    ("post", "/dev/token"),
+    ("post", "/v1/orgs"),
+    ("get", "/v1/orgs/{org}/wallet"),
+    ("put", "/v1/orgs/{org}/daily-cap"),
+    ("post", "/v1/orgs/{org}/debits"),
+    ("post", "/v1/orgs/{org}/holds"),
+    ("post", "/v1/orgs/{org}/holds/{hold_id}/capture"),
+    ("post", "/v1/orgs/{org}/holds/{hold_id}/release"),
+    ("get", "/v1/orgs/{org}/ledger"),
+];
+
 /// Largest request body accepted (16 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const MAX_ORG_ID_CHARS: usize = 64;
@@ -670,6 +689,34 @@ mod tests {
             parse_body::<DebitBody>(&big),
             Err(ApiError::PayloadTooLarge)
         );
+    }
+
+    #[test]
+    fn openapi_describes_exactly_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut described: Vec<(String, String)> = vec![];
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                described.push((method.clone(), path.clone()));
+            }
+        }
+        described.sort();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        routes.sort();
+        assert_eq!(described, routes);
+        // Every $ref resolves.
+        let text = OPENAPI_JSON;
+        for part in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap();
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "missing schema {name}"
+            );
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn verify(token: &str, secret: &[u8], now_seconds: i64) -> Result<Claims, To
         .decode(signature)
         .map_err(|_| TokenError::Malformed)?;
     let mut check = mac(secret);
-    check.update(token[..header_len_with_payload(token)].as_bytes());
+    check.update(&token.as_bytes()[..header_len_with_payload(token)]);
     // `verify_slice` compares in constant time.
     check
         .verify_slice(&signature)

@@ -634,3 +634,318 @@ impl Wallet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn c(text: &str) -> Credits {
+        Credits::parse(text).unwrap()
+    }
+
+    fn new_wallet(now: &str) -> (Wallet, WalletConfig) {
+        let config = WalletConfig::defaults();
+        let (wallet, _) = Wallet::open("org_t", "owner", None, &config, at(now));
+        (wallet, config)
+    }
+
+    fn debit(amount: &str) -> DebitRequest {
+        DebitRequest {
+            feature: "chat".into(),
+            amount: c(amount),
+            user_id: None,
+            project_id: None,
+            metadata: None,
+        }
+    }
+
+    fn hold(amount: &str, ttl_seconds: i64) -> HoldRequest {
+        HoldRequest {
+            feature: "chat".into(),
+            amount: c(amount),
+            user_id: None,
+            project_id: None,
+            ttl_seconds,
+        }
+    }
+
+    #[test]
+    fn signup_grants_the_trial_once_as_the_first_entry() {
+        let config = WalletConfig::defaults();
+        let (wallet, grant) =
+            Wallet::open("org_t", "owner", None, &config, at("2030-01-01T10:00:00Z"));
+        let grant = grant.unwrap();
+        assert_eq!(
+            (grant.kind, grant.amount, grant.balance_after),
+            (EntryKind::TrialGrant, c("200"), c("200"))
+        );
+        assert_eq!(grant.id, "le_000000000001");
+        assert_eq!(
+            (wallet.balance, wallet.daily_cap, wallet.next_seq),
+            (c("200"), c("500"), 2)
+        );
+    }
+
+    /// (daily cap, debits before, amount, new balance or rejection code)
+    type DebitCase = (
+        &'static str,
+        &'static [&'static str],
+        &'static str,
+        Result<&'static str, &'static str>,
+    );
+
+    #[test]
+    fn debit_rules() {
+        let cases: &[DebitCase] = &[
+            ("500", &[], "1.5", Ok("198.5")),
+            ("500", &[], "200", Ok("0")),
+            ("500", &[], "200.0001", Err("insufficient_credits")),
+            ("500", &["150"], "50.0001", Err("insufficient_credits")),
+            ("10", &["9"], "1", Ok("190")),
+            ("10", &["9"], "1.0001", Err("daily_cap_reached")),
+            ("10", &["10"], "0.0001", Err("daily_cap_reached")),
+            ("500", &[], "0", Err("amount_out_of_range")),
+            ("500", &[], "10000.0001", Err("amount_out_of_range")),
+        ];
+        for (cap, before, amount, expected) in cases {
+            let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+            wallet.set_daily_cap(c(cap), &config).unwrap();
+            for d in *before {
+                wallet.debit(&debit(d), &config).unwrap();
+            }
+            let snapshot = wallet.clone();
+            let outcome = wallet.debit(&debit(amount), &config);
+            match (outcome, expected) {
+                (Ok(entry), Ok(balance)) => assert_eq!(entry.balance_after, c(balance), "{amount}"),
+                (Err(rejection), Err(code)) => {
+                    let actual = match rejection {
+                        Rejection::InsufficientCredits { .. } => "insufficient_credits",
+                        Rejection::DailyCapReached { .. } => "daily_cap_reached",
+                        Rejection::AmountOutOfRange { .. } => "amount_out_of_range",
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    assert_eq!(actual, *code, "{amount}");
+                    assert_eq!(wallet, snapshot, "a rejection changes nothing");
+                }
+                (outcome, expected) => panic!("{amount}: got {outcome:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn insufficient_credits_is_checked_before_the_cap() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        wallet.set_daily_cap(c("1"), &config).unwrap();
+        let err = wallet.debit(&debit("300"), &config).unwrap_err();
+        assert_eq!(
+            err,
+            Rejection::InsufficientCredits {
+                available: c("200"),
+                requested: c("300")
+            }
+        );
+    }
+
+    #[test]
+    fn cap_resets_at_midnight_utc_and_not_before() {
+        let (mut wallet, config) = new_wallet("2030-01-01T23:00:00Z");
+        wallet.set_daily_cap(c("5"), &config).unwrap();
+        wallet.debit(&debit("5"), &config).unwrap();
+        wallet.advance(at("2030-01-01T23:59:59.999Z"));
+        let err = wallet.debit(&debit("1"), &config).unwrap_err();
+        assert!(
+            matches!(err, Rejection::DailyCapReached { resumes_at, .. } if resumes_at == at("2030-01-02T00:00:00Z"))
+        );
+        let advanced = wallet.advance(at("2030-01-02T00:00:00Z"));
+        assert!(advanced.day_changed);
+        assert_eq!(wallet.spent_today, Credits::ZERO);
+        assert_eq!(
+            wallet
+                .debit(&debit("5"), &config)
+                .unwrap()
+                .usage_day
+                .to_string(),
+            "2030-01-02"
+        );
+    }
+
+    #[test]
+    fn the_clock_never_goes_backwards() {
+        let (mut wallet, config) = new_wallet("2030-01-02T00:00:10Z");
+        wallet.advance(at("2030-01-01T12:00:00Z"));
+        assert_eq!(wallet.now(), at("2030-01-02T00:00:10Z"));
+        let entry = wallet.debit(&debit("1"), &config).unwrap();
+        assert_eq!(entry.created_at, at("2030-01-02T00:00:10Z"));
+    }
+
+    #[test]
+    fn holds_reserve_balance_and_cap_until_captured() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        wallet.set_daily_cap(c("50"), &config).unwrap();
+        let h = wallet.place_hold(&hold("30", 300), &config).unwrap();
+        assert_eq!(
+            (wallet.held, wallet.available(), wallet.cap_remaining()),
+            (c("30"), c("170"), c("20"))
+        );
+        assert!(matches!(
+            wallet.debit(&debit("21"), &config),
+            Err(Rejection::DailyCapReached { .. })
+        ));
+        let (closed, entry) = wallet.capture(&h.id, c("12.5"), None).unwrap();
+        assert_eq!(closed.status, HoldStatus::Captured);
+        let entry = entry.unwrap();
+        assert_eq!(
+            (entry.kind, entry.amount, entry.balance_after),
+            (EntryKind::Capture, c("12.5"), c("187.5"))
+        );
+        assert_eq!(entry.hold_id.as_deref(), Some(h.id.as_str()));
+        assert_eq!(
+            (wallet.held, wallet.spent_today, wallet.cap_remaining()),
+            (Credits::ZERO, c("12.5"), c("37.5"))
+        );
+    }
+
+    #[test]
+    fn capture_rules() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        let h = wallet.place_hold(&hold("10", 300), &config).unwrap();
+        assert_eq!(
+            wallet.capture(&h.id, c("10.0001"), None).unwrap_err(),
+            Rejection::CaptureExceedsHold {
+                held: c("10"),
+                requested: c("10.0001")
+            }
+        );
+        assert_eq!(
+            wallet
+                .capture("hold_000000000099", c("1"), None)
+                .unwrap_err(),
+            Rejection::HoldNotFound
+        );
+        let (closed, entry) = wallet.capture(&h.id, Credits::ZERO, None).unwrap();
+        assert!(entry.is_none(), "capturing zero moves no credits");
+        assert_eq!(wallet.balance, c("200"));
+        // Identical repeat vs. a different amount after closing.
+        assert!(matches!(
+            wallet.capture(&h.id, Credits::ZERO, Some(&closed)),
+            Err(Rejection::HoldAlreadyClosed { .. })
+        ));
+        assert!(matches!(
+            wallet.capture(&h.id, c("1"), Some(&closed)),
+            Err(Rejection::HoldNotActive { .. })
+        ));
+        assert!(matches!(
+            wallet.release(&h.id, Some(&closed)),
+            Err(Rejection::HoldNotActive { .. })
+        ));
+    }
+
+    #[test]
+    fn holds_expire_by_themselves() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        let h = wallet.place_hold(&hold("10", 60), &config).unwrap();
+        assert!(wallet
+            .advance(at("2030-01-01T10:00:59.999Z"))
+            .expired
+            .is_empty());
+        let advanced = wallet.advance(at("2030-01-01T10:01:00Z"));
+        assert_eq!(advanced.expired.len(), 1);
+        assert_eq!(advanced.expired[0].status, HoldStatus::Expired);
+        assert_eq!(
+            (wallet.held, wallet.held_today),
+            (Credits::ZERO, Credits::ZERO)
+        );
+        assert!(matches!(
+            wallet.capture(&h.id, c("1"), Some(&advanced.expired[0])),
+            Err(Rejection::HoldNotActive {
+                status: HoldStatus::Expired
+            })
+        ));
+    }
+
+    #[test]
+    fn a_capture_counts_on_the_day_its_hold_was_made() {
+        let (mut wallet, config) = new_wallet("2030-01-01T23:59:00Z");
+        let h = wallet.place_hold(&hold("10", 600), &config).unwrap();
+        wallet.advance(at("2030-01-02T00:01:00Z"));
+        assert_eq!((wallet.held, wallet.held_today), (c("10"), Credits::ZERO));
+        let (_, entry) = wallet.capture(&h.id, c("4"), None).unwrap();
+        assert_eq!(entry.unwrap().usage_day.to_string(), "2030-01-01");
+        assert_eq!(
+            wallet.spent_today,
+            Credits::ZERO,
+            "yesterday's hold does not spend today's cap"
+        );
+    }
+
+    #[test]
+    fn hold_limits() {
+        let (mut wallet, mut config) = new_wallet("2030-01-01T10:00:00Z");
+        assert!(matches!(
+            wallet.place_hold(&hold("1", 3601), &config),
+            Err(Rejection::HoldTtlOutOfRange { .. })
+        ));
+        assert!(matches!(
+            wallet.place_hold(&hold("1", 0), &config),
+            Err(Rejection::HoldTtlOutOfRange { .. })
+        ));
+        config.max_active_holds = 2;
+        wallet.place_hold(&hold("1", 60), &config).unwrap();
+        wallet.place_hold(&hold("1", 60), &config).unwrap();
+        assert_eq!(
+            wallet.place_hold(&hold("1", 60), &config).unwrap_err(),
+            Rejection::TooManyActiveHolds { limit: 2 }
+        );
+    }
+
+    #[test]
+    fn daily_cap_bounds_and_lowering() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        for bad in ["0", "50000.0001"] {
+            assert_eq!(
+                wallet.set_daily_cap(c(bad), &config),
+                Err(Rejection::DailyCapOutOfRange { max: c("50000") })
+            );
+        }
+        wallet.debit(&debit("20"), &config).unwrap();
+        wallet.set_daily_cap(c("10"), &config).unwrap();
+        assert_eq!(
+            wallet.cap_remaining(),
+            Credits::ZERO,
+            "lowering below today's spend pauses spending"
+        );
+        assert_eq!(wallet.view(&config).status, "paused_daily_cap");
+    }
+
+    #[test]
+    fn purchases_add_credits_with_their_payment() {
+        let (mut wallet, _) = new_wallet("2030-01-01T10:00:00Z");
+        let entry = wallet
+            .credit_purchase(&PurchaseCredit {
+                pack_id: "team".into(),
+                credits: c("5250"),
+                amount_cents: 5000,
+                currency: "usd".into(),
+                payment_intent_id: "pi_1".into(),
+                purchase_id: Some("pur_1".into()),
+            })
+            .unwrap();
+        assert_eq!(
+            (entry.kind, entry.balance_after, entry.amount_cents),
+            (EntryKind::Purchase, c("5450"), Some(5000))
+        );
+    }
+
+    #[test]
+    fn status_reflects_pauses() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        assert_eq!(wallet.view(&config).status, "active");
+        wallet.debit(&debit("200"), &config).unwrap();
+        let view = wallet.view(&config);
+        assert_eq!((view.status, view.resumes_at), ("paused_no_credits", None));
+    }
+}

@@ -1,0 +1,339 @@
+//! Property test: random sequences of signups, debits, holds, captures,
+//! releases, expiries, purchases, cap changes and day changes, run against
+//! the wallet and against a deliberately simple reference model that
+//! recomputes everything from the ledger and the hold list. After every step
+//! the SPEC §3 invariants are checked.
+
+use chrono::{DateTime, Duration, Utc};
+use proptest::prelude::*;
+use wallet_core::wallet::{HoldStatus, PurchaseCredit};
+use wallet_core::{
+    Credits, DebitRequest, EntryKind, HoldRequest, LedgerEntry, Rejection, Wallet, WalletConfig,
+};
+
+#[derive(Clone, Debug)]
+enum Step {
+    Debit(i64),
+    Hold { units: i64, ttl_seconds: i64 },
+    Capture { pick: usize, per_mille: i64 },
+    Release { pick: usize },
+    Purchase(i64),
+    SetCap(i64),
+    Wait(i64),
+    Replay,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    // Amounts in units (1/10,000 credit): small enough that caps and balances bind often.
+    prop_oneof![
+        4 => (1i64..=400_000).prop_map(Step::Debit),
+        2 => (1i64..=400_000, 1i64..=3_600).prop_map(|(units, ttl_seconds)| Step::Hold { units, ttl_seconds }),
+        2 => (0usize..8, 0i64..=1_100).prop_map(|(pick, per_mille)| Step::Capture { pick, per_mille }),
+        1 => (0usize..8).prop_map(|pick| Step::Release { pick }),
+        1 => (1i64..=2_000_000).prop_map(Step::Purchase),
+        1 => (-10_000i64..=6_000_000).prop_map(Step::SetCap),
+        // Mostly short waits, so holds outlive midnight; sometimes whole days.
+        3 => (0i64..=600).prop_map(Step::Wait),
+        1 => (0i64..=90_000).prop_map(Step::Wait),
+        1 => Just(Step::Replay),
+    ]
+}
+
+/// The reference: only the ledger, the hold list and the cap, from which
+/// everything else is recomputed.
+struct Model {
+    entries: Vec<LedgerEntry>,
+    holds: Vec<wallet_core::Hold>,
+    cap: i64,
+    now: DateTime<Utc>,
+}
+
+impl Model {
+    fn balance(&self) -> i64 {
+        self.entries.iter().map(LedgerEntry::signed_amount).sum()
+    }
+    fn active(&self) -> impl Iterator<Item = &wallet_core::Hold> {
+        self.holds
+            .iter()
+            .filter(|h| h.status == HoldStatus::Active && h.expires_at > self.now)
+    }
+    fn held(&self) -> i64 {
+        self.active().map(|h| h.amount.units()).sum()
+    }
+    fn today(&self) -> chrono::NaiveDate {
+        self.now.date_naive()
+    }
+    fn spent_today(&self) -> i64 {
+        self.entries
+            .iter()
+            .filter(|e| !e.kind.adds_credits() && e.usage_day == self.today())
+            .map(|e| e.amount.units())
+            .sum()
+    }
+    fn held_today(&self) -> i64 {
+        self.active()
+            .filter(|h| h.day == self.today())
+            .map(|h| h.amount.units())
+            .sum()
+    }
+    /// Whether a new spend of `units` should be accepted.
+    fn allows(&self, units: i64, config: &WalletConfig) -> bool {
+        units > 0
+            && units <= config.max_operation.units()
+            && units <= self.balance() - self.held()
+            && units <= self.cap - self.spent_today() - self.held_today()
+    }
+}
+
+fn replace_hold(model: &mut Model, hold: wallet_core::Hold) {
+    let slot = model
+        .holds
+        .iter_mut()
+        .find(|h| h.id == hold.id)
+        .expect("known hold");
+    *slot = hold;
+}
+
+fn check_invariants(wallet: &Wallet, model: &Model) -> Result<(), TestCaseError> {
+    prop_assert!(wallet.balance.units() >= 0, "balance >= 0");
+    prop_assert!(wallet.held.units() >= 0, "held >= 0");
+    prop_assert!(
+        wallet.balance.units() - wallet.held.units() >= 0,
+        "available >= 0"
+    );
+    prop_assert_eq!(
+        wallet.balance.units(),
+        model.balance(),
+        "balance = sum of ledger"
+    );
+    prop_assert_eq!(
+        wallet.held.units(),
+        model.held(),
+        "held = sum of active holds"
+    );
+    prop_assert_eq!(
+        wallet.spent_today.units(),
+        model.spent_today(),
+        "spent_today from the ledger"
+    );
+    prop_assert_eq!(
+        wallet.held_today.units(),
+        model.held_today(),
+        "held_today from today's holds"
+    );
+    prop_assert_eq!(wallet.daily_cap.units(), model.cap);
+    let mut running = 0;
+    for entry in &model.entries {
+        prop_assert!(entry.amount.is_positive(), "entry amounts are positive");
+        running += entry.signed_amount();
+        prop_assert_eq!(
+            entry.balance_after.units(),
+            running,
+            "balance_after is the running sum"
+        );
+    }
+    let ids: std::collections::BTreeSet<&str> =
+        model.entries.iter().map(|e| e.id.as_str()).collect();
+    prop_assert_eq!(ids.len(), model.entries.len(), "entry ids are unique");
+    Ok(())
+}
+
+fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let config = WalletConfig::defaults();
+    let start: DateTime<Utc> = "2030-03-10T23:20:00Z".parse().unwrap();
+    let (mut wallet, grant) = Wallet::open("org_p", "owner", None, &config, start);
+    let mut model = Model {
+        entries: grant.into_iter().collect(),
+        holds: vec![],
+        cap: config.daily_cap_default.units(),
+        now: start,
+    };
+    let mut payments = 0u32;
+    let mut last_decision: Option<(i64, i64)> = None; // (spent+held after a spend, cap then)
+    check_invariants(&wallet, &model)?;
+
+    for step in steps {
+        if let Step::Wait(seconds) = step {
+            model.now += Duration::seconds(seconds);
+        }
+        let advanced = wallet.advance(model.now);
+        for expired in advanced.expired {
+            let stored = model
+                .holds
+                .iter_mut()
+                .find(|h| h.id == expired.id)
+                .expect("known hold");
+            prop_assert!(stored.expires_at <= model.now, "only due holds expire");
+            *stored = expired;
+        }
+        match step {
+            Step::Wait(_) => {}
+            Step::Debit(units) => {
+                let expected = model.allows(units, &config);
+                let request = DebitRequest {
+                    feature: "chat".into(),
+                    amount: Credits::from_units(units),
+                    user_id: Some("u1".into()),
+                    project_id: None,
+                    metadata: None,
+                };
+                match wallet.debit(&request, &config) {
+                    Ok(entry) => {
+                        prop_assert!(expected, "debit accepted that the model refuses");
+                        prop_assert_eq!(entry.kind, EntryKind::Debit);
+                        model.entries.push(entry);
+                        last_decision = Some((
+                            wallet.spent_today.units() + wallet.held_today.units(),
+                            wallet.daily_cap.units(),
+                        ));
+                    }
+                    Err(rejection) => {
+                        prop_assert!(
+                            !expected,
+                            "debit refused that the model accepts: {rejection:?}"
+                        );
+                        if let Rejection::InsufficientCredits {
+                            available,
+                            requested,
+                        } = rejection
+                        {
+                            prop_assert!(requested > available);
+                        }
+                    }
+                }
+            }
+            Step::Hold { units, ttl_seconds } => {
+                let expected = model.allows(units, &config);
+                let request = HoldRequest {
+                    feature: "chat".into(),
+                    amount: Credits::from_units(units),
+                    user_id: None,
+                    project_id: None,
+                    ttl_seconds,
+                };
+                match wallet.place_hold(&request, &config) {
+                    Ok(hold) => {
+                        prop_assert!(expected, "hold accepted that the model refuses");
+                        prop_assert_eq!(
+                            hold.expires_at,
+                            model.now + Duration::seconds(ttl_seconds)
+                        );
+                        model.holds.push(hold);
+                        last_decision = Some((
+                            wallet.spent_today.units() + wallet.held_today.units(),
+                            wallet.daily_cap.units(),
+                        ));
+                    }
+                    Err(rejection) => prop_assert!(
+                        !expected,
+                        "hold refused that the model accepts: {rejection:?}"
+                    ),
+                }
+            }
+            Step::Capture { pick, per_mille } => {
+                let Some(target) = model.holds.get(pick % model.holds.len().max(1)).cloned() else {
+                    continue;
+                };
+                let units = target.amount.units() * per_mille / 1_000;
+                let active = target.status == HoldStatus::Active;
+                let closed = (!active).then_some(&target);
+                match wallet.capture(&target.id, Credits::from_units(units), closed) {
+                    Ok((hold, entry)) => {
+                        prop_assert!(
+                            active && units <= target.amount.units(),
+                            "capture of an inactive hold or too much"
+                        );
+                        prop_assert_eq!(
+                            entry.as_ref().map(|e| e.amount.units()).unwrap_or(0),
+                            units
+                        );
+                        if let Some(entry) = entry {
+                            prop_assert_eq!(
+                                entry.usage_day,
+                                target.day,
+                                "a capture counts on its hold's day"
+                            );
+                            model.entries.push(entry);
+                        }
+                        replace_hold(&mut model, hold);
+                    }
+                    Err(Rejection::CaptureExceedsHold { .. }) => {
+                        prop_assert!(active && units > target.amount.units())
+                    }
+                    Err(Rejection::HoldAlreadyClosed { .. }) => {
+                        prop_assert_eq!(
+                            target.captured_amount,
+                            Some(Credits::from_units(units)),
+                            "identical repeat only"
+                        )
+                    }
+                    Err(Rejection::HoldNotActive { .. }) => prop_assert!(!active),
+                    Err(other) => prop_assert!(false, "unexpected capture rejection {other:?}"),
+                }
+            }
+            Step::Release { pick } => {
+                let Some(target) = model.holds.get(pick % model.holds.len().max(1)).cloned() else {
+                    continue;
+                };
+                let active = target.status == HoldStatus::Active;
+                match wallet.release(&target.id, (!active).then_some(&target)) {
+                    Ok(hold) => {
+                        prop_assert!(active);
+                        replace_hold(&mut model, hold);
+                    }
+                    Err(Rejection::HoldAlreadyClosed { .. }) => {
+                        prop_assert_eq!(target.status, HoldStatus::Released)
+                    }
+                    Err(Rejection::HoldNotActive { .. }) => {
+                        prop_assert!(!active && target.status != HoldStatus::Released)
+                    }
+                    Err(other) => prop_assert!(false, "unexpected release rejection {other:?}"),
+                }
+            }
+            Step::Purchase(units) => {
+                payments += 1;
+                let entry = wallet
+                    .credit_purchase(&PurchaseCredit {
+                        pack_id: "starter".into(),
+                        credits: Credits::from_units(units),
+                        amount_cents: 1000,
+                        currency: "usd".into(),
+                        payment_intent_id: format!("pi_{payments}"),
+                        purchase_id: None,
+                    })
+                    .expect("far below the balance limit");
+                model.entries.push(entry);
+            }
+            Step::SetCap(units) => {
+                let valid = units > 0 && units <= config.daily_cap_max.units();
+                match wallet.set_daily_cap(Credits::from_units(units), &config) {
+                    Ok(()) => {
+                        prop_assert!(valid);
+                        model.cap = units;
+                    }
+                    Err(_) => prop_assert!(!valid),
+                }
+            }
+            Step::Replay => {
+                // Deciding nothing new at the same instant changes nothing.
+                let before = wallet.clone();
+                wallet.advance(model.now);
+                prop_assert_eq!(&wallet, &before);
+            }
+        }
+        if let Some((used, cap)) = last_decision.take() {
+            prop_assert!(used <= cap, "a decision never crosses the cap");
+        }
+        check_invariants(&wallet, &model)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn wallet_matches_reference_model(steps in proptest::collection::vec(step(), 1..120)) {
+        run(steps)?;
+    }
+}
