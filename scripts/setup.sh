@@ -32,3 +32,9 @@ if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.
   npm install --no-audit --no-fund
   touch node_modules/.install-stamp
 fi
+
+LOCALSTRIPE_VERSION=1.15.10
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("localstripe"))' 2>/dev/null)" != "$LOCALSTRIPE_VERSION" ]; then
+  step "installing localstripe $LOCALSTRIPE_VERSION (the local Stripe emulator)"
+  python3 -m pip install --quiet "localstripe==$LOCALSTRIPE_VERSION"
+fi

@@ -1,11 +1,17 @@
 //! The AI Wallet Worker: HTTP routes, authentication and validation in front
 //! of one Durable Object per organization (`wallet_object`), which alone moves
 //! credits, and the D1 ledger replica (`replica`) that list routes read.
+//! Purchases (`purchases`, `stripe_api`) and Stripe's webhook (`webhook`)
+//! feed credits into the same Durable Objects (`purchase_ops`).
 
+mod purchase_ops;
+mod purchases;
 mod replica;
 mod settings;
+mod stripe_api;
 mod wallet_object;
 mod wallet_store;
+mod webhook;
 
 pub use wallet_object::WalletObject;
 
@@ -13,7 +19,8 @@ use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
     check_idempotency_key, fingerprint, list_params, parse_body, ApiError, CaptureBody, Command,
-    DailyCapBody, DebitBody, Envelope, HoldBody, ReleaseBody, SignupBody, MAX_BODY_BYTES,
+    DailyCapBody, DebitBody, DevPaymentMethodBody, Envelope, HoldBody, PurchaseBody, ReleaseBody,
+    SignupBody, MAX_BODY_BYTES,
 };
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
@@ -30,6 +37,7 @@ const ANY_ROLE_OR_SERVICE: &[Role] = &[
 ];
 const OWNER: &[Role] = &[Role::Owner];
 const OWNER_OR_ADMIN: &[Role] = &[Role::Owner, Role::Admin];
+const ANY_ROLE: &[Role] = &[Role::Owner, Role::Admin, Role::Member, Role::Viewer];
 const SERVICE: &[Role] = &[Role::Service];
 
 #[event(fetch, respond_with_errors)]
@@ -44,6 +52,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     match route(req, &env, &settings).await {
         Ok(response) => Ok(response),
         Err(Failure::Api(err)) => error_response(&err, None),
+        Err(Failure::Answered(response)) => Ok(response),
         Err(Failure::Worker(err)) => {
             console_error!("request failed: {err}");
             error_response(&ApiError::Internal, None)
@@ -55,6 +64,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 enum Failure {
     Api(ApiError),
     Worker(Error),
+    /// The organization's Durable Object refused; its answer is the request's.
+    Answered(Response),
 }
 
 impl From<ApiError> for Failure {
@@ -178,6 +189,15 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
             let body = read_body(&mut req).await?;
             return Ok(dev_token(&body, settings)?);
         }
+        (["dev", "orgs", org, "payment-method"], Method::Post) if settings.development => {
+            if !wallet_core::api::is_org_id(org) {
+                return Err(ApiError::invalid("org", "must be a valid organization id").into());
+            }
+            let body: DevPaymentMethodBody = parse_body(&read_body(&mut req).await?)?;
+            let now_ms = request_now(&req, settings)?;
+            return purchases::dev_payment_method(env, settings, org, body, now_ms).await;
+        }
+        (["stripe", "webhook"], Method::Post) => return webhook::receive(req, env, settings).await,
         (["dev", ..], _) => return Err(ApiError::NotFound.into()),
         _ => {}
     }
@@ -186,6 +206,10 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
         ["healthz"]
             | ["openapi.json"]
             | ["v1", "orgs"]
+            | ["v1", "packs"]
+            | ["stripe", "webhook"]
+            | ["v1", "orgs", _, "payment-method" | "purchases"]
+            | ["v1", "orgs", _, "purchases", _]
             | [
                 "v1",
                 "orgs",
@@ -203,6 +227,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
     let config = &settings.config;
 
     match (parts.as_slice(), method) {
+        (["v1", "packs"], Method::Get) => purchases::packs(config),
         (["v1", "orgs"], Method::Post) => {
             let body: SignupBody = parse_body(&read_body(&mut req).await?)?;
             body.validate()?;
@@ -286,6 +311,21 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         Command::Release { hold_id }
                     };
                     call_wallet(env, org, now_ms, command).await
+                }
+                (["payment-method"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    purchases::payment_method(env, settings, org, now_ms).await
+                }
+                (["purchases"], Method::Post) => {
+                    authorize(&claims, org, OWNER)?;
+                    let key =
+                        check_idempotency_key(req.headers().get("idempotency-key")?.as_deref())?;
+                    let body: PurchaseBody = parse_body(&read_body(&mut req).await?)?;
+                    purchases::create(env, settings, org, key, body, now_ms).await
+                }
+                (["purchases", id], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    purchases::get(env, settings, org, claims.role, id, now_ms).await
                 }
                 (["ledger"], Method::Get) => {
                     authorize(&claims, org, OWNER_OR_ADMIN)?;

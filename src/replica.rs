@@ -191,6 +191,7 @@ impl LedgerRow {
             "purchase" => EntryKind::Purchase,
             "debit" => EntryKind::Debit,
             "capture" => EntryKind::Capture,
+            "dispute_reversal" => EntryKind::DisputeReversal,
             _ => return Err(bad("kind")),
         };
         Ok(LedgerEntry {

@@ -4,6 +4,7 @@
 
 use std::cell::OnceCell;
 use std::rc::Rc;
+use wallet_core::stripe::StripeConfig;
 use wallet_core::WalletConfig;
 use worker::Env;
 
@@ -16,6 +17,9 @@ pub struct Settings {
     /// `ENVIRONMENT = "development"`: enables `/dev/*` and `X-Dev-Now`.
     pub development: bool,
     pub jwt_secret: Vec<u8>,
+    /// Checked apart from the rest: a Stripe misconfiguration stops purchases
+    /// and webhooks (500, logged), never AI usage.
+    pub stripe: Result<StripeConfig, String>,
 }
 
 thread_local! {
@@ -39,10 +43,13 @@ fn read(env: &Env) -> Result<Settings, String> {
             "AUTH_JWT_SECRET must be a secret of at least {MIN_SECRET_BYTES} bytes outside development"
         ));
     }
+    let stripe =
+        StripeConfig::from_vars(|name| env_text(env, name), development).map_err(|e| e.to_string());
     Ok(Settings {
         config,
         development,
         jwt_secret: secret.into_bytes(),
+        stripe,
     })
 }
 

@@ -58,14 +58,14 @@ pub struct WalletObject {
 }
 
 /// A finished answer: status, JSON text and, for 429, `Retry-After`.
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     body: String,
     retry_after: Option<i64>,
 }
 
 impl Reply {
-    fn json(status: u16, value: &impl Serialize) -> Reply {
+    pub(crate) fn json(status: u16, value: &impl Serialize) -> Reply {
         Reply {
             status,
             body: serde_json::to_string(value).expect("replies serialize"),
@@ -73,7 +73,7 @@ impl Reply {
         }
     }
 
-    fn error(err: &ApiError, now: chrono::DateTime<chrono::Utc>) -> Reply {
+    pub(crate) fn error(err: &ApiError, now: chrono::DateTime<chrono::Utc>) -> Reply {
         Reply {
             status: err.status(),
             body: err.body().to_string(),
@@ -95,10 +95,10 @@ impl Reply {
 
 /// What one decision wrote.
 #[derive(Default)]
-struct Writes {
-    statements: Vec<Statement>,
-    wallet_changed: bool,
-    entry_written: bool,
+pub(crate) struct Writes {
+    pub(crate) statements: Vec<Statement>,
+    pub(crate) wallet_changed: bool,
+    pub(crate) entry_written: bool,
 }
 
 impl DurableObject for WalletObject {
@@ -427,6 +427,15 @@ impl WalletObject {
                     }
                     Err(r) => rejected(r),
                 }
+            }
+            Command::StripeCustomer
+            | Command::SetStripeCustomer { .. }
+            | Command::PurchaseStart { .. }
+            | Command::PurchaseOpen { .. }
+            | Command::PurchaseGet { .. }
+            | Command::PurchaseSettle { .. }
+            | Command::Dispute { .. } => {
+                crate::purchase_ops::decide(&sql, wallet, command, config, &mut writes)?
             }
             Command::Release { hold_id } => {
                 let closed = self.closed_hold(wallet, hold_id)?;

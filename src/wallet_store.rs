@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use wallet_core::purchase::{CreditedPayment, Purchase};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::{Hold, LedgerEntry};
 use wallet_core::{Credits, Wallet};
@@ -54,6 +55,23 @@ CREATE TABLE IF NOT EXISTS replica (
   flushed_seq INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO replica (id, flushed_seq) VALUES (1, 0);
+-- Credit pack purchases, by their derived id (`purchase::purchase_id`).
+CREATE TABLE IF NOT EXISTS purchases (
+  id TEXT PRIMARY KEY,
+  payment_intent_id TEXT,
+  record TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS purchases_by_intent ON purchases (payment_intent_id)
+  WHERE payment_intent_id IS NOT NULL;
+-- One row per PaymentIntent whose credits were decided: the permanent
+-- at-most-once marker, never pruned (unlike ops). seq is the ledger entry that
+-- granted its credits, NULL when none did (disputed before it was credited).
+CREATE TABLE IF NOT EXISTS credited_payments (
+  payment_intent_id TEXT PRIMARY KEY,
+  seq INTEGER,
+  record TEXT NOT NULL
+);
 ";
 
 pub fn create_schema(sql: &SqlStorage) -> worker::Result<()> {
@@ -255,4 +273,78 @@ pub fn op_response(sql: &SqlStorage, seq: u64) -> worker::Result<Option<String>>
         )?
         .to_array()?;
     Ok(rows.into_iter().next().and_then(|r| r.response))
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(
+    sql: &SqlStorage,
+    query: &str,
+    key: &str,
+    what: &str,
+) -> worker::Result<Option<T>> {
+    let rows: Vec<RecordRow> = sql.exec(query, vec![text(key)])?.to_array()?;
+    rows.into_iter()
+        .next()
+        .map(|r| serde_json::from_str(&r.record).map_err(|_| corrupt(what)))
+        .transpose()
+}
+
+pub fn purchase(sql: &SqlStorage, id: &str) -> worker::Result<Option<Purchase>> {
+    read_record(
+        sql,
+        "SELECT record FROM purchases WHERE id = ?",
+        id,
+        "purchase",
+    )
+}
+
+pub fn purchase_by_intent(
+    sql: &SqlStorage,
+    payment_intent_id: &str,
+) -> worker::Result<Option<Purchase>> {
+    read_record(
+        sql,
+        "SELECT record FROM purchases WHERE payment_intent_id = ? ORDER BY created_at_ms LIMIT 1",
+        payment_intent_id,
+        "purchase",
+    )
+}
+
+pub fn upsert_purchase(purchase: &Purchase) -> Statement {
+    (
+        "INSERT INTO purchases (id, payment_intent_id, record, created_at_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET payment_intent_id = excluded.payment_intent_id,
+           record = excluded.record",
+        vec![
+            text(&purchase.id),
+            opt_text(purchase.payment_intent_id.as_deref()),
+            text(serde_json::to_string(purchase).expect("purchases serialize")),
+            int(purchase.created_at.timestamp_millis()),
+        ],
+    )
+}
+
+pub fn credited_payment(
+    sql: &SqlStorage,
+    payment_intent_id: &str,
+) -> worker::Result<Option<CreditedPayment>> {
+    read_record(
+        sql,
+        "SELECT record FROM credited_payments WHERE payment_intent_id = ?",
+        payment_intent_id,
+        "credited payment",
+    )
+}
+
+pub fn upsert_credited_payment(payment: &CreditedPayment) -> Statement {
+    (
+        "INSERT INTO credited_payments (payment_intent_id, seq, record) VALUES (?, ?, ?)
+         ON CONFLICT (payment_intent_id) DO UPDATE SET record = excluded.record",
+        vec![
+            text(&payment.payment_intent_id),
+            payment
+                .entry_seq
+                .map_or(SqlStorageValue::Null, |seq| int(seq as i64)),
+            text(serde_json::to_string(payment).expect("payments serialize")),
+        ],
+    )
 }

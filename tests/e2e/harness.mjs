@@ -132,8 +132,9 @@ function run(args, logFile, timeoutMs) {
 /**
  * Applies the D1 migrations to a persist dir and starts `wrangler dev` on a free
  * port in its own process group; resolves once GET /healthz answers 200.
+ * `vars` override the worker's variables (`wrangler dev --var NAME:VALUE`).
  */
-export async function startWorker({ persistTo } = {}) {
+export async function startWorker({ persistTo, vars = {} } = {}) {
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
@@ -149,6 +150,7 @@ export async function startWorker({ persistTo } = {}) {
       '--inspector-port', String(inspectorPort), // 9229 may be taken by `make dev`
       '--persist-to', dir,
       '--show-interactive-dev-session=false',
+      ...Object.entries(vars).flatMap(([name, value]) => ['--var', `${name}:${value}`]),
     ],
     { cwd: ROOT, env: wranglerEnv(), stdio: ['ignore', out, out], detached: true },
   );

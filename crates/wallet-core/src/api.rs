@@ -4,6 +4,7 @@
 
 use crate::config::WalletConfig;
 use crate::money::Credits;
+use crate::purchase::{ChargeOutcome, Purchase};
 use crate::time::rfc3339;
 use crate::wallet::{Hold, LedgerEntry, Metadata, Rejection};
 use chrono::{DateTime, Utc};
@@ -29,10 +30,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/orgs/{org}/holds/{hold_id}/capture"),
     ("post", "/v1/orgs/{org}/holds/{hold_id}/release"),
     ("get", "/v1/orgs/{org}/ledger"),
+    ("get", "/v1/packs"),
+    ("get", "/v1/orgs/{org}/payment-method"),
+    ("post", "/v1/orgs/{org}/purchases"),
+    ("get", "/v1/orgs/{org}/purchases/{purchase_id}"),
+    ("post", "/stripe/webhook"),
+    ("post", "/dev/orgs/{org}/payment-method"),
 ];
 
 /// Largest request body accepted (16 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest Stripe webhook body accepted: events embed whole objects.
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 512 * 1024;
 pub const MAX_ORG_ID_CHARS: usize = 64;
 pub const MAX_REF_ID_CHARS: usize = 128;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
@@ -58,6 +67,14 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// A signup repeated for an existing organization with another owner.
     WalletOwnerConflict,
+    /// A purchase needs a default payment method on the Stripe customer.
+    PaymentMethodRequired,
+    PurchaseNotFound,
+    /// Stripe could not be reached or did not answer in time; retrying with
+    /// the same Idempotency-Key is safe.
+    PaymentProviderUnavailable,
+    /// A webhook whose `Stripe-Signature` is missing, wrong or stale.
+    InvalidSignature,
     Rejected(Rejection),
     Internal,
 }
@@ -74,12 +91,15 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => 401,
             ApiError::Forbidden => 403,
-            ApiError::WalletNotFound | ApiError::NotFound => 404,
+            ApiError::WalletNotFound | ApiError::NotFound | ApiError::PurchaseNotFound => 404,
             ApiError::MethodNotAllowed => 405,
-            ApiError::InvalidJson(_) => 400,
+            ApiError::InvalidJson(_) | ApiError::InvalidSignature => 400,
             ApiError::InvalidRequest { .. } => 422,
             ApiError::PayloadTooLarge => 413,
-            ApiError::IdempotencyKeyReused | ApiError::WalletOwnerConflict => 409,
+            ApiError::IdempotencyKeyReused
+            | ApiError::WalletOwnerConflict
+            | ApiError::PaymentMethodRequired => 409,
+            ApiError::PaymentProviderUnavailable => 503,
             ApiError::Internal => 500,
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientCredits { .. } => 402,
@@ -109,6 +129,10 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::WalletOwnerConflict => "wallet_owner_conflict",
+            ApiError::PaymentMethodRequired => "payment_method_required",
+            ApiError::PurchaseNotFound => "purchase_not_found",
+            ApiError::PaymentProviderUnavailable => "payment_provider_unavailable",
+            ApiError::InvalidSignature => "invalid_signature",
             ApiError::Internal => "internal_error",
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientCredits { .. } => "insufficient_credits",
@@ -164,6 +188,16 @@ impl ApiError {
             }
             ApiError::WalletOwnerConflict => {
                 "This organization already has a wallet with a different owner.".into()
+            }
+            ApiError::PaymentMethodRequired => {
+                "Add a default payment method to the organization before buying credits.".into()
+            }
+            ApiError::PurchaseNotFound => "No such purchase.".into(),
+            ApiError::PaymentProviderUnavailable => {
+                "The payment provider is unavailable; retry with the same Idempotency-Key.".into()
+            }
+            ApiError::InvalidSignature => {
+                "The Stripe-Signature header is missing, invalid or too old.".into()
             }
             ApiError::Internal => {
                 "Something went wrong on our side; the request may be retried.".into()
@@ -474,6 +508,49 @@ pub struct ReleaseBody {}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PurchaseBody {
+    pub pack_id: String,
+}
+
+impl PurchaseBody {
+    pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
+        if config.pack(&self.pack_id).is_none() {
+            let ids: Vec<&str> = config.packs.iter().map(|p| p.id.as_str()).collect();
+            return Err(ApiError::invalid(
+                "pack_id",
+                format!("must be one of: {}", ids.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Development only: makes a Stripe test payment method the organization's
+/// default, e.g. `pm_card_visa`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevPaymentMethodBody {
+    pub payment_method: String,
+}
+
+impl DevPaymentMethodBody {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let pm = &self.payment_method;
+        if !pm.starts_with("pm_")
+            || pm.len() > 64
+            || !pm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(ApiError::invalid(
+                "payment_method",
+                "must be a Stripe payment method id such as pm_card_visa",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DailyCapBody {
     pub daily_cap: Credits,
 }
@@ -553,6 +630,69 @@ pub enum Command {
     Release {
         hold_id: String,
     },
+    /// The organization's Stripe customer: `{"stripe_customer_id": …}`.
+    StripeCustomer,
+    /// Records the Stripe customer unless one is recorded; answers the one kept.
+    SetStripeCustomer {
+        stripe_customer_id: String,
+    },
+    /// A purchase request arrives: answers a [`PurchaseStartReply`]; writes
+    /// only to claim a resend of an unanswered charge.
+    PurchaseStart {
+        purchase_id: String,
+        idempotency_key: String,
+        fingerprint: String,
+        pack_id: String,
+    },
+    /// Creates the purchase about to be charged to `payment_method_id` (or,
+    /// when a concurrent request did first, answers as `PurchaseStart`).
+    PurchaseOpen {
+        purchase_id: String,
+        idempotency_key: String,
+        fingerprint: String,
+        pack_id: String,
+        payment_method_id: String,
+    },
+    /// Answers the stored [`Purchase`].
+    PurchaseGet {
+        purchase_id: String,
+    },
+    /// Applies a charge outcome (the purchase's own Stripe answer, a webhook
+    /// or a refresh) and answers the purchase, if one is known.
+    PurchaseSettle {
+        purchase_id: Option<String>,
+        outcome: ChargeOutcome,
+    },
+    /// `charge.dispute.created` for one of this organization's payments.
+    Dispute {
+        payment_intent_id: String,
+        dispute_id: String,
+    },
+}
+
+/// The Durable Object's answer to `PurchaseStart` and `PurchaseOpen`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum PurchaseStartReply {
+    /// No purchase has this key; nothing was written.
+    New { stripe_customer_id: Option<String> },
+    /// The purchase; `send_charge`: this request must send the charge request.
+    Existing {
+        purchase: Box<Purchase>,
+        send_charge: bool,
+    },
+}
+
+/// The Durable Object's answer to `PurchaseSettle` and `Dispute`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseReply {
+    pub purchase: Option<Purchase>,
+}
+
+/// The Durable Object's answer to the customer commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerReply {
+    pub stripe_customer_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -570,7 +710,7 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
     out.insert("amount".into(), json!(entry.amount));
     out.insert("balance_after".into(), json!(entry.balance_after));
     out.insert("created_at".into(), json!(rfc3339(entry.created_at)));
-    if !entry.kind.adds_credits() {
+    if entry.kind.is_usage() {
         // Spending entries always carry their attribution, null when absent.
         out.insert("feature".into(), json!(entry.feature));
         out.insert("user_id".into(), json!(entry.user_id));

@@ -7,6 +7,8 @@
 pub mod api;
 pub mod config;
 pub mod money;
+pub mod purchase;
+pub mod stripe;
 pub mod time;
 pub mod token;
 pub mod wallet;

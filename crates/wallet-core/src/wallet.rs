@@ -25,6 +25,10 @@ pub enum EntryKind {
     Debit,
     /// Removes credits: the used part of a hold.
     Capture,
+    /// Removes credits: the still-unspent credits of a purchase whose payment
+    /// the buyer disputed with their bank (see `purchase::dispute`). Clamped to
+    /// the available balance; not usage, so it never counts against the daily cap.
+    DisputeReversal,
 }
 
 impl EntryKind {
@@ -34,13 +38,22 @@ impl EntryKind {
             EntryKind::Purchase => "purchase",
             EntryKind::Debit => "debit",
             EntryKind::Capture => "capture",
+            EntryKind::DisputeReversal => "dispute_reversal",
         }
     }
 
     pub fn adds_credits(self) -> bool {
         match self {
             EntryKind::TrialGrant | EntryKind::Purchase => true,
-            EntryKind::Debit | EntryKind::Capture => false,
+            EntryKind::Debit | EntryKind::Capture | EntryKind::DisputeReversal => false,
+        }
+    }
+
+    /// Spending by an AI feature: counts against the daily cap and in usage.
+    pub fn is_usage(self) -> bool {
+        match self {
+            EntryKind::Debit | EntryKind::Capture => true,
+            EntryKind::TrialGrant | EntryKind::Purchase | EntryKind::DisputeReversal => false,
         }
     }
 }
@@ -515,6 +528,23 @@ impl Wallet {
         entry.payment_intent_id = Some(purchase.payment_intent_id.clone());
         entry.purchase_id = purchase.purchase_id.clone();
         Ok(entry)
+    }
+
+    /// Takes back up to `credits` of a disputed payment's credits, never more
+    /// than is available (balance minus active holds), so the balance stays
+    /// non-negative and every hold stays covered. Returns the reversal entry,
+    /// or none when nothing was available to take.
+    pub fn reverse_credits(&mut self, credits: Credits) -> Option<LedgerEntry> {
+        let taken = if credits < self.available() {
+            credits
+        } else {
+            self.available()
+        };
+        if !taken.is_positive() {
+            return None;
+        }
+        self.balance = self.balance.saturating_sub(taken);
+        Some(self.new_entry(EntryKind::DisputeReversal, taken, self.clock, self.day))
     }
 
     /// Checks a new spend of `amount` against limits, available credits and

@@ -1,5 +1,5 @@
 //! Property test: random sequences of signups, debits, holds, captures,
-//! releases, expiries, purchases, cap changes and day changes, run against
+//! releases, expiries, purchases, dispute reversals, cap changes and day changes, run against
 //! the wallet and against a deliberately simple reference model that
 //! recomputes everything from the ledger and the hold list. After every step
 //! the SPEC §3 invariants are checked.
@@ -14,10 +14,20 @@ use wallet_core::{
 #[derive(Clone, Debug)]
 enum Step {
     Debit(i64),
-    Hold { units: i64, ttl_seconds: i64 },
-    Capture { pick: usize, per_mille: i64 },
-    Release { pick: usize },
+    Hold {
+        units: i64,
+        ttl_seconds: i64,
+    },
+    Capture {
+        pick: usize,
+        per_mille: i64,
+    },
+    Release {
+        pick: usize,
+    },
     Purchase(i64),
+    /// A dispute takes back up to this many units (clamped to what is available).
+    Reverse(i64),
     SetCap(i64),
     Wait(i64),
     Replay,
@@ -31,6 +41,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0usize..8, 0i64..=1_100).prop_map(|(pick, per_mille)| Step::Capture { pick, per_mille }),
         1 => (0usize..8).prop_map(|pick| Step::Release { pick }),
         1 => (1i64..=2_000_000).prop_map(Step::Purchase),
+        1 => (1i64..=2_000_000).prop_map(Step::Reverse),
         1 => (-10_000i64..=6_000_000).prop_map(Step::SetCap),
         // Mostly short waits, so holds outlive midnight; sometimes whole days.
         3 => (0i64..=600).prop_map(Step::Wait),
@@ -66,7 +77,7 @@ impl Model {
     fn spent_today(&self) -> i64 {
         self.entries
             .iter()
-            .filter(|e| !e.kind.adds_credits() && e.usage_day == self.today())
+            .filter(|e| e.kind.is_usage() && e.usage_day == self.today())
             .map(|e| e.amount.units())
             .sum()
     }
@@ -303,6 +314,19 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     })
                     .expect("far below the balance limit");
                 model.entries.push(entry);
+            }
+            Step::Reverse(units) => {
+                let available = model.balance() - model.held();
+                match wallet.reverse_credits(Credits::from_units(units)) {
+                    Some(entry) => {
+                        prop_assert_eq!(entry.kind, EntryKind::DisputeReversal);
+                        prop_assert_eq!(entry.amount.units(), units.min(available));
+                        model.entries.push(entry);
+                    }
+                    None => {
+                        prop_assert_eq!(available, 0, "nothing taken while credits were available")
+                    }
+                }
             }
             Step::SetCap(units) => {
                 let valid = units > 0 && units <= config.daily_cap_max.units();

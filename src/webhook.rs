@@ -1,0 +1,134 @@
+//! `POST /stripe/webhook`. The `Stripe-Signature` header is checked over the
+//! raw body before anything is parsed: every `v1` signature against every
+//! configured secret (rotation), 300 s tolerance, constant-time comparison
+//! (`wallet_core::stripe::verify_signature`). Then `payment_intent.*` events settle the
+//! purchase in the organization's Durable Object (succeeded credits once, by
+//! PaymentIntent id), `charge.dispute.created` reverses unspent credits, and
+//! anything else is acknowledged and ignored. Every handler is idempotent, so
+//! Stripe's retries and duplicates change nothing; errors answer 5xx so that
+//! Stripe retries.
+
+use crate::stripe_api::{Stripe, StripeError};
+use crate::{call_wallet, json_response, Answer, Failure};
+use serde_json::json;
+use wallet_core::api::{is_org_id, ApiError, Command, MAX_WEBHOOK_BODY_BYTES};
+use wallet_core::purchase::{is_purchase_id, ChargeOutcome};
+use wallet_core::stripe::{parse_event, verify_signature, StripeEvent};
+use worker::{console_error, console_log, Date, Env, Request};
+
+use crate::settings::Settings;
+
+pub async fn receive(mut req: Request, env: &Env, settings: &Settings) -> Answer {
+    let stripe_config = match &settings.stripe {
+        Ok(config) => config,
+        Err(problem) => {
+            console_error!("Stripe is not configured: {problem}");
+            return Err(ApiError::Internal.into());
+        }
+    };
+    let declared = req
+        .headers()
+        .get("content-length")?
+        .and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_WEBHOOK_BODY_BYTES) {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
+    let signature = req
+        .headers()
+        .get("stripe-signature")?
+        .ok_or(ApiError::InvalidSignature)?;
+    let body = req.bytes().await?;
+    if body.len() > MAX_WEBHOOK_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
+    let now_ms = Date::now().as_millis() as i64;
+    verify_signature(
+        &body,
+        &signature,
+        &stripe_config.webhook_secrets,
+        now_ms / 1000,
+    )
+    .map_err(|_| ApiError::InvalidSignature)?;
+
+    let (event_id, event) = parse_event(&body).map_err(|err| {
+        console_error!("verified Stripe event is unreadable: {err}");
+        ApiError::InvalidJson(err.to_string())
+    })?;
+    match event {
+        StripeEvent::Ignored => {}
+        StripeEvent::PaymentIntent(intent) => {
+            let Some(org) = intent.org_id.clone().filter(|org| is_org_id(org)) else {
+                console_log!("event {event_id}: PaymentIntent {} is not ours", intent.id);
+                return received();
+            };
+            let purchase_id = intent.purchase_id.clone().filter(|id| is_purchase_id(id));
+            let command = Command::PurchaseSettle {
+                purchase_id,
+                outcome: ChargeOutcome::Intent { intent },
+            };
+            deliver(env, &org, now_ms, &event_id, command).await?;
+        }
+        StripeEvent::DisputeCreated {
+            dispute_id,
+            payment_intent_id,
+        } => {
+            let Some(payment_intent_id) = payment_intent_id else {
+                console_log!("event {event_id}: dispute {dispute_id} has no PaymentIntent");
+                return received();
+            };
+            // A dispute does not carry our metadata: its PaymentIntent does.
+            let intent = match Stripe::new(stripe_config)
+                .payment_intent(&payment_intent_id)
+                .await
+            {
+                Ok(intent) => intent,
+                Err(StripeError::Refused(r)) if r.status == 404 => {
+                    console_log!("event {event_id}: {payment_intent_id} is unknown to Stripe");
+                    return received();
+                }
+                Err(err) => {
+                    console_error!("event {event_id}: {err}");
+                    return Err(ApiError::PaymentProviderUnavailable.into());
+                }
+            };
+            let Some(org) = intent.org_id.filter(|org| is_org_id(org)) else {
+                console_log!("event {event_id}: {payment_intent_id} is not ours");
+                return received();
+            };
+            let command = Command::Dispute {
+                payment_intent_id,
+                dispute_id,
+            };
+            deliver(env, &org, now_ms, &event_id, command).await?;
+        }
+    }
+    received()
+}
+
+fn received() -> Answer {
+    Ok(json_response(200, &json!({ "received": true }))?)
+}
+
+/// Applies an event in the organization's Durable Object. An organization
+/// without a wallet is acknowledged (retries would not help); other failures
+/// answer 500 so Stripe retries.
+async fn deliver(
+    env: &Env,
+    org: &str,
+    now_ms: i64,
+    event_id: &str,
+    command: Command,
+) -> Result<(), Failure> {
+    let response = call_wallet(env, org, now_ms, command).await?;
+    match response.status_code() {
+        200 => Ok(()),
+        404 => {
+            console_log!("event {event_id}: organization {org} has no wallet");
+            Ok(())
+        }
+        status => {
+            console_error!("event {event_id}: the wallet answered {status}");
+            Err(ApiError::Internal.into())
+        }
+    }
+}

@@ -1,0 +1,259 @@
+// Stripe for the end-to-end tests: a localstripe per test file (a free port,
+// its own process group, from scratch), the worker pointed at it with its
+// webhooks registered, direct calls to localstripe, and webhook bodies signed
+// exactly as Stripe signs them.
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import assert from 'node:assert/strict';
+import { after } from 'node:test';
+import { ROOT, freePort, randomId, startWorker, tempDir } from './harness.mjs';
+
+export const WEBHOOK_SECRET = 'whsec_local_dev';
+const STRIPE_KEY = 'sk_test_e2e';
+const READY_TIMEOUT_MS = 20_000;
+const EXIT_TIMEOUT_MS = 10_000;
+
+// ---------------------------------------------------------------------------
+// localstripe processes
+
+const stripeGroups = new Set();
+
+function killGroup(pgid, signal) {
+  try {
+    process.kill(-pgid, signal);
+  } catch (err) {
+    if (err.code !== 'ESRCH') throw err;
+  }
+}
+
+function groupAlive(pgid) {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return err.code === 'EPERM';
+  }
+}
+
+async function stopGroup(pgid) {
+  killGroup(pgid, 'SIGTERM');
+  const deadline = Date.now() + EXIT_TIMEOUT_MS;
+  while (groupAlive(pgid)) {
+    if (Date.now() > deadline) {
+      killGroup(pgid, 'SIGKILL');
+      break;
+    }
+    await sleep(50);
+  }
+  stripeGroups.delete(pgid);
+}
+
+process.on('exit', () => {
+  for (const pgid of stripeGroups) killGroup(pgid, 'SIGKILL');
+});
+after(async () => {
+  await Promise.all([...stripeGroups].map(stopGroup));
+});
+
+/** Starts localstripe on a free loopback port; resolves once it answers. */
+export async function startLocalstripe() {
+  const port = await freePort();
+  const logFile = path.join(tempDir(), `localstripe-${port}.log`);
+  const out = fs.openSync(logFile, 'a');
+  const child = spawn('python3', [path.join(ROOT, 'scripts/stripe-emulator.py'), '--port', String(port), '--from-scratch'], {
+    cwd: ROOT,
+    stdio: ['ignore', out, out],
+    detached: true,
+  });
+  fs.closeSync(out);
+  const pgid = child.pid;
+  stripeGroups.add(pgid);
+  let exited = null;
+  child.once('exit', (code, signal) => {
+    exited = signal ?? code;
+  });
+  const stripe = stripeClient(`http://127.0.0.1:${port}`);
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  for (;;) {
+    if (exited !== null) throw new Error(`localstripe exited (${exited}); log: ${logFile}`);
+    if (Date.now() > deadline) {
+      await stopGroup(pgid);
+      throw new Error(`localstripe not ready after ${READY_TIMEOUT_MS} ms; log: ${logFile}`);
+    }
+    try {
+      const res = await stripe.get('/v1/customers?limit=1');
+      if (res.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  return { ...stripe, port, logFile, stop: () => stopGroup(pgid) };
+}
+
+/**
+ * localstripe, then a worker whose Stripe is that localstripe and whose webhook
+ * secrets are `webhookSecrets`; localstripe's own events go to the worker
+ * signed with the first secret.
+ */
+export async function startStack({ webhookSecrets = [WEBHOOK_SECRET] } = {}) {
+  const stripe = await startLocalstripe();
+  const worker = await startWorker({
+    vars: { STRIPE_API_BASE: stripe.base, STRIPE_WEBHOOK_SECRETS: webhookSecrets.join(',') },
+  });
+  const res = await stripe.post(`/_config/webhooks/${randomId('wh_')}`, {
+    url: `${worker.base}/stripe/webhook`,
+    secret: webhookSecrets[0],
+  });
+  assert.equal(res.status, 200, `webhook registration: ${res.text}`);
+  return {
+    stripe,
+    worker,
+    stop: async () => {
+      await worker.stop();
+      await stripe.stop();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Talking to localstripe directly (as Stripe's dashboard or Stripe.js would)
+
+function form(params, prefix = '', out = new URLSearchParams()) {
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined) continue;
+    const name = prefix ? `${prefix}[${key}]` : key;
+    if (value !== null && typeof value === 'object') form(value, name, out);
+    else out.append(name, String(value));
+  }
+  return out;
+}
+
+export function stripeClient(base) {
+  const auth = `Basic ${Buffer.from(`${STRIPE_KEY}:`).toString('base64')}`;
+  async function call(method, pathAndQuery, params) {
+    const res = await fetch(base + pathAndQuery, {
+      method,
+      headers: { authorization: auth, ...(params ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
+      body: params ? form(params).toString() : undefined,
+      signal: AbortSignal.timeout(15_000),
+    });
+    const text = await res.text();
+    let json;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: res.status, json, text };
+  }
+  const client = {
+    base,
+    get: (p) => call('GET', p),
+    post: (p, params = {}) => call('POST', p, params),
+
+    /** A card payment method (not attached), e.g. 4000002500003155 for 3-D Secure. */
+    async cardPaymentMethod(number) {
+      const res = await client.post('/v1/payment_methods', {
+        type: 'card',
+        card: { number, exp_month: 12, exp_year: 2034, cvc: '123' },
+      });
+      assert.equal(res.status, 200, res.text);
+      return res.json.id;
+    },
+
+    async paymentIntent(id) {
+      const res = await client.get(`/v1/payment_intents/${id}`);
+      assert.equal(res.status, 200, res.text);
+      return res.json;
+    },
+
+    /** Every PaymentIntent whose metadata names `org`. */
+    async paymentIntentsOf(org) {
+      const found = [];
+      let cursor;
+      for (let page = 0; page < 100; page++) {
+        const query = new URLSearchParams({ limit: '100' });
+        if (cursor) query.set('starting_after', cursor);
+        const res = await client.get(`/v1/payment_intents?${query}`);
+        assert.equal(res.status, 200, res.text);
+        found.push(...res.json.data.filter((pi) => pi.metadata?.org_id === org));
+        if (!res.json.has_more) return found;
+        cursor = res.json.data.at(-1).id;
+      }
+      throw new Error('PaymentIntent pagination did not end');
+    },
+
+    /** Completes (or fails) 3-D Secure for a PaymentIntent, as Stripe.js would. */
+    authenticate(id, clientSecret, success = true) {
+      return client.post(`/v1/payment_intents/${id}/_authenticate`, {
+        client_secret: clientSecret,
+        success: success ? 'true' : 'false',
+      });
+    },
+  };
+  return client;
+}
+
+// ---------------------------------------------------------------------------
+// Webhooks, signed the way Stripe signs them
+
+export const nowSeconds = () => Math.floor(Date.now() / 1000);
+
+/** `t=<ts>,v1=<hex HMAC-SHA256(secret, "<ts>.<payload>")>`. */
+export function v1Signature(payload, secret, timestamp = nowSeconds()) {
+  return crypto.createHmac('sha256', secret).update(`${timestamp}.${payload}`).digest('hex');
+}
+
+export function signatureHeader(payload, secret = WEBHOOK_SECRET, timestamp = nowSeconds()) {
+  return `t=${timestamp},v1=${v1Signature(payload, secret, timestamp)}`;
+}
+
+/** An event body as Stripe sends it. */
+export function eventPayload(type, object, { id = randomId('evt_') } = {}) {
+  return JSON.stringify({
+    id,
+    object: 'event',
+    api_version: '2026-09-30.endive',
+    created: nowSeconds(),
+    livemode: false,
+    pending_webhooks: 1,
+    request: { id: null, idempotency_key: null },
+    type,
+    data: { object },
+  });
+}
+
+/** POSTs a raw body to the worker's webhook route. */
+export async function deliver(base, payload, signature) {
+  const headers = { 'content-type': 'application/json; charset=utf-8' };
+  if (signature !== undefined) headers['stripe-signature'] = signature;
+  const res = await fetch(`${base}/stripe/webhook`, {
+    method: 'POST',
+    headers,
+    body: payload,
+    signal: AbortSignal.timeout(30_000),
+  });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, json, text };
+}
+
+/**
+ * The purchase id the worker derives from an organization and Idempotency-Key
+ * (docs-purchases.md): "pur_" + the first 24 hex digits of
+ * SHA-256("ai-wallet purchase\0" + org + "\0" + key + "\0").
+ */
+export function purchaseIdFor(org, key) {
+  const hash = crypto.createHash('sha256');
+  for (const part of ['ai-wallet purchase', org, key]) hash.update(part).update('\0');
+  return `pur_${hash.digest('hex').slice(0, 24)}`;
+}
