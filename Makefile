@@ -17,6 +17,7 @@ RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name 
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
+	@echo "            and localstripe on http://127.0.0.1:8420 (test card: scripts/test-card.sh ORG)"
 	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
 
 setup:

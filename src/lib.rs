@@ -198,6 +198,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
             return purchases::dev_payment_method(env, settings, org, body, now_ms).await;
         }
         (["stripe", "webhook"], Method::Post) => return webhook::receive(req, env, settings).await,
+        (["stripe", "webhook"], _) => return Err(ApiError::MethodNotAllowed.into()),
         (["dev", ..], _) => return Err(ApiError::NotFound.into()),
         _ => {}
     }
@@ -207,7 +208,6 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
             | ["openapi.json"]
             | ["v1", "orgs"]
             | ["v1", "packs"]
-            | ["stripe", "webhook"]
             | ["v1", "orgs", _, "payment-method" | "purchases"]
             | ["v1", "orgs", _, "purchases", _]
             | [

@@ -266,8 +266,14 @@ pub async fn get(
         purchase.status,
         PurchaseStatus::Processing | PurchaseStatus::RequiresAction
     );
-    if let (true, Some(intent_id)) = (unsettled, purchase.payment_intent_id.clone()) {
-        match stripe(settings)?.payment_intent(&intent_id).await {
+    let refresh = match (&settings.stripe, &purchase.payment_intent_id) {
+        (Ok(config), Some(intent_id)) if unsettled => {
+            Some((Stripe::new(config), intent_id.clone()))
+        }
+        _ => None,
+    };
+    if let Some((stripe, intent_id)) = refresh {
+        match stripe.payment_intent(&intent_id).await {
             Ok(intent) => {
                 let settled: PurchaseReply = ask(
                     env,

@@ -40,7 +40,7 @@ function buy(org, packId, { key = randomId('key_'), tok = ownerToken(org), heade
 }
 
 function getPurchase(org, id, tok = ownerToken(org)) {
-  return w.call('GET', '/v1/orgs/{org}/purchases/{id}', { org, id }, { token: tok });
+  return w.call('GET', '/v1/orgs/{org}/purchases/{purchase_id}', { org, purchase_id: id }, { token: tok });
 }
 
 function paymentMethod(org, tok = ownerToken(org)) {

@@ -80,7 +80,7 @@ function buy(client, org, packId, key = randomId('key_')) {
 }
 
 function getPurchase(client, org, id) {
-  return client.call('GET', '/v1/orgs/{org}/purchases/{id}', { org, id }, { token: ownerToken(org) });
+  return client.call('GET', '/v1/orgs/{org}/purchases/{purchase_id}', { org, purchase_id: id }, { token: ownerToken(org) });
 }
 
 function ledgerOf(client, org, count) {
@@ -225,14 +225,15 @@ describe('signatures', () => {
     const payload = eventPayload('payment_intent.succeeded', intent);
     const tampered = payload.replace('"amount_received":1000', '"amount_received":100000');
     assert.notEqual(tampered, payload);
-    const stale = nowSeconds() - 301;
-    const future = nowSeconds() + 301;
+    const t = nowSeconds();
+    const stale = t - 301; // only gets staler while the test runs
+    const future = t + 320; // margin: the worker's clock reads later than ours
     const cases = {
       'tampered body': [tampered, signatureHeader(payload)],
       'wrong secret': [payload, signatureHeader(payload, 'whsec_not_ours')],
       'stale timestamp (301 s)': [payload, signatureHeader(payload, WEBHOOK_SECRET, stale)],
-      'future timestamp (301 s)': [payload, signatureHeader(payload, WEBHOOK_SECRET, future)],
-      'timestamp changed after signing': [payload, `t=${nowSeconds() + 1},v1=${v1Signature(payload, WEBHOOK_SECRET)}`],
+      'future timestamp (320 s)': [payload, signatureHeader(payload, WEBHOOK_SECRET, future)],
+      'timestamp changed after signing': [payload, `t=${t + 1},v1=${v1Signature(payload, WEBHOOK_SECRET, t)}`],
       'missing header': [payload, undefined],
       'empty header': [payload, ''],
       'garbage header': [payload, 'garbage'],
@@ -241,8 +242,8 @@ describe('signatures', () => {
     };
     for (const [name, [body, header]] of Object.entries(cases)) {
       const res = await send(body, header);
+      assert.equal(res.status, 400, `${name}: ${res.text}`);
       assertError(res, 400, 'invalid_signature');
-      assert.ok(name);
     }
     assertAmount(await w.balance(org), TRIAL);
     assert.deepEqual((await w.ledger(org)).map((e) => e.kind), ['trial_grant']);
