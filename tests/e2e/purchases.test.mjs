@@ -300,3 +300,18 @@ describe('purchases', () => {
     assertAmount(await w.balance(org), TRIAL);
   });
 });
+
+// Last: it stops this file's localstripe.
+describe('when Stripe is unreachable', () => {
+  test('Stripe routes answer 503 payment_provider_unavailable; nothing changes; AI usage goes on', async () => {
+    const org = await orgWithCard();
+    await stack.stripe.stop();
+    assertError(await paymentMethod(org), 503, 'payment_provider_unavailable');
+    assertError(await buy(org, 'starter'), 503, 'payment_provider_unavailable');
+    assertAmount(await w.balance(org), TRIAL);
+    const debit = await w.debit(org, '5');
+    assert.equal(debit.status, 201, debit.text);
+    const packs = await w.call('GET', '/v1/packs', {}, { token: ownerToken(org) });
+    assert.equal(packs.status, 200, packs.text);
+  });
+});
