@@ -13,11 +13,13 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e lint migrate
+.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
 	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
+	@echo "make demo-data   fill organization ORG (default demo) with 60 days of AI usage"
+	@echo "                 through the running worker at BASE (default http://127.0.0.1:8787)"
 
 setup:
 	@scripts/setup.sh
@@ -44,3 +46,8 @@ test-unit:
 
 test-e2e: worker
 	node --test --test-concurrency=1 tests/e2e/
+
+# Fills a demo organization through the real API of a running `make dev`
+# (never run implicitly). ORG=, BASE=, DAYS= override the defaults.
+demo-data:
+	node scripts/demo-data.mjs

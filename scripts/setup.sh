@@ -32,3 +32,14 @@ if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.
   npm install --no-audit --no-fund
   touch node_modules/.install-stamp
 fi
+
+# The dashboard's browser libraries, copied from node_modules (pinned by hash).
+node scripts/vendor-assets.mjs
+
+# Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+if [ ! -x /usr/bin/chromium ]; then
+  step "installing Debian's chromium for the browser tests (about 15 s)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y --no-install-recommends chromium \
+    || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends chromium; }
+fi

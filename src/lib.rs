@@ -3,6 +3,7 @@
 //! credits, and the D1 ledger replica (`replica`) that list routes read.
 
 mod replica;
+mod reports;
 mod settings;
 mod wallet_object;
 mod wallet_store;
@@ -21,6 +22,7 @@ use wasm_bindgen::JsValue;
 use worker::*;
 
 /// Who may call a route.
+const ANY_ROLE: &[Role] = &[Role::Owner, Role::Admin, Role::Member, Role::Viewer];
 const ANY_ROLE_OR_SERVICE: &[Role] = &[
     Role::Owner,
     Role::Admin,
@@ -190,7 +192,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 "v1",
                 "orgs",
                 _,
-                "wallet" | "daily-cap" | "debits" | "holds" | "ledger"
+                "wallet" | "daily-cap" | "debits" | "holds" | "ledger" | "transactions" | "usage"
             ]
             | ["v1", "orgs", _, "holds", _, "capture" | "release"]
     );
@@ -306,6 +308,19 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         200,
                         &json!({ "data": data, "has_more": has_more }),
                     )?)
+                }
+                (["transactions"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    let query = reports::TransactionsQuery {
+                        format: query("format"),
+                        limit: query("limit"),
+                        starting_after: query("starting_after"),
+                    };
+                    reports::transactions(env, org, now_ms, query).await
+                }
+                (["usage"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    reports::usage(env, org, now_ms, query("from"), query("to")).await
                 }
                 _ => Err(ApiError::MethodNotAllowed.into()),
             }

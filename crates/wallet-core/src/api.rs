@@ -29,6 +29,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/orgs/{org}/holds/{hold_id}/capture"),
     ("post", "/v1/orgs/{org}/holds/{hold_id}/release"),
     ("get", "/v1/orgs/{org}/ledger"),
+    ("get", "/v1/orgs/{org}/transactions"),
+    ("get", "/v1/orgs/{org}/usage"),
 ];
 
 /// Largest request body accepted (16 KiB).

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod money;
+pub mod reports;
 pub mod time;
 pub mod token;
 pub mod wallet;
