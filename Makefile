@@ -13,7 +13,7 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data
+.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data bench-reports
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
@@ -51,3 +51,8 @@ test-e2e: worker
 # (never run implicitly). ORG=, BASE=, DAYS= override the defaults.
 demo-data:
 	node scripts/demo-data.mjs
+
+# Times usage and transactions for an organization with a million debits
+# (written straight into a temporary local D1); a few minutes. Not in `make test`.
+bench-reports: worker
+	node --test --test-concurrency=1 tests/bench/reports.bench.mjs

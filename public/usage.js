@@ -113,14 +113,22 @@ export function createUsageView(session, walletView) {
     });
   }
 
+  /** "12.5 credits" with the unit set smaller. */
+  function setCredits(el, amount) {
+    const unit = document.createElement('span');
+    unit.className = 'unit';
+    unit.textContent = 'credits';
+    el.replaceChildren(formatCredits(amount), ' ', unit);
+  }
+
   function render() {
     $('range-from').value = report.from;
     $('range-to').value = report.to;
     $('range-to').max = report.today;
-    $('usage-total').textContent = `${formatCredits(report.total)} credits`;
+    setCredits($('usage-total'), report.total);
     $('usage-count').textContent = `${countFormat.format(report.count)} AI calls, ${formatDay(report.from, { dateStyle: 'medium' })} – ${formatDay(report.to, { dateStyle: 'medium' })}`;
-    $('usage-balance').textContent = `${formatCredits(report.balance)} credits`;
-    $('usage-avg').textContent = `${formatCredits(report.avg_daily_7d)} credits`;
+    setCredits($('usage-balance'), report.balance);
+    setCredits($('usage-avg'), report.avg_daily_7d);
     $('usage-avg-window').textContent = `Last 7 days (${formatDay(report.trailing_7d.from)} – ${formatDay(report.trailing_7d.to)} UTC, today so far included).`;
     const days = report.projected_days_until_depletion;
     $('usage-projection').textContent = days === null

@@ -196,9 +196,11 @@ export function createWalletView(session) {
     } else {
       method.textContent = '';
     }
+    method.hidden = !method.textContent;
     const reason = buyBlockedReason();
     $('buy-reason').textContent = reason ?? '';
-    $('buy-reason').hidden = !reason || !packs;
+    // Without a catalogue an owner reads the packs error; others still learn who may buy.
+    $('buy-reason').hidden = !reason || (!packs && isOwner);
     const list = $('packs');
     list.replaceChildren();
     if (!packs) return;
@@ -208,13 +210,15 @@ export function createWalletView(session) {
     packs.forEach((pack, i) => {
       const item = document.createElement('li');
       item.className = 'pack';
-      const title = addText(item, 'h3', pack.name);
-      title.id = `pack-${pack.id}-name`;
-      if (best > 0 && bonuses[i] === best) addText(item, 'span', 'Best value').className = 'badge';
+      const head = document.createElement('div');
+      head.className = 'pack-head';
+      addText(head, 'h3', pack.name);
+      if (best > 0 && bonuses[i] === best) addText(head, 'span', 'Best value').className = 'badge';
+      item.append(head);
       addText(item, 'span', `${formatCredits(pack.credits)} credits`).className = 'credits';
       addText(item, 'span', formatMoney(pack.price_cents, pack.currency)).className = 'price';
       const value = [`${pricePerCredit(pack)} per credit`];
-      if (bonuses[i] > 0) value.push(`${bonuses[i]}% more credits per dollar than ${base.name}`);
+      if (bonuses[i] > 0) value.push(`${bonuses[i]}% more per dollar than ${base.name}`);
       addText(item, 'span', value.join(' · ')).className = 'value';
       const button = document.createElement('button');
       button.type = 'button';
