@@ -12,7 +12,9 @@ use crate::wallet_store::{self, OpRecord, Statement};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wallet_core::api::{entry_json, hold_json, ApiError, Command, Envelope, SignupBody};
+use wallet_core::api::{
+    entry_json, hold_json, ApiError, BatchSlot, Command, DebitBody, Envelope, SignupBody,
+};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::{seq_of, Hold};
 use wallet_core::{DebitRequest, HoldRequest, Rejection, Wallet, WalletConfig};
@@ -330,38 +332,16 @@ impl WalletObject {
                 idempotency_key,
                 fingerprint,
                 body,
-            } => {
-                let request = DebitRequest {
-                    feature: body.feature.clone(),
-                    amount: body.amount,
-                    user_id: body.user_id.clone(),
-                    project_id: body.project_id.clone(),
-                    metadata: body.metadata.clone(),
-                };
-                match wallet.debit(&request, config) {
-                    Ok(entry) => {
-                        let mut response = entry_json(&entry);
-                        response["spent_today"] = serde_json::json!(wallet.spent_today);
-                        response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
-                        let text = response.to_string();
-                        writes.statements.push(wallet_store::insert_op(&OpRecord {
-                            seq: entry.seq,
-                            idempotency: Some((idempotency_key, fingerprint)),
-                            status: 201,
-                            response: Some(&text),
-                            entry: Some(&entry),
-                            created_at_ms: now_ms,
-                        }));
-                        writes.wallet_changed = true;
-                        writes.entry_written = true;
-                        Reply {
-                            status: 201,
-                            body: text,
-                            retry_after: None,
-                        }
-                    }
-                    Err(r) => rejected(r),
-                }
+            } => apply_debit(
+                wallet,
+                config,
+                idempotency_key,
+                fingerprint,
+                body,
+                &mut writes,
+            ),
+            Command::DebitBatch { items } => {
+                Reply::json(200, &self.apply_batch(wallet, config, items, &mut writes)?)
             }
             Command::PlaceHold {
                 idempotency_key,
@@ -447,6 +427,72 @@ impl WalletObject {
         Ok((reply, writes))
     }
 
+    /// Applies a batch in order; each item answers as a single debit would,
+    /// and a key repeated within the batch is a replay of its first use.
+    fn apply_batch(
+        &self,
+        wallet: &mut Wallet,
+        config: &WalletConfig,
+        items: &[BatchSlot],
+        writes: &mut Writes,
+    ) -> Result<serde_json::Value> {
+        let keys: Vec<&str> = items
+            .iter()
+            .filter_map(|slot| match slot {
+                BatchSlot::Debit {
+                    idempotency_key, ..
+                } => Some(idempotency_key.as_str()),
+                BatchSlot::Invalid { .. } => None,
+            })
+            .collect();
+        let mut seen = wallet_store::stored_replies(&self.state.storage().sql(), &keys)?;
+        let mut results = Vec::with_capacity(items.len());
+        for slot in items {
+            let (key, status, body) = match slot {
+                BatchSlot::Invalid {
+                    idempotency_key,
+                    status,
+                    error,
+                } => {
+                    results.push(serde_json::json!({
+                        "idempotency_key": idempotency_key, "status": status, "error": error
+                    }));
+                    continue;
+                }
+                BatchSlot::Debit {
+                    idempotency_key,
+                    fingerprint,
+                    body,
+                } => match seen.get(idempotency_key.as_str()) {
+                    Some(stored) if stored.fingerprint == *fingerprint => {
+                        (idempotency_key, stored.status, stored.response.clone())
+                    }
+                    Some(_) => {
+                        let err = ApiError::IdempotencyKeyReused;
+                        (idempotency_key, err.status(), err.body().to_string())
+                    }
+                    None => {
+                        let reply =
+                            apply_debit(wallet, config, idempotency_key, fingerprint, body, writes);
+                        if reply.status < 300 {
+                            seen.insert(
+                                idempotency_key.clone(),
+                                wallet_store::StoredReply {
+                                    fingerprint: fingerprint.clone(),
+                                    status: reply.status,
+                                    response: reply.body.clone(),
+                                },
+                            );
+                        }
+                        (idempotency_key, reply.status, reply.body)
+                    }
+                },
+            };
+            results.push(batch_result(Some(key), status, &body));
+        }
+        Ok(serde_json::json!({ "results": results }))
+    }
+
     /// The stored record of a hold that is no longer active, if any.
     fn closed_hold(&self, wallet: &Wallet, hold_id: &str) -> Result<Option<Hold>> {
         if wallet.holds.contains_key(hold_id)
@@ -521,4 +567,56 @@ fn open(
     let reply = Reply::json(201, &wallet.view(config));
     *slot = Some(wallet);
     (reply, writes)
+}
+
+/// Decides one debit (already known not to be a replay) and records it.
+fn apply_debit(
+    wallet: &mut Wallet,
+    config: &WalletConfig,
+    idempotency_key: &str,
+    fingerprint: &str,
+    body: &DebitBody,
+    writes: &mut Writes,
+) -> Reply {
+    let request = DebitRequest {
+        feature: body.feature.clone(),
+        amount: body.amount,
+        user_id: body.user_id.clone(),
+        project_id: body.project_id.clone(),
+        metadata: body.metadata.clone(),
+    };
+    match wallet.debit(&request, config) {
+        Ok(entry) => {
+            let mut response = entry_json(&entry);
+            response["spent_today"] = serde_json::json!(wallet.spent_today);
+            response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
+            let text = response.to_string();
+            writes.statements.push(wallet_store::insert_op(&OpRecord {
+                seq: entry.seq,
+                idempotency: Some((idempotency_key, fingerprint)),
+                status: 201,
+                response: Some(&text),
+                entry: Some(&entry),
+                created_at_ms: wallet.now().timestamp_millis(),
+            }));
+            writes.wallet_changed = true;
+            writes.entry_written = true;
+            Reply {
+                status: 201,
+                body: text,
+                retry_after: None,
+            }
+        }
+        Err(r) => Reply::error(&ApiError::Rejected(r), wallet.now()),
+    }
+}
+
+/// One batch item's result: its key, status, and the entry or the error.
+fn batch_result(key: Option<&str>, status: u16, body: &str) -> serde_json::Value {
+    let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    if status < 300 {
+        serde_json::json!({ "idempotency_key": key, "status": status, "entry": parsed })
+    } else {
+        serde_json::json!({ "idempotency_key": key, "status": status, "error": parsed["error"] })
+    }
 }

@@ -33,7 +33,7 @@ test('acknowledged debits survive a SIGKILL of the runtime mid-load', { timeout:
       try {
         const res = await w.debit(org, AMOUNT, { key });
         if (res.status === 201) acked.push({ org, key, entry: res.json });
-        else if (!killing) refusedBeforeKill.push(`${res.status} ${res.text}`);
+        else if (!killing) refusedBeforeKill.push(res.summary);
       } catch {
         // The connection died with the runtime: this debit was not acknowledged.
       }
@@ -56,7 +56,7 @@ test('acknowledged debits survive a SIGKILL of the runtime mid-load', { timeout:
   // Every acknowledged debit replays to the very same entry: it was kept, and only once.
   const replays = await mapLimit(acked, LANES, ({ org, key }) => w.debit(org, AMOUNT, { key }));
   replays.forEach((res, i) => {
-    assert.equal(res.status, 201, `replay of ${acked[i].key}: ${res.status} ${res.text}`);
+    assert.equal(res.status, 201, `replay of ${acked[i].key}: ${res.summary}`);
     assert.deepEqual(res.json, acked[i].entry, `replay of ${acked[i].key}`);
   });
 
@@ -65,7 +65,7 @@ test('acknowledged debits survive a SIGKILL of the runtime mid-load', { timeout:
     // D1 may lag behind the Durable Object after the crash, but must catch up.
     await waitFor(async () => {
       const wallet = await w.wallet(org);
-      assert.equal(wallet.status, 200, wallet.text);
+      assert.equal(wallet.status, 200, wallet.summary);
       const ledger = await w.ledger(org);
       const ids = ledger.map((e) => e.id);
       assert.equal(new Set(ids).size, ids.length, `duplicate ledger entries for ${org}`);
@@ -87,7 +87,7 @@ test('acknowledged debits survive a SIGKILL of the runtime mid-load', { timeout:
   for (const org of orgs) {
     const balance = units(await w.balance(org));
     const res = await w.debit(org, AMOUNT);
-    assert.equal(res.status, 201, res.text);
+    assert.equal(res.status, 201, res.summary);
     assert.equal(units(res.json.balance_after), balance - units(AMOUNT));
   }
 });
