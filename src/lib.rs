@@ -187,6 +187,13 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
             return Ok(dev_token(&body, settings)?);
         }
         (["dev", ..], _) => return Err(ApiError::NotFound.into()),
+        // Benchmark floor and counters, only when configured for `make bench`.
+        (["bench", "floor", org], Method::Post) if settings.bench_routes => {
+            return call_wallet(env, org, 0, Command::Ping).await;
+        }
+        (["bench", "storage", org], Method::Get) if settings.bench_routes => {
+            return call_wallet(env, org, 0, Command::StorageStats).await;
+        }
         _ => {}
     }
     let known = matches!(

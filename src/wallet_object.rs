@@ -48,6 +48,18 @@ struct ReplicaState {
     pending: Cell<bool>,
     flushing: Cell<bool>,
     alarm_set: Cell<bool>,
+    /// Rows written, as the storage APIs count them (for `make bench`).
+    do_rows_written: Cell<u64>,
+    d1_rows_written: Cell<u64>,
+}
+
+impl ReplicaState {
+    fn count(&self, stats: replica::FlushStats) {
+        self.do_rows_written
+            .set(self.do_rows_written.get() + stats.do_rows_written);
+        self.d1_rows_written
+            .set(self.d1_rows_written.get() + stats.d1_rows_written);
+    }
 }
 
 #[durable_object]
@@ -116,6 +128,16 @@ impl DurableObject for WalletObject {
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let envelope: Envelope = req.json().await?;
+        match envelope.command {
+            Command::Ping => return Response::ok("{}"),
+            Command::StorageStats => {
+                return Response::from_json(&serde_json::json!({
+                    "do_rows_written": self.replica.do_rows_written.get(),
+                    "d1_rows_written": self.replica.d1_rows_written.get(),
+                }))
+            }
+            _ => {}
+        }
         let now = from_millis(envelope.now_ms)
             .ok_or_else(|| Error::RustError("bad request time".into()))?;
         let reply = self.execute(envelope).unwrap_or_else(|err| {
@@ -135,8 +157,9 @@ impl DurableObject for WalletObject {
                 self.replica.flushing.set(true);
                 let result = replica::flush(&sql, &self.env.d1("DB")?, &org_id).await;
                 self.replica.flushing.set(false);
-                if let Err(err) = result {
-                    console_error!("ledger replica flush failed, will retry: {err}");
+                match result {
+                    Ok(stats) => self.replica.count(stats),
+                    Err(err) => console_error!("ledger replica flush failed, will retry: {err}"),
                 }
             }
             let retention_ms = settings(&self.env)
@@ -144,7 +167,11 @@ impl DurableObject for WalletObject {
                 .config
                 .idempotency_retention_seconds
                 * 1000;
-            replica::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
+            let pruned = replica::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
+            self.replica.count(replica::FlushStats {
+                do_rows_written: pruned,
+                ..Default::default()
+            });
         }
         if replica::has_pending(&sql)? {
             self.arm_alarm(FLUSH_RETRY_MS * 2.5);
@@ -181,17 +208,23 @@ impl WalletObject {
         let storage = self.state.storage();
         let sql = storage.sql();
         let mut pending = Some(statements);
+        let written = Rc::new(Cell::new(0u64));
+        let counter = Rc::clone(&written);
         let closure =
             Closure::<dyn FnMut() -> std::result::Result<JsValue, JsValue>>::new(move || {
                 for (query, bindings) in pending.take().unwrap_or_default() {
-                    sql.exec(query, bindings)
+                    let cursor = sql
+                        .exec(query, bindings)
                         .map_err(|e| JsValue::from_str(&e.to_string()))?;
+                    counter.set(counter.get() + cursor.rows_written() as u64);
                 }
                 Ok(JsValue::UNDEFINED)
             });
         Self::raw_storage(&storage)
             .transaction_sync(closure.as_ref().unchecked_ref())
             .map_err(Error::from)?;
+        let total = &self.replica.do_rows_written;
+        total.set(total.get() + written.get());
         Ok(())
     }
 
@@ -223,9 +256,12 @@ impl WalletObject {
         flags.flushing.set(true);
         wasm_bindgen_futures::spawn_local(async move {
             while flags.pending.replace(false) {
-                if let Err(err) = replica::flush(&sql, &db, &org_id).await {
-                    console_error!("ledger replica flush failed, the alarm will retry: {err}");
-                    break;
+                match replica::flush(&sql, &db, &org_id).await {
+                    Ok(stats) => flags.count(stats),
+                    Err(err) => {
+                        console_error!("ledger replica flush failed, the alarm will retry: {err}");
+                        break;
+                    }
                 }
             }
             flags.flushing.set(false);
@@ -319,7 +355,9 @@ impl WalletObject {
         let rejected = |r: Rejection| Reply::error(&ApiError::Rejected(r), now);
 
         let reply = match command {
-            Command::Open(_) => unreachable!("signups are handled by open()"),
+            Command::Open(_) | Command::Ping | Command::StorageStats => {
+                unreachable!("answered before a decision")
+            }
             Command::View => Reply::json(200, &wallet.view(config)),
             Command::SetDailyCap(body) => match wallet.set_daily_cap(body.daily_cap, config) {
                 Ok(()) => {

@@ -676,6 +676,10 @@ pub enum Command {
     Release {
         hold_id: String,
     },
+    /// Benchmark floor: answer at once, touching nothing.
+    Ping,
+    /// Benchmark counters: storage rows this instance has written.
+    StorageStats,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
