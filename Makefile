@@ -43,4 +43,4 @@ test-unit:
 	cargo test -p wallet-core
 
 test-e2e: worker
-	node --test --test-concurrency=1 tests/e2e/
+	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'

@@ -258,7 +258,13 @@ pub fn parse_body_within<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Res
             serde_json::error::Category::Syntax
             | serde_json::error::Category::Eof
             | serde_json::error::Category::Io => ApiError::InvalidJson(inner.to_string()),
-            serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
+            // A field error in a body that is not even JSON is a JSON error.
+            serde_json::error::Category::Data => {
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Err(syntax) => ApiError::InvalidJson(syntax.to_string()),
+                    Ok(_) => data_error(&path, &inner.to_string()),
+                }
+            }
         }
     })?;
     de.end().map_err(|e| ApiError::InvalidJson(e.to_string()))?;
