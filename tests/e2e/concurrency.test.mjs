@@ -91,7 +91,7 @@ test('100 concurrent debits against a cap for 50: 50 × 201, 50 × 429', async (
   assertAmount(wallet.json.cap_remaining, '0');
 });
 
-test('30 concurrent requests with one Idempotency-Key debit once and answer alike', async () => {
+test('30 concurrent requests with one Idempotency-Key take effect once and answer alike', async () => {
   const org = await w.newOrg();
   const key = randomId('key_');
   const results = await Promise.all(Array.from({ length: 30 }, () => w.debit(org, '7', { key })));
@@ -100,6 +100,16 @@ test('30 concurrent requests with one Idempotency-Key debit once and answer alik
     assert.deepEqual(r.json, results[0].json);
   }
   assertAmount(await w.balance(org), '193');
+
+  const holdKey = randomId('key_');
+  const holds = await Promise.all(Array.from({ length: 30 }, () => w.hold(org, '11', { key: holdKey })));
+  for (const r of holds) {
+    assert.equal(r.status, 201, r.summary);
+    assert.deepEqual(r.json, holds[0].json);
+  }
+  const wallet = await w.wallet(org);
+  assertAmount(wallet.json.held, '11');
+  assertAmount(wallet.json.available, '182');
 });
 
 test('concurrent holds and debits share one available balance', async () => {

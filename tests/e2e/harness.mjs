@@ -447,7 +447,10 @@ export const WALLET_FIELDS = [
   'spent_today', 'held_today', 'cap_remaining', 'day', 'resets_at', 'status', 'resumes_at',
 ];
 
-/** SPEC §3 invariants, as far as one wallet snapshot shows them. */
+/**
+ * SPEC §3 invariants, as far as one wallet snapshot shows them (for wallets
+ * whose owner never lowered the cap below the day's use).
+ */
 export function assertWalletInvariants(w) {
   const [balance, held, available] = [units(w.balance), units(w.held), units(w.available)];
   const [cap, spent, heldToday] = [units(w.daily_cap), units(w.spent_today), units(w.held_today)];

@@ -41,7 +41,7 @@ before(async () => {
 
 after(() => worker?.stop());
 
-const json = 'application/json';
+const JSON_TYPE = 'application/json';
 
 describe('malformed JSON → 400 invalid_json', () => {
   for (const raw of ['{"feature": "chat", "amount": ', 'not json', '{"feature": "chat",}', '']) {
@@ -49,7 +49,7 @@ describe('malformed JSON → 400 invalid_json', () => {
       const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
         token: serviceToken(org),
         rawBody: raw,
-        headers: { 'content-type': json, 'idempotency-key': randomId('key_') },
+        headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
       });
       assertError(res, 400, 'invalid_json');
       await assertUnchanged();
@@ -57,7 +57,7 @@ describe('malformed JSON → 400 invalid_json', () => {
   }
 
   test('holds, daily-cap and signup bodies too', async () => {
-    const opts = (tok, rawBody) => ({ token: tok, rawBody, headers: { 'content-type': json, 'idempotency-key': randomId('key_') } });
+    const opts = (tok, rawBody) => ({ token: tok, rawBody, headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') } });
     const fresh = randomId('org_');
     const truncated = [
       ['POST', '/v1/orgs/{org}/holds', serviceToken(org), '{"feature": "chat", "amount": "1"'],
@@ -75,7 +75,7 @@ describe('malformed JSON → 400 invalid_json', () => {
     const res = await w.call('PUT', '/v1/orgs/{org}/daily-cap', { org }, {
       token: ownerToken(org),
       rawBody: '{"colour": "red"',
-      headers: { 'content-type': json },
+      headers: { 'content-type': JSON_TYPE },
     });
     assertError(res, 400, 'invalid_json');
     await assertUnchanged();
@@ -86,7 +86,7 @@ describe('malformed JSON → 400 invalid_json', () => {
       const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
         token: serviceToken(org),
         rawBody: raw,
-        headers: { 'content-type': json, 'idempotency-key': randomId('key_') },
+        headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
       });
       assert.ok([400, 422].includes(res.status), `${raw}: ${res.summary}`);
     }
@@ -185,7 +185,7 @@ describe('body size', () => {
     const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
       token: serviceToken(org),
       rawBody: stream,
-      headers: { 'content-type': json, 'idempotency-key': randomId('key_') },
+      headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
     });
     assertError(res, 413, 'payload_too_large');
     await assertUnchanged();

@@ -164,6 +164,24 @@ describe('debits', () => {
     assert.equal(Date.parse(paused.resumes_at), resumesAt);
   });
 
+  test("lowering the cap below the day's use lets nothing more through", async () => {
+    const org = await w.newOrg();
+    assert.equal((await w.debit(org, '10')).status, 201);
+    const lowered = await w.setCap(org, '5');
+    // Refusing the change is one careful answer; accepting it must pause spending.
+    if (lowered.status !== 200) {
+      assertError(lowered, 422, 'invalid_request', { field: 'daily_cap' });
+      assertAmount((await w.wallet(org)).json.daily_cap, '500');
+      return;
+    }
+    assertAmount(lowered.json.daily_cap, '5');
+    assertAmount(lowered.json.cap_remaining, '0');
+    assert.equal(lowered.json.status, 'paused_daily_cap');
+    assertError(await w.debit(org, '0.0001'), 429, 'daily_cap_reached');
+    assertError(await w.hold(org, '0.0001'), 429, 'daily_cap_reached');
+    assertAmount(await w.balance(org), '190');
+  });
+
   test('the cap resets at midnight UTC (X-Dev-Now)', async () => {
     const org = await w.newOrg(); // a fresh org: its clock only moves forward
     const day = futureDate(400);
@@ -195,6 +213,20 @@ describe('debits', () => {
     assert.equal(wallet.status, 'active');
     assert.equal(Date.parse(wallet.resets_at), nextMidnight(nextDay).getTime());
   });
+});
+
+test("an organization's clock never goes backwards (X-Dev-Now)", async () => {
+  const org = await w.newOrg();
+  const day = futureDate(300);
+  assert.equal((await w.debit(org, '1', { now: `${day}T12:00:00Z` })).status, 201);
+  // A request carrying the real (earlier) time is taken to happen at the latest time seen.
+  const wallet = await getWallet(org);
+  assert.equal(wallet.day, day);
+  assertAmount(wallet.spent_today, '1');
+  const debit = await w.debit(org, '1');
+  assert.equal(debit.status, 201, debit.summary);
+  assertAmount(debit.json.spent_today, '2');
+  assert.ok(Date.parse(debit.json.created_at) >= Date.parse(`${day}T12:00:00Z`), `created_at ${debit.json.created_at}`);
 });
 
 describe('idempotency', () => {
@@ -267,6 +299,17 @@ describe('holds', () => {
     assertError(await w.debit(org, '11'), 429, 'daily_cap_reached');
     assert.equal((await w.debit(org, '10')).status, 201);
     assertError(await w.hold(org, '0.0001'), 429, 'daily_cap_reached');
+  });
+
+  test('a hold replays by Idempotency-Key; the same key with another body is 409', async () => {
+    const org = await w.newOrg();
+    const key = randomId('key_');
+    const hold = await createHold(org, '25', { key, ttl_seconds: 120 });
+    const replay = await w.hold(org, '25', { key, ttl_seconds: 120 });
+    assert.equal(replay.status, 201, replay.summary);
+    assert.deepEqual(replay.json, hold);
+    assertError(await w.hold(org, '26', { key, ttl_seconds: 120 }), 409, 'idempotency_key_reused');
+    assertAmount((await getWallet(org)).held, '25');
   });
 
   test('a hold cannot reserve more than is available', async () => {
