@@ -45,7 +45,7 @@ test-unit:
 	cargo test -p wallet-core
 
 test-e2e: worker
-	node --test --test-concurrency=1 tests/e2e/
+	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'
 
 # Fills a demo organization through the real API of a running `make dev`
 # (never run implicitly). ORG=, BASE=, DAYS= override the defaults.

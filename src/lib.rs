@@ -13,8 +13,9 @@ pub use wallet_object::WalletObject;
 use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
-    check_idempotency_key, fingerprint, list_params, parse_body, ApiError, CaptureBody, Command,
-    DailyCapBody, DebitBody, Envelope, HoldBody, ReleaseBody, SignupBody, MAX_BODY_BYTES,
+    check_idempotency_key, fingerprint, list_params, parse_batch, parse_body, ApiError,
+    CaptureBody, Command, DailyCapBody, DebitBody, Envelope, HoldBody, ReleaseBody, SignupBody,
+    MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
 };
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
@@ -124,17 +125,24 @@ fn authorize(claims: &Claims, org: &str, allowed: &[Role]) -> std::result::Resul
 }
 
 async fn read_body(req: &mut Request) -> std::result::Result<Vec<u8>, Failure> {
+    read_body_within(req, MAX_BODY_BYTES).await
+}
+
+async fn read_body_within(
+    req: &mut Request,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, Failure> {
     let declared = req
         .headers()
         .get("content-length")
         .ok()
         .flatten()
         .and_then(|l| l.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+    if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge.into());
     }
     let bytes = req.bytes().await?;
-    if bytes.len() > MAX_BODY_BYTES {
+    if bytes.len() > limit {
         return Err(ApiError::PayloadTooLarge.into());
     }
     Ok(bytes)
@@ -181,6 +189,13 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
             return Ok(dev_token(&body, settings)?);
         }
         (["dev", ..], _) => return Err(ApiError::NotFound.into()),
+        // Benchmark floor and counters, only when configured for `make bench`.
+        (["bench", "floor", org], Method::Post) if settings.bench_routes => {
+            return call_wallet(env, org, 0, Command::Ping).await;
+        }
+        (["bench", "storage", org], Method::Get) if settings.bench_routes => {
+            return call_wallet(env, org, 0, Command::StorageStats).await;
+        }
         _ => {}
     }
     let known = matches!(
@@ -194,6 +209,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 _,
                 "wallet" | "daily-cap" | "debits" | "holds" | "ledger" | "transactions" | "usage"
             ]
+            | ["v1", "orgs", _, "debits", "batch"]
             | ["v1", "orgs", _, "holds", _, "capture" | "release"]
     );
     if !known {
@@ -249,6 +265,12 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         },
                     )
                     .await
+                }
+                (["debits", "batch"], Method::Post) => {
+                    authorize(&claims, org, SERVICE)?;
+                    let bytes = read_body_within(&mut req, MAX_BATCH_BODY_BYTES).await?;
+                    let items = parse_batch(&bytes, config)?;
+                    call_wallet(env, org, now_ms, Command::DebitBatch { items }).await
                 }
                 (["holds"], Method::Post) => {
                     authorize(&claims, org, SERVICE)?;

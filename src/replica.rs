@@ -100,10 +100,17 @@ pub fn has_pending(sql: &SqlStorage) -> worker::Result<bool> {
     Ok(!rows.is_empty())
 }
 
+/// What a flush did, from the storage APIs' own row counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlushStats {
+    pub entries: u64,
+    pub d1_rows_written: u64,
+    pub do_rows_written: u64,
+}
+
 /// Sends every entry past the watermark to D1, oldest first, in batches.
-/// Returns how many entries were sent.
-pub async fn flush(sql: &SqlStorage, db: &D1Database, org_id: &str) -> worker::Result<usize> {
-    let mut sent = 0;
+pub async fn flush(sql: &SqlStorage, db: &D1Database, org_id: &str) -> worker::Result<FlushStats> {
+    let mut stats = FlushStats::default();
     loop {
         let from = flushed_seq(sql)?;
         let rows: Vec<OutboxRow> = sql
@@ -113,7 +120,7 @@ pub async fn flush(sql: &SqlStorage, db: &D1Database, org_id: &str) -> worker::R
             )?
             .to_array()?;
         let Some(last) = rows.last().map(|r| r.seq) else {
-            return Ok(sent);
+            return Ok(stats);
         };
         let mut batch =
             String::with_capacity(rows.iter().map(|r| r.entry.len() + 1).sum::<usize>() + 2);
@@ -127,39 +134,46 @@ pub async fn flush(sql: &SqlStorage, db: &D1Database, org_id: &str) -> worker::R
         batch.push(']');
         let org = JsValue::from_str(org_id);
         let entries = JsValue::from_str(&batch);
-        db.batch(vec![
-            db.prepare(INSERT_ENTRIES)
-                .bind(&[org.clone(), entries.clone()])?,
-            db.prepare(ROLL_UP_USAGE).bind(&[org.clone(), entries])?,
-            db.prepare(ADVANCE_PROGRESS)
-                .bind(&[org, JsValue::from_f64(last as f64)])?,
-        ])
-        .await?;
-        sql.exec(
+        let results = db
+            .batch(vec![
+                db.prepare(INSERT_ENTRIES)
+                    .bind(&[org.clone(), entries.clone()])?,
+                db.prepare(ROLL_UP_USAGE).bind(&[org.clone(), entries])?,
+                db.prepare(ADVANCE_PROGRESS)
+                    .bind(&[org, JsValue::from_f64(last as f64)])?,
+            ])
+            .await?;
+        for result in &results {
+            stats.d1_rows_written +=
+                result.meta()?.and_then(|m| m.rows_written).unwrap_or(0) as u64;
+        }
+        let cursor = sql.exec(
             "UPDATE replica SET flushed_seq = max(flushed_seq, ?) WHERE id = 1",
             vec![SqlStorageValue::Integer(last)],
         )?;
-        sent += rows.len();
+        stats.do_rows_written += cursor.rows_written() as u64;
+        stats.entries += rows.len() as u64;
         if rows.len() < FLUSH_BATCH {
-            return Ok(sent);
+            return Ok(stats);
         }
     }
 }
 
 /// Deletes idempotency records and closed holds older than the retention
 /// period, only once their entries are in D1. Bounded per call.
-pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<()> {
-    sql.exec(
+/// Returns the rows deleted.
+pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
+    let ops = sql.exec(
         "DELETE FROM ops WHERE seq IN (SELECT seq FROM ops WHERE created_at_ms < ?1
            AND seq <= (SELECT flushed_seq FROM replica WHERE id = 1) ORDER BY seq LIMIT 5000)",
         vec![SqlStorageValue::Integer(older_than_ms)],
     )?;
-    sql.exec(
+    let holds = sql.exec(
         "DELETE FROM holds WHERE id IN (SELECT id FROM holds WHERE status != 'active'
            AND closed_at_ms < ?1 LIMIT 5000)",
         vec![SqlStorageValue::Integer(older_than_ms)],
     )?;
-    Ok(())
+    Ok((ops.rows_written() + holds.rows_written()) as u64)
 }
 
 /// A D1 ledger row.

@@ -16,6 +16,9 @@ pub struct Settings {
     /// `ENVIRONMENT = "development"`: enables `/dev/*` and `X-Dev-Now`.
     pub development: bool,
     pub jwt_secret: Vec<u8>,
+    /// `BENCH_ROUTES = "enabled"` (set only by `make bench`; refused outside
+    /// development): the `/bench/*` routes that measure the platform floor.
+    pub bench_routes: bool,
 }
 
 thread_local! {
@@ -39,10 +42,15 @@ fn read(env: &Env) -> Result<Settings, String> {
             "AUTH_JWT_SECRET must be a secret of at least {MIN_SECRET_BYTES} bytes outside development"
         ));
     }
+    let bench_routes = env_text(env, "BENCH_ROUTES").as_deref() == Some("enabled");
+    if bench_routes && !development {
+        return Err("BENCH_ROUTES may be enabled only in development".into());
+    }
     Ok(Settings {
         config,
         development,
         jwt_secret: secret.into_bytes(),
+        bench_routes,
     })
 }
 
