@@ -20,7 +20,7 @@ const { values: args } = parseArgs({
     base: { type: 'string', default: process.env.BASE ?? 'http://127.0.0.1:8787' },
     days: { type: 'string', default: process.env.DAYS ?? '60' },
     owner: { type: 'string', default: process.env.OWNER ?? 'alice' },
-    concurrency: { type: 'string', default: process.env.CONCURRENCY ?? '6' },
+    concurrency: { type: 'string', default: process.env.CONCURRENCY ?? '4' },
   },
 });
 
@@ -187,51 +187,66 @@ for (const { date, calls } of plan) {
   // Today only up to now: the organization's clock must not pass the real one.
   const span = date === today ? Math.max(0, now - dayStart - 60_000) : DAY_MS - 1000;
   calls.sort((a, b) => a.at - b.at);
-  // Debits go concurrently; holds afterwards one at a time, so no concurrent
-  // call moves the organization's clock past a hold's expiry before its capture.
-  const debits = calls.filter((c) => !c.hold);
-  const holds = calls.filter((c) => c.hold);
-  await mapLimit(debits, CONCURRENCY, (call, i) => send(date, dayStart, span, call, i));
-  await mapLimit(holds, 1, (call, i) => send(date, dayStart, span, call, debits.length + i));
+  // Debits go in batches (POST …/debits/batch), one per hour of the day that
+  // had calls, dated at that hour's last call, a few batches in flight; holds
+  // afterwards one at a time, so no concurrent call moves the organization's
+  // clock past a hold's expiry before its capture.
+  const byHour = new Map();
+  calls.forEach((call, i) => {
+    if (call.hold) return;
+    const hour = Math.floor((call.at * span) / 3_600_000);
+    if (!byHour.has(hour)) byHour.set(hour, []);
+    byHour.get(hour).push({ call, key: `demo-${ORG}-${date}-${i}` });
+  });
+  await mapLimit([...byHour.values()], CONCURRENCY, (items) => sendBatch(date, dayStart, span, items));
+  const holds = calls.map((call, i) => ({ call, i })).filter(({ call }) => call.hold);
+  await mapLimit(holds, 1, ({ call, i }) => sendHold(date, dayStart, span, call, `demo-${ORG}-${date}-${i}`));
   const progress = `${date}: ${stats.debits + stats.captures} AI calls recorded`;
   if (process.stdout.isTTY) process.stdout.write(`\r  ${progress}`);
   else if (date === today || Date.parse(date) % (10 * DAY_MS) === 0) console.log(`  ${progress}`);
 }
 if (process.stdout.isTTY) process.stdout.write('\n');
 
-async function send(date, dayStart, span, call, i) {
-  const at = new Date(dayStart + Math.floor(call.at * span)).toISOString();
-  const key = `demo-${ORG}-${date}-${i}`;
-  const body = { feature: call.feature, amount: amount(call.units), user_id: call.user_id };
-  let res;
-  if (call.hold) {
-    // Reserve the most it may cost, then capture what it did cost.
-    const reserve = amount(Math.min(call.units * 2, 10_000 * 10_000));
-    const hold = await request('POST', `${orgPath}/holds`, {
-      token: service, body: { ...body, amount: reserve }, headers: { 'idempotency-key': key }, now: at,
-    });
-    if (hold.status !== 201) {
-      res = hold;
-    } else {
-      res = await request('POST', `${orgPath}/holds/${hold.json.id}/capture`, {
-        token: service, body: { amount: body.amount }, now: at,
-      });
-      if (res.status === 200) stats.captures++;
-    }
-  } else {
-    res = await request('POST', `${orgPath}/debits`, {
-      token: service, body, headers: { 'idempotency-key': key }, now: at,
-    });
-    if (res.status === 201) stats.debits++;
-  }
+function timeOf(dayStart, span, call) {
+  return new Date(dayStart + Math.floor(call.at * span)).toISOString();
+}
+
+function tally(res, units, date, what) {
   if (res.status === 200 || res.status === 201) {
-    stats.units += call.units;
+    stats.units += units;
   } else if (res.status === 402 || res.status === 429) {
     const code = res.json?.error?.code ?? String(res.status);
     stats.refused[code] = (stats.refused[code] ?? 0) + 1;
   } else {
-    fail(`${call.feature} on ${date} answered ${res.status} ${res.text}`);
+    fail(`${what} on ${date} answered ${res.status} ${JSON.stringify(res.json ?? res.text)}`);
   }
+}
+
+async function sendBatch(date, dayStart, span, items) {
+  const now = timeOf(dayStart, span, items.at(-1).call);
+  const debits = items.map(({ call, key }) => ({
+    idempotency_key: key, feature: call.feature, amount: amount(call.units), user_id: call.user_id,
+  }));
+  const res = await request('POST', `${orgPath}/debits/batch`, { token: service, body: { debits }, now });
+  if (res.status !== 200) fail(`debits/batch on ${date} answered ${res.status} ${res.text}`);
+  res.json.results.forEach((result, i) => {
+    if (result.status === 201) stats.debits++;
+    tally({ status: result.status, json: result }, items[i].call.units, date, `debit ${items[i].key}`);
+  });
+}
+
+async function sendHold(date, dayStart, span, call, key) {
+  const now = timeOf(dayStart, span, call);
+  // Reserve the most it may cost, then capture what it did cost.
+  const reserve = amount(Math.min(call.units * 2, 10_000 * 10_000));
+  const body = { feature: call.feature, amount: reserve, user_id: call.user_id };
+  const hold = await request('POST', `${orgPath}/holds`, { token: service, body, headers: { 'idempotency-key': key }, now });
+  if (hold.status !== 201) return tally(hold, call.units, date, `hold ${key}`);
+  const res = await request('POST', `${orgPath}/holds/${hold.json.id}/capture`, {
+    token: service, body: { amount: amount(call.units) }, now,
+  });
+  if (res.status === 200) stats.captures++;
+  tally(res, call.units, date, `capture ${key}`);
 }
 
 const wallet = await request('GET', `${orgPath}/wallet`, { token: owner });
