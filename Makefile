@@ -13,12 +13,14 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e lint migrate
+.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data bench-reports
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
 	@echo "            and localstripe on http://127.0.0.1:8420 (test card: scripts/test-card.sh ORG)"
 	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
+	@echo "make demo-data   fill organization ORG (default demo) with 60 days of AI usage"
+	@echo "                 through the running worker at BASE (default http://127.0.0.1:8787)"
 
 setup:
 	@scripts/setup.sh
@@ -44,4 +46,14 @@ test-unit:
 	cargo test -p wallet-core
 
 test-e2e: worker
-	node --test --test-concurrency=1 tests/e2e/*.test.mjs
+	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'
+
+# Fills a demo organization through the real API of a running `make dev`
+# (never run implicitly). ORG=, BASE=, DAYS= override the defaults.
+demo-data:
+	node scripts/demo-data.mjs
+
+# Times usage and transactions for an organization with a million debits
+# (written straight into a temporary local D1); a few minutes. Not in `make test`.
+bench-reports: worker
+	node --test --test-concurrency=1 tests/bench/reports.bench.mjs

@@ -33,6 +33,17 @@ if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.
   touch node_modules/.install-stamp
 fi
 
+# The dashboard's browser libraries, copied from node_modules (pinned by hash).
+node scripts/vendor-assets.mjs
+
+# Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+if [ ! -x /usr/bin/chromium ]; then
+  step "installing Debian's chromium for the browser tests (about 15 s)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y --no-install-recommends chromium \
+    || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends chromium; }
+fi
+
 LOCALSTRIPE_VERSION=1.15.10
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("localstripe"))' 2>/dev/null)" != "$LOCALSTRIPE_VERSION" ]; then
   step "installing localstripe $LOCALSTRIPE_VERSION (the local Stripe emulator)"

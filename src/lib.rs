@@ -7,6 +7,7 @@
 mod purchase_ops;
 mod purchases;
 mod replica;
+mod reports;
 mod settings;
 mod stripe_api;
 mod wallet_object;
@@ -18,9 +19,9 @@ pub use wallet_object::WalletObject;
 use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
-    check_idempotency_key, fingerprint, list_params, parse_body, ApiError, CaptureBody, Command,
-    DailyCapBody, DebitBody, DevPaymentMethodBody, Envelope, HoldBody, PurchaseBody, ReleaseBody,
-    SignupBody, MAX_BODY_BYTES,
+    check_idempotency_key, fingerprint, list_params, parse_batch, parse_body, ApiError,
+    CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, Envelope, HoldBody,
+    PurchaseBody, ReleaseBody, SignupBody, MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
 };
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
@@ -28,6 +29,7 @@ use wasm_bindgen::JsValue;
 use worker::*;
 
 /// Who may call a route.
+const ANY_ROLE: &[Role] = &[Role::Owner, Role::Admin, Role::Member, Role::Viewer];
 const ANY_ROLE_OR_SERVICE: &[Role] = &[
     Role::Owner,
     Role::Admin,
@@ -37,7 +39,6 @@ const ANY_ROLE_OR_SERVICE: &[Role] = &[
 ];
 const OWNER: &[Role] = &[Role::Owner];
 const OWNER_OR_ADMIN: &[Role] = &[Role::Owner, Role::Admin];
-const ANY_ROLE: &[Role] = &[Role::Owner, Role::Admin, Role::Member, Role::Viewer];
 const SERVICE: &[Role] = &[Role::Service];
 
 #[event(fetch, respond_with_errors)]
@@ -133,17 +134,24 @@ fn authorize(claims: &Claims, org: &str, allowed: &[Role]) -> std::result::Resul
 }
 
 async fn read_body(req: &mut Request) -> std::result::Result<Vec<u8>, Failure> {
+    read_body_within(req, MAX_BODY_BYTES).await
+}
+
+async fn read_body_within(
+    req: &mut Request,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, Failure> {
     let declared = req
         .headers()
         .get("content-length")
         .ok()
         .flatten()
         .and_then(|l| l.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+    if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge.into());
     }
     let bytes = req.bytes().await?;
-    if bytes.len() > MAX_BODY_BYTES {
+    if bytes.len() > limit {
         return Err(ApiError::PayloadTooLarge.into());
     }
     Ok(bytes)
@@ -200,6 +208,13 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
         (["stripe", "webhook"], Method::Post) => return webhook::receive(req, env, settings).await,
         (["stripe", "webhook"], _) => return Err(ApiError::MethodNotAllowed.into()),
         (["dev", ..], _) => return Err(ApiError::NotFound.into()),
+        // Benchmark floor and counters, only when configured for `make bench`.
+        (["bench", "floor", org], Method::Post) if settings.bench_routes => {
+            return call_wallet(env, org, 0, Command::Ping).await;
+        }
+        (["bench", "storage", org], Method::Get) if settings.bench_routes => {
+            return call_wallet(env, org, 0, Command::StorageStats).await;
+        }
         _ => {}
     }
     let known = matches!(
@@ -214,8 +229,9 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 "v1",
                 "orgs",
                 _,
-                "wallet" | "daily-cap" | "debits" | "holds" | "ledger"
+                "wallet" | "daily-cap" | "debits" | "holds" | "ledger" | "transactions" | "usage"
             ]
+            | ["v1", "orgs", _, "debits", "batch"]
             | ["v1", "orgs", _, "holds", _, "capture" | "release"]
     );
     if !known {
@@ -272,6 +288,12 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         },
                     )
                     .await
+                }
+                (["debits", "batch"], Method::Post) => {
+                    authorize(&claims, org, SERVICE)?;
+                    let bytes = read_body_within(&mut req, MAX_BATCH_BODY_BYTES).await?;
+                    let items = parse_batch(&bytes, config)?;
+                    call_wallet(env, org, now_ms, Command::DebitBatch { items }).await
                 }
                 (["holds"], Method::Post) => {
                     authorize(&claims, org, SERVICE)?;
@@ -346,6 +368,19 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         200,
                         &json!({ "data": data, "has_more": has_more }),
                     )?)
+                }
+                (["transactions"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    let query = reports::TransactionsQuery {
+                        format: query("format"),
+                        limit: query("limit"),
+                        starting_after: query("starting_after"),
+                    };
+                    reports::transactions(env, org, now_ms, query).await
+                }
+                (["usage"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    reports::usage(env, org, now_ms, query("from"), query("to")).await
                 }
                 _ => Err(ApiError::MethodNotAllowed.into()),
             }

@@ -18,9 +18,10 @@ use worker::{console_error, Env};
 
 use crate::settings::Settings;
 
-/// `GET /v1/packs`.
+/// `GET /v1/packs`: the whole catalogue, smallest pack first (a short,
+/// fixed list, so a plain array rather than a paginated page).
 pub fn packs(config: &WalletConfig) -> Answer {
-    Ok(json_response(200, &json!({ "data": config.packs }))?)
+    Ok(json_response(200, &json!(config.packs))?)
 }
 
 fn stripe(settings: &Settings) -> Result<Stripe, Failure> {

@@ -20,6 +20,9 @@ pub struct Settings {
     /// Checked apart from the rest: a Stripe misconfiguration stops purchases
     /// and webhooks (500, logged), never AI usage.
     pub stripe: Result<StripeConfig, String>,
+    /// `BENCH_ROUTES = "enabled"` (set only by `make bench`; refused outside
+    /// development): the `/bench/*` routes that measure the platform floor.
+    pub bench_routes: bool,
 }
 
 thread_local! {
@@ -45,11 +48,16 @@ fn read(env: &Env) -> Result<Settings, String> {
     }
     let stripe =
         StripeConfig::from_vars(|name| env_text(env, name), development).map_err(|e| e.to_string());
+    let bench_routes = env_text(env, "BENCH_ROUTES").as_deref() == Some("enabled");
+    if bench_routes && !development {
+        return Err("BENCH_ROUTES may be enabled only in development".into());
+    }
     Ok(Settings {
         config,
         development,
         jwt_secret: secret.into_bytes(),
         stripe,
+        bench_routes,
     })
 }
 

@@ -12,7 +12,9 @@ use crate::wallet_store::{self, OpRecord, Statement};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wallet_core::api::{entry_json, hold_json, ApiError, Command, Envelope, SignupBody};
+use wallet_core::api::{
+    entry_json, hold_json, ApiError, BatchSlot, Command, DebitBody, Envelope, SignupBody,
+};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::{seq_of, Hold};
 use wallet_core::{DebitRequest, HoldRequest, Rejection, Wallet, WalletConfig};
@@ -36,6 +38,8 @@ extern "C" {
     ) -> std::result::Result<js_sys::Promise, JsValue>;
 }
 
+/// How long the flush after a response waits for more entries to join it.
+const FLUSH_GATHER_MS: u64 = 100;
 /// First retry of a replica flush by alarm, should the flush after the response fail.
 const FLUSH_RETRY_MS: f64 = 2_000.0;
 
@@ -46,6 +50,18 @@ struct ReplicaState {
     pending: Cell<bool>,
     flushing: Cell<bool>,
     alarm_set: Cell<bool>,
+    /// Rows written, as the storage APIs count them (for `make bench`).
+    do_rows_written: Cell<u64>,
+    d1_rows_written: Cell<u64>,
+}
+
+impl ReplicaState {
+    fn count(&self, stats: replica::FlushStats) {
+        self.do_rows_written
+            .set(self.do_rows_written.get() + stats.do_rows_written);
+        self.d1_rows_written
+            .set(self.d1_rows_written.get() + stats.d1_rows_written);
+    }
 }
 
 #[durable_object]
@@ -113,7 +129,18 @@ impl DurableObject for WalletObject {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let envelope: Envelope = req.json().await?;
+        // serde_json over the text: cheaper than JSON.parse plus a walk over JS objects.
+        let envelope: Envelope = serde_json::from_str(&req.text().await?)?;
+        match envelope.command {
+            Command::Ping => return Response::ok("{}"),
+            Command::StorageStats => {
+                return Response::from_json(&serde_json::json!({
+                    "do_rows_written": self.replica.do_rows_written.get(),
+                    "d1_rows_written": self.replica.d1_rows_written.get(),
+                }))
+            }
+            _ => {}
+        }
         let now = from_millis(envelope.now_ms)
             .ok_or_else(|| Error::RustError("bad request time".into()))?;
         let reply = self.execute(envelope).unwrap_or_else(|err| {
@@ -133,8 +160,9 @@ impl DurableObject for WalletObject {
                 self.replica.flushing.set(true);
                 let result = replica::flush(&sql, &self.env.d1("DB")?, &org_id).await;
                 self.replica.flushing.set(false);
-                if let Err(err) = result {
-                    console_error!("ledger replica flush failed, will retry: {err}");
+                match result {
+                    Ok(stats) => self.replica.count(stats),
+                    Err(err) => console_error!("ledger replica flush failed, will retry: {err}"),
                 }
             }
             let retention_ms = settings(&self.env)
@@ -142,7 +170,11 @@ impl DurableObject for WalletObject {
                 .config
                 .idempotency_retention_seconds
                 * 1000;
-            replica::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
+            let pruned = replica::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
+            self.replica.count(replica::FlushStats {
+                do_rows_written: pruned,
+                ..Default::default()
+            });
         }
         if replica::has_pending(&sql)? {
             self.arm_alarm(FLUSH_RETRY_MS * 2.5);
@@ -179,17 +211,23 @@ impl WalletObject {
         let storage = self.state.storage();
         let sql = storage.sql();
         let mut pending = Some(statements);
+        let written = Rc::new(Cell::new(0u64));
+        let counter = Rc::clone(&written);
         let closure =
             Closure::<dyn FnMut() -> std::result::Result<JsValue, JsValue>>::new(move || {
                 for (query, bindings) in pending.take().unwrap_or_default() {
-                    sql.exec(query, bindings)
+                    let cursor = sql
+                        .exec(query, bindings)
                         .map_err(|e| JsValue::from_str(&e.to_string()))?;
+                    counter.set(counter.get() + cursor.rows_written() as u64);
                 }
                 Ok(JsValue::UNDEFINED)
             });
         Self::raw_storage(&storage)
             .transaction_sync(closure.as_ref().unchecked_ref())
             .map_err(Error::from)?;
+        let total = &self.replica.do_rows_written;
+        total.set(total.get() + written.get());
         Ok(())
     }
 
@@ -220,10 +258,15 @@ impl WalletObject {
         let flags = Rc::clone(flags);
         flags.flushing.set(true);
         wasm_bindgen_futures::spawn_local(async move {
+            // Let a burst gather so one D1 batch carries many entries.
+            Delay::from(std::time::Duration::from_millis(FLUSH_GATHER_MS)).await;
             while flags.pending.replace(false) {
-                if let Err(err) = replica::flush(&sql, &db, &org_id).await {
-                    console_error!("ledger replica flush failed, the alarm will retry: {err}");
-                    break;
+                match replica::flush(&sql, &db, &org_id).await {
+                    Ok(stats) => flags.count(stats),
+                    Err(err) => {
+                        console_error!("ledger replica flush failed, the alarm will retry: {err}");
+                        break;
+                    }
                 }
             }
             flags.flushing.set(false);
@@ -317,7 +360,9 @@ impl WalletObject {
         let rejected = |r: Rejection| Reply::error(&ApiError::Rejected(r), now);
 
         let reply = match command {
-            Command::Open(_) => unreachable!("signups are handled by open()"),
+            Command::Open(_) | Command::Ping | Command::StorageStats => {
+                unreachable!("answered before a decision")
+            }
             Command::View => Reply::json(200, &wallet.view(config)),
             Command::SetDailyCap(body) => match wallet.set_daily_cap(body.daily_cap, config) {
                 Ok(()) => {
@@ -330,39 +375,19 @@ impl WalletObject {
                 idempotency_key,
                 fingerprint,
                 body,
-            } => {
-                let request = DebitRequest {
-                    feature: body.feature.clone(),
-                    amount: body.amount,
-                    user_id: body.user_id.clone(),
-                    project_id: body.project_id.clone(),
-                    metadata: body.metadata.clone(),
-                };
-                match wallet.debit(&request, config) {
-                    Ok(entry) => {
-                        let mut response = entry_json(&entry);
-                        response["spent_today"] = serde_json::json!(wallet.spent_today);
-                        response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
-                        let text = response.to_string();
-                        writes.statements.push(wallet_store::insert_op(&OpRecord {
-                            seq: entry.seq,
-                            idempotency: Some((idempotency_key, fingerprint)),
-                            status: 201,
-                            response: Some(&text),
-                            entry: Some(&entry),
-                            created_at_ms: now_ms,
-                        }));
-                        writes.wallet_changed = true;
-                        writes.entry_written = true;
-                        Reply {
-                            status: 201,
-                            body: text,
-                            retry_after: None,
-                        }
-                    }
-                    Err(r) => rejected(r),
-                }
-            }
+            } => apply_debit(
+                wallet,
+                config,
+                idempotency_key,
+                fingerprint,
+                body,
+                &mut writes,
+            ),
+            Command::DebitBatch { items } => Reply {
+                status: 200,
+                body: self.apply_batch(wallet, config, items, &mut writes)?,
+                retry_after: None,
+            },
             Command::PlaceHold {
                 idempotency_key,
                 fingerprint,
@@ -456,6 +481,73 @@ impl WalletObject {
         Ok((reply, writes))
     }
 
+    /// Applies a batch in order; each item answers as a single debit would,
+    /// and a key repeated within the batch is a replay of its first use.
+    fn apply_batch(
+        &self,
+        wallet: &mut Wallet,
+        config: &WalletConfig,
+        items: &[BatchSlot],
+        writes: &mut Writes,
+    ) -> Result<String> {
+        let keys: Vec<&str> = items
+            .iter()
+            .filter_map(|slot| match slot {
+                BatchSlot::Debit {
+                    idempotency_key, ..
+                } => Some(idempotency_key.as_str()),
+                BatchSlot::Invalid { .. } => None,
+            })
+            .collect();
+        let mut seen = wallet_store::stored_replies(&self.state.storage().sql(), &keys)?;
+        let mut out = String::with_capacity(items.len() * 400 + 16);
+        out.push_str("{\"results\":[");
+        for slot in items {
+            let (key, status, body) = match slot {
+                BatchSlot::Invalid {
+                    idempotency_key,
+                    status,
+                    error,
+                } => {
+                    let body = serde_json::json!({ "error": error }).to_string();
+                    push_batch_result(&mut out, idempotency_key.as_deref(), *status, &body);
+                    continue;
+                }
+                BatchSlot::Debit {
+                    idempotency_key,
+                    fingerprint,
+                    body,
+                } => match seen.get(idempotency_key.as_str()) {
+                    Some(stored) if stored.fingerprint == *fingerprint => {
+                        (idempotency_key, stored.status, stored.response.clone())
+                    }
+                    Some(_) => {
+                        let err = ApiError::IdempotencyKeyReused;
+                        (idempotency_key, err.status(), err.body().to_string())
+                    }
+                    None => {
+                        let reply =
+                            apply_debit(wallet, config, idempotency_key, fingerprint, body, writes);
+                        if reply.status < 300 {
+                            seen.insert(
+                                idempotency_key.clone(),
+                                wallet_store::StoredReply {
+                                    fingerprint: fingerprint.clone(),
+                                    status: reply.status,
+                                    response: reply.body.clone(),
+                                },
+                            );
+                        }
+                        (idempotency_key, reply.status, reply.body)
+                    }
+                },
+            };
+            push_batch_result(&mut out, Some(key), status, &body);
+        }
+        out.push_str("]}");
+        Ok(out)
+    }
+
     /// The stored record of a hold that is no longer active, if any.
     fn closed_hold(&self, wallet: &Wallet, hold_id: &str) -> Result<Option<Hold>> {
         if wallet.holds.contains_key(hold_id)
@@ -530,4 +622,70 @@ fn open(
     let reply = Reply::json(201, &wallet.view(config));
     *slot = Some(wallet);
     (reply, writes)
+}
+
+/// Decides one debit (already known not to be a replay) and records it.
+fn apply_debit(
+    wallet: &mut Wallet,
+    config: &WalletConfig,
+    idempotency_key: &str,
+    fingerprint: &str,
+    body: &DebitBody,
+    writes: &mut Writes,
+) -> Reply {
+    let request = DebitRequest {
+        feature: body.feature.clone(),
+        amount: body.amount,
+        user_id: body.user_id.clone(),
+        project_id: body.project_id.clone(),
+        metadata: body.metadata.clone(),
+    };
+    match wallet.debit(&request, config) {
+        Ok(entry) => {
+            let mut response = entry_json(&entry);
+            response["spent_today"] = serde_json::json!(wallet.spent_today);
+            response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
+            let text = response.to_string();
+            writes.statements.push(wallet_store::insert_op(&OpRecord {
+                seq: entry.seq,
+                idempotency: Some((idempotency_key, fingerprint)),
+                status: 201,
+                response: Some(&text),
+                entry: Some(&entry),
+                created_at_ms: wallet.now().timestamp_millis(),
+            }));
+            writes.wallet_changed = true;
+            writes.entry_written = true;
+            Reply {
+                status: 201,
+                body: text,
+                retry_after: None,
+            }
+        }
+        Err(r) => Reply::error(&ApiError::Rejected(r), wallet.now()),
+    }
+}
+
+/// Appends one batch item's result: its key, status, and the entry or the
+/// error. The stored texts are spliced in as they are, not parsed again.
+fn push_batch_result(out: &mut String, key: Option<&str>, status: u16, body: &str) {
+    if !out.ends_with('[') {
+        out.push(',');
+    }
+    out.push_str("{\"idempotency_key\":");
+    out.push_str(&serde_json::to_string(&key).expect("keys serialize"));
+    out.push_str(",\"status\":");
+    out.push_str(&status.to_string());
+    if status < 300 {
+        out.push_str(",\"entry\":");
+        out.push_str(body);
+    } else {
+        // Error bodies are exactly {"error":{...}} (ApiError::body).
+        let error = body
+            .strip_prefix("{\"error\":")
+            .and_then(|b| b.strip_suffix('}'));
+        out.push_str(",\"error\":");
+        out.push_str(error.unwrap_or("null"));
+    }
+    out.push('}');
 }

@@ -233,6 +233,39 @@ pub fn stored_reply(sql: &SqlStorage, key: &str) -> worker::Result<Option<Stored
     Ok(rows.into_iter().next())
 }
 
+/// The original answers to several keys at once, by key.
+pub fn stored_replies(
+    sql: &SqlStorage,
+    keys: &[&str],
+) -> worker::Result<std::collections::HashMap<String, StoredReply>> {
+    #[derive(Deserialize)]
+    struct KeyedReply {
+        idempotency_key: String,
+        fingerprint: String,
+        status: u16,
+        response: String,
+    }
+    let keys_json = serde_json::to_string(keys).expect("keys serialize");
+    let rows: Vec<KeyedReply> = sql
+        .exec(
+            "SELECT idempotency_key, fingerprint, status, response FROM ops
+             WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+            vec![text(keys_json)],
+        )?
+        .to_array()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let reply = StoredReply {
+                fingerprint: r.fingerprint,
+                status: r.status,
+                response: r.response,
+            };
+            (r.idempotency_key, reply)
+        })
+        .collect())
+}
+
 /// Records an accepted operation: its idempotency record and ledger entry, if any.
 pub struct OpRecord<'a> {
     pub seq: u64,

@@ -23,7 +23,7 @@ after(() => worker?.stop());
 
 async function holdIn(org) {
   const res = await w.hold(org, '1');
-  assert.equal(res.status, 201, res.text);
+  assert.equal(res.status, 201, res.summary);
   return res.json.id;
 }
 
@@ -99,7 +99,7 @@ describe('role matrix', () => {
         test(`${route} as ${role} of ${whose} → ${permitted ? status : 403}`, async () => {
           const res = await send(role, own);
           if (permitted) {
-            assert.equal(res.status, status, res.text);
+            assert.equal(res.status, status, res.summary);
             if (debits) expectedBalanceA -= units(debits);
           } else {
             assertError(res, 403, 'forbidden');
@@ -111,7 +111,7 @@ describe('role matrix', () => {
 
   test('refused requests changed nothing', async () => {
     const a = await w.wallet(orgA);
-    assert.equal(a.status, 200, a.text);
+    assert.equal(a.status, 200, a.summary);
     assert.equal(units(a.json.balance), expectedBalanceA, `balance ${a.json.balance}`);
     assertAmount(a.json.daily_cap, '400');
     const b = await w.wallet(orgB);

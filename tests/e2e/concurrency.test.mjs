@@ -24,7 +24,7 @@ async function withWalletWatch(org, burst) {
   const watcher = (async () => {
     for (let i = 0; i < 2000 && !done; i++) {
       const res = await w.wallet(org);
-      assert.equal(res.status, 200, res.text);
+      assert.equal(res.status, 200, res.summary);
       assertWalletInvariants(res.json);
       snapshots.push(res.json);
       await sleep(10);
@@ -91,15 +91,25 @@ test('100 concurrent debits against a cap for 50: 50 × 201, 50 × 429', async (
   assertAmount(wallet.json.cap_remaining, '0');
 });
 
-test('30 concurrent requests with one Idempotency-Key debit once and answer alike', async () => {
+test('30 concurrent requests with one Idempotency-Key take effect once and answer alike', async () => {
   const org = await w.newOrg();
   const key = randomId('key_');
   const results = await Promise.all(Array.from({ length: 30 }, () => w.debit(org, '7', { key })));
   for (const r of results) {
-    assert.equal(r.status, 201, r.text);
+    assert.equal(r.status, 201, r.summary);
     assert.deepEqual(r.json, results[0].json);
   }
   assertAmount(await w.balance(org), '193');
+
+  const holdKey = randomId('key_');
+  const holds = await Promise.all(Array.from({ length: 30 }, () => w.hold(org, '11', { key: holdKey })));
+  for (const r of holds) {
+    assert.equal(r.status, 201, r.summary);
+    assert.deepEqual(r.json, holds[0].json);
+  }
+  const wallet = await w.wallet(org);
+  assertAmount(wallet.json.held, '11');
+  assertAmount(wallet.json.available, '182');
 });
 
 test('concurrent holds and debits share one available balance', async () => {
@@ -117,7 +127,7 @@ test('concurrent holds and debits share one available balance', async () => {
   const settled = await withWalletWatch(org, () =>
     Promise.all(holds.map((h, i) => (i % 2 ? w.release(org, h.id) : w.capture(org, h.id, '1')))),
   );
-  for (const r of settled) assert.equal(r.status, 200, r.text);
+  for (const r of settled) assert.equal(r.status, 200, r.summary);
   const captured = Math.ceil(holds.length / 2);
   const wallet = await w.wallet(org);
   assertWalletInvariants(wallet.json);

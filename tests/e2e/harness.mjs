@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { after } from 'node:test';
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'node_modules/.bin');
 export const DEV_SECRET = 'local-dev-jwt-secret';
 export const TRIAL = '200';
@@ -327,7 +327,9 @@ export function api(base) {
     } catch {
       json = undefined;
     }
-    return { status: res.status, headers: res.headers, json, text };
+    // summary: what an assertion message needs to show when a status is unexpected.
+    const summary = `${method} ${pathAndQuery} → ${res.status} ${text.slice(0, 1000)}`;
+    return { status: res.status, headers: res.headers, json, text, summary };
   }
 
   function call(method, template, params, opts) {
@@ -350,7 +352,7 @@ export function api(base) {
     async newOrg() {
       const org = randomId('org_');
       const res = await client.signup(org);
-      assert.equal(res.status, 201, `signup of ${org}: ${res.status} ${res.text}`);
+      assert.equal(res.status, 201, res.summary);
       return org;
     },
 
@@ -360,7 +362,7 @@ export function api(base) {
 
     async balance(org) {
       const res = await client.wallet(org);
-      assert.equal(res.status, 200, `wallet of ${org}: ${res.status} ${res.text}`);
+      assert.equal(res.status, 200, res.summary);
       return res.json.balance;
     },
 
@@ -420,7 +422,7 @@ export function api(base) {
       let cursor;
       for (let page = 0; page < 1000; page++) {
         const res = await client.ledgerPage(org, { limit, starting_after: cursor });
-        assert.equal(res.status, 200, `ledger of ${org}: ${res.status} ${res.text}`);
+        assert.equal(res.status, 200, res.summary);
         entries.push(...res.json.data);
         if (!res.json.has_more) return entries;
         assert.ok(res.json.data.length > 0, 'has_more with an empty page');
@@ -434,11 +436,11 @@ export function api(base) {
 
 /** Asserts an error answer: status, stable code, and optional details. */
 export function assertError(res, status, code, details = {}) {
-  assert.equal(res.status, status, `expected ${status} ${code}, got ${res.status} ${res.text}`);
-  assert.equal(res.json?.error?.code, code, `expected code ${code}, got ${res.text}`);
+  assert.equal(res.status, status, `expected ${status} ${code}: ${res.summary}`);
+  assert.equal(res.json?.error?.code, code, `expected code ${code}: ${res.summary}`);
   assert.equal(typeof res.json.error.message, 'string', 'error.message is missing');
   for (const [key, value] of Object.entries(details)) {
-    assert.deepEqual(res.json.error[key], value, `error.${key} in ${res.text}`);
+    assert.deepEqual(res.json.error[key], value, `error.${key}: ${res.summary}`);
   }
 }
 
@@ -447,7 +449,10 @@ export const WALLET_FIELDS = [
   'spent_today', 'held_today', 'cap_remaining', 'day', 'resets_at', 'status', 'resumes_at',
 ];
 
-/** SPEC §3 invariants, as far as one wallet snapshot shows them. */
+/**
+ * SPEC §3 invariants, as far as one wallet snapshot shows them (for wallets
+ * whose owner never lowered the cap below the day's use).
+ */
 export function assertWalletInvariants(w) {
   const [balance, held, available] = [units(w.balance), units(w.held), units(w.available)];
   const [cap, spent, heldToday] = [units(w.daily_cap), units(w.spent_today), units(w.held_today)];

@@ -85,7 +85,7 @@ describe('catalogue and payment method', () => {
     for (const role of ROLES) {
       const res = await w.call('GET', '/v1/packs', {}, { token: roleToken(org, role) });
       assert.equal(res.status, 200, res.text);
-      assert.deepEqual(res.json.data, PACKS);
+      assert.deepEqual(res.json, PACKS);
     }
     assertError(await w.call('GET', '/v1/packs', {}, {}), 401, 'unauthorized');
   });

@@ -8,8 +8,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
-import { ROOT, freePort, randomId, startWorker, tempDir } from './harness.mjs';
+import { freePort, randomId, startWorker, tempDir } from './harness.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 export const WEBHOOK_SECRET = 'whsec_local_dev';
 const STRIPE_KEY = 'sk_test_e2e';

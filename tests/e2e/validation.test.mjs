@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, assertAmount, assertError, ownerToken, randomId, serviceToken, startWorker, token, units,
+  FEATURES, api, assertAmount, assertError, ownerToken, randomId, serviceToken, startWorker, token, units,
 } from './harness.mjs';
 
 let worker;
@@ -15,7 +15,7 @@ const KEY_FIELD = 'Idempotency-Key';
 
 async function readState() {
   const res = await w.wallet(org);
-  assert.equal(res.status, 200, res.text);
+  assert.equal(res.status, 200, res.summary);
   const { balance, held, spent_today, held_today, daily_cap } = res.json;
   return { balance, held, spent_today, held_today, daily_cap };
 }
@@ -26,7 +26,7 @@ async function assertUnchanged() {
 
 /** After an accepted operation: the new state becomes the reference. */
 async function accept(res, status) {
-  assert.equal(res.status, status, res.text);
+  assert.equal(res.status, status, res.summary);
   snapshot = await readState();
   return res;
 }
@@ -41,7 +41,7 @@ before(async () => {
 
 after(() => worker?.stop());
 
-const json = 'application/json';
+const JSON_TYPE = 'application/json';
 
 describe('malformed JSON → 400 invalid_json', () => {
   for (const raw of ['{"feature": "chat", "amount": ', 'not json', '{"feature": "chat",}', '']) {
@@ -49,7 +49,7 @@ describe('malformed JSON → 400 invalid_json', () => {
       const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
         token: serviceToken(org),
         rawBody: raw,
-        headers: { 'content-type': json, 'idempotency-key': randomId('key_') },
+        headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
       });
       assertError(res, 400, 'invalid_json');
       await assertUnchanged();
@@ -57,7 +57,7 @@ describe('malformed JSON → 400 invalid_json', () => {
   }
 
   test('holds, daily-cap and signup bodies too', async () => {
-    const opts = (tok, rawBody) => ({ token: tok, rawBody, headers: { 'content-type': json, 'idempotency-key': randomId('key_') } });
+    const opts = (tok, rawBody) => ({ token: tok, rawBody, headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') } });
     const fresh = randomId('org_');
     const truncated = [
       ['POST', '/v1/orgs/{org}/holds', serviceToken(org), '{"feature": "chat", "amount": "1"'],
@@ -75,7 +75,7 @@ describe('malformed JSON → 400 invalid_json', () => {
     const res = await w.call('PUT', '/v1/orgs/{org}/daily-cap', { org }, {
       token: ownerToken(org),
       rawBody: '{"colour": "red"',
-      headers: { 'content-type': json },
+      headers: { 'content-type': JSON_TYPE },
     });
     assertError(res, 400, 'invalid_json');
     await assertUnchanged();
@@ -86,15 +86,22 @@ describe('malformed JSON → 400 invalid_json', () => {
       const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
         token: serviceToken(org),
         rawBody: raw,
-        headers: { 'content-type': json, 'idempotency-key': randomId('key_') },
+        headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
       });
-      assert.ok([400, 422].includes(res.status), `${raw}: ${res.status} ${res.text}`);
+      assert.ok([400, 422].includes(res.status), `${raw}: ${res.summary}`);
     }
     await assertUnchanged();
   });
 });
 
 describe('debit fields', () => {
+  test('every configured feature is accepted', async () => {
+    for (const feature of FEATURES) {
+      const res = await accept(await w.debit(org, '0.0001', { feature }), 201);
+      assert.equal(res.json.feature, feature);
+    }
+  });
+
   test('unknown or missing feature → 422 naming feature', async () => {
     for (const body of [{ feature: 'image_generation', amount: '1' }, { amount: '1' }, { feature: 5, amount: '1' }, { feature: 'CHAT', amount: '1' }]) {
       assertError(await w.debit(org, null, { body }), 422, 'invalid_request', { field: 'feature' });
@@ -178,7 +185,7 @@ describe('body size', () => {
     const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
       token: serviceToken(org),
       rawBody: stream,
-      headers: { 'content-type': json, 'idempotency-key': randomId('key_') },
+      headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
     });
     assertError(res, 413, 'payload_too_large');
     await assertUnchanged();
@@ -245,9 +252,9 @@ describe('organization ids', () => {
     for (const id of badIds) {
       const tok = serviceToken(id);
       const read = await w.wallet(id, { tok });
-      assert.ok(read.status >= 400 && read.status < 500, `${id}: ${read.status} ${read.text}`);
+      assert.ok(read.status >= 400 && read.status < 500, `${id}: ${read.summary}`);
       const debit = await w.debit(id, '1', { tok });
-      assert.ok(debit.status >= 400 && debit.status < 500, `${id}: ${debit.status} ${debit.text}`);
+      assert.ok(debit.status >= 400 && debit.status < 500, `${id}: ${debit.summary}`);
     }
     await assertUnchanged();
   });
@@ -289,8 +296,8 @@ test('GET /healthz → 200', async () => {
 // Last, so that it sees every route this file exercised.
 test('GET /openapi.json is OpenAPI 3.1 and describes every route exercised', async () => {
   const res = await w.req('GET', '/openapi.json', { token: token({ org, role: 'viewer' }) });
-  assert.equal(res.status, 200, res.text);
-  assert.match(String(res.json?.openapi), /^3\.1\./, `openapi version in ${res.text.slice(0, 200)}`);
+  assert.equal(res.status, 200, res.summary);
+  assert.match(String(res.json?.openapi), /^3\.1\./, `openapi version: ${res.summary.slice(0, 300)}`);
   assert.equal(typeof res.json.paths, 'object', 'no paths in /openapi.json');
   // Path parameter names are the implementation's choice: compare templates with them blanked.
   const shape = (template) => template.replace(/\{[^}]+\}/g, '{}');

@@ -22,7 +22,7 @@ const nextMidnight = (day) => new Date(Date.parse(`${day}T00:00:00Z`) + 86_400_0
 
 async function getWallet(org, opts) {
   const res = await w.wallet(org, opts);
-  assert.equal(res.status, 200, res.text);
+  assert.equal(res.status, 200, res.summary);
   assertWalletInvariants(res.json);
   return res.json;
 }
@@ -31,12 +31,12 @@ describe('signup', () => {
   test('grants the trial once; repeats answer 200 and grant nothing', async () => {
     const org = randomId('org_');
     const first = await w.signup(org);
-    assert.equal(first.status, 201, first.text);
+    assert.equal(first.status, 201, first.summary);
     assert.equal(first.json.org_id, org);
     assertAmount(first.json.balance, TRIAL);
     for (let i = 0; i < 3; i++) {
       const again = await w.signup(org);
-      assert.equal(again.status, 200, again.text);
+      assert.equal(again.status, 200, again.summary);
       assertAmount(again.json.balance, TRIAL);
     }
     assertAmount((await getWallet(org)).balance, TRIAL);
@@ -92,7 +92,7 @@ describe('debits', () => {
   test('happy path: 201 with the ledger entry and the day so far', async () => {
     const org = await w.newOrg();
     const res = await w.debit(org, '12.5', { feature: 'error_analysis', user_id: 'user_1', project_id: 'proj_1' });
-    assert.equal(res.status, 201, res.text);
+    assert.equal(res.status, 201, res.summary);
     const e = res.json;
     assert.equal(typeof e.id, 'string');
     assert.ok(e.id.length > 0);
@@ -126,7 +126,7 @@ describe('debits', () => {
 
     // Spending exactly what is left is fine, and then the wallet is paused.
     const last = await w.debit(org, '50');
-    assert.equal(last.status, 201, last.text);
+    assert.equal(last.status, 201, last.summary);
     assertAmount(last.json.balance_after, '0');
     const empty = await getWallet(org);
     assertAmount(empty.balance, '0');
@@ -136,7 +136,7 @@ describe('debits', () => {
   test('429 daily_cap_reached with resumes_at and Retry-After once the owner lowers the cap', async () => {
     const org = await w.newOrg();
     const capped = await w.setCap(org, '10');
-    assert.equal(capped.status, 200, capped.text);
+    assert.equal(capped.status, 200, capped.summary);
     assertAmount(capped.json.daily_cap, '10');
     assertAmount(capped.json.cap_remaining, '10');
 
@@ -157,11 +157,29 @@ describe('debits', () => {
 
     // Reaching the cap exactly is allowed; then AI features pause until midnight.
     const exact = await w.debit(org, '4');
-    assert.equal(exact.status, 201, exact.text);
+    assert.equal(exact.status, 201, exact.summary);
     assertAmount(exact.json.cap_remaining, '0');
     const paused = await getWallet(org);
     assert.equal(paused.status, 'paused_daily_cap');
     assert.equal(Date.parse(paused.resumes_at), resumesAt);
+  });
+
+  test("lowering the cap below the day's use lets nothing more through", async () => {
+    const org = await w.newOrg();
+    assert.equal((await w.debit(org, '10')).status, 201);
+    const lowered = await w.setCap(org, '5');
+    // Refusing the change is one careful answer; accepting it must pause spending.
+    if (lowered.status !== 200) {
+      assertError(lowered, 422, 'invalid_request', { field: 'daily_cap' });
+      assertAmount((await w.wallet(org)).json.daily_cap, '500');
+      return;
+    }
+    assertAmount(lowered.json.daily_cap, '5');
+    assertAmount(lowered.json.cap_remaining, '0');
+    assert.equal(lowered.json.status, 'paused_daily_cap');
+    assertError(await w.debit(org, '0.0001'), 429, 'daily_cap_reached');
+    assertError(await w.hold(org, '0.0001'), 429, 'daily_cap_reached');
+    assertAmount(await w.balance(org), '190');
   });
 
   test('the cap resets at midnight UTC (X-Dev-Now)', async () => {
@@ -171,7 +189,7 @@ describe('debits', () => {
     assert.equal((await w.setCap(org, '10', { now: `${day}T23:58:00Z` })).status, 200);
 
     const spend = await w.debit(org, '10', { now: `${day}T23:59:00Z` });
-    assert.equal(spend.status, 201, spend.text);
+    assert.equal(spend.status, 201, spend.summary);
     assertAmount(spend.json.spent_today, '10');
 
     const blocked = await w.debit(org, '1', { now: `${day}T23:59:30Z` });
@@ -185,7 +203,7 @@ describe('debits', () => {
     assert.equal(late.status, 'paused_daily_cap');
 
     const resumed = await w.debit(org, '1', { now: `${nextDay}T00:00:01Z` });
-    assert.equal(resumed.status, 201, resumed.text);
+    assert.equal(resumed.status, 201, resumed.summary);
     assertAmount(resumed.json.spent_today, '1');
     assertAmount(resumed.json.cap_remaining, '9');
     const wallet = await getWallet(org, { now: `${nextDay}T00:00:02Z` });
@@ -197,15 +215,29 @@ describe('debits', () => {
   });
 });
 
+test("an organization's clock never goes backwards (X-Dev-Now)", async () => {
+  const org = await w.newOrg();
+  const day = futureDate(300);
+  assert.equal((await w.debit(org, '1', { now: `${day}T12:00:00Z` })).status, 201);
+  // A request carrying the real (earlier) time is taken to happen at the latest time seen.
+  const wallet = await getWallet(org);
+  assert.equal(wallet.day, day);
+  assertAmount(wallet.spent_today, '1');
+  const debit = await w.debit(org, '1');
+  assert.equal(debit.status, 201, debit.summary);
+  assertAmount(debit.json.spent_today, '2');
+  assert.ok(Date.parse(debit.json.created_at) >= Date.parse(`${day}T12:00:00Z`), `created_at ${debit.json.created_at}`);
+});
+
 describe('idempotency', () => {
   test('a replay answers the same status and body and changes nothing', async () => {
     const org = await w.newOrg();
     const key = randomId('key_');
     const first = await w.debit(org, '3.25', { key, user_id: 'user_r' });
-    assert.equal(first.status, 201, first.text);
+    assert.equal(first.status, 201, first.summary);
     const replays = await Promise.all(Array.from({ length: 5 }, () => w.debit(org, '3.25', { key, user_id: 'user_r' })));
     for (const r of replays) {
-      assert.equal(r.status, 201, r.text);
+      assert.equal(r.status, 201, r.summary);
       assert.deepEqual(r.json, first.json);
     }
     assertAmount((await getWallet(org)).balance, '196.75');
@@ -221,7 +253,7 @@ describe('idempotency', () => {
     const org = await w.newOrg();
     const key = randomId('key_');
     const first = await w.debit(org, '2', { key, feature: 'chat', user_id: 'user_a' });
-    assert.equal(first.status, 201, first.text);
+    assert.equal(first.status, 201, first.summary);
     assertError(await w.debit(org, '3', { key, feature: 'chat', user_id: 'user_a' }), 409, 'idempotency_key_reused');
     assertError(await w.debit(org, '2', { key, feature: 'nl_alerts', user_id: 'user_a' }), 409, 'idempotency_key_reused');
     assertError(await w.debit(org, '2', { key, feature: 'chat', user_id: 'user_b' }), 409, 'idempotency_key_reused');
@@ -242,7 +274,7 @@ describe('holds', () => {
 
   async function createHold(org, amount, opts) {
     const res = await w.hold(org, amount, opts);
-    assert.equal(res.status, 201, res.text);
+    assert.equal(res.status, 201, res.summary);
     return res.json;
   }
 
@@ -269,6 +301,17 @@ describe('holds', () => {
     assertError(await w.hold(org, '0.0001'), 429, 'daily_cap_reached');
   });
 
+  test('a hold replays by Idempotency-Key; the same key with another body is 409', async () => {
+    const org = await w.newOrg();
+    const key = randomId('key_');
+    const hold = await createHold(org, '25', { key, ttl_seconds: 120 });
+    const replay = await w.hold(org, '25', { key, ttl_seconds: 120 });
+    assert.equal(replay.status, 201, replay.summary);
+    assert.deepEqual(replay.json, hold);
+    assertError(await w.hold(org, '26', { key, ttl_seconds: 120 }), 409, 'idempotency_key_reused');
+    assertAmount((await getWallet(org)).held, '25');
+  });
+
   test('a hold cannot reserve more than is available', async () => {
     const org = await w.newOrg();
     await createHold(org, '150');
@@ -292,7 +335,7 @@ describe('holds', () => {
     const org = await w.newOrg();
     const hold = await createHold(org, '50', { feature: 'incident_timeline', user_id: 'user_c' });
     const res = await w.capture(org, hold.id, '30');
-    assert.equal(res.status, 200, res.text);
+    assert.equal(res.status, 200, res.summary);
     assert.equal(res.json.id, hold.id);
     assert.equal(res.json.status, 'captured');
     assertAmount(res.json.amount, '50');
@@ -314,12 +357,12 @@ describe('holds', () => {
 
     // Repeating the capture answers the same and debits nothing more.
     const again = await w.capture(org, hold.id, '30');
-    assert.equal(again.status, 200, again.text);
+    assert.equal(again.status, 200, again.summary);
     assert.deepEqual(again.json, res.json);
     // A second capture of a different amount may be refused, but never debits.
     const other = await w.capture(org, hold.id, '10');
     if (other.status < 300) assert.equal(other.json.entry?.id, entry.id);
-    else assert.ok(other.status >= 400 && other.status < 500, other.text);
+    else assert.ok(other.status >= 400 && other.status < 500, other.summary);
     wallet = await getWallet(org);
     assertAmount(wallet.balance, '170');
     assertAmount(wallet.spent_today, '30');
@@ -329,7 +372,7 @@ describe('holds', () => {
     const org = await w.newOrg();
     const hold = await createHold(org, '20');
     const res = await w.capture(org, hold.id, '0');
-    assert.equal(res.status, 200, res.text);
+    assert.equal(res.status, 200, res.summary);
     assert.equal(res.json.status, 'captured');
     assert.equal(res.json.entry, null);
     const wallet = await getWallet(org);
@@ -346,7 +389,7 @@ describe('holds', () => {
     assertAmount(wallet.balance, '200');
     assertAmount(wallet.held, '50');
     const res = await w.capture(org, hold.id, '50');
-    assert.equal(res.status, 200, res.text);
+    assert.equal(res.status, 200, res.summary);
     assertAmount(res.json.entry.balance_after, '150');
   });
 
@@ -354,7 +397,7 @@ describe('holds', () => {
     const org = await w.newOrg();
     const hold = await createHold(org, '40');
     const res = await w.release(org, hold.id);
-    assert.equal(res.status, 200, res.text);
+    assert.equal(res.status, 200, res.summary);
     assert.equal(res.json.id, hold.id);
     assert.equal(res.json.status, 'released');
     const wallet = await getWallet(org);
@@ -386,7 +429,7 @@ describe('holds', () => {
     assertError(await w.capture(org, hold.id, '10', { now: addSeconds(t0, 62) }), 409, 'hold_not_active');
     // Releasing an expired hold either shows it expired or refuses: never a change.
     const release = await w.release(org, hold.id, { now: addSeconds(t0, 63) });
-    if (release.status === 200) assert.equal(release.json.status, 'expired', release.text);
+    if (release.status === 200) assert.equal(release.json.status, 'expired', release.summary);
     else assertError(release, 409, 'hold_not_active');
     assertAmount((await getWallet(org, { now: addSeconds(t0, 64) })).balance, '200');
   });
@@ -402,7 +445,7 @@ describe('holds', () => {
     assertAmount(afterMidnight.held_today, '0');
     assertAmount(afterMidnight.cap_remaining, '10');
     const res = await w.capture(org, hold.id, '8', { now: `${nextDay}T00:00:30Z` });
-    assert.equal(res.status, 200, res.text);
+    assert.equal(res.status, 200, res.summary);
     const wallet = await getWallet(org, { now: `${nextDay}T00:00:40Z` });
     assertAmount(wallet.balance, '192');
     assertAmount(wallet.spent_today, '0');
@@ -416,15 +459,15 @@ describe('ledger', () => {
     const expected = [{ kind: 'trial_grant', amount: '200' }]; // oldest first
     const debit = async (amount, opts) => {
       const res = await w.debit(org, amount, opts);
-      assert.equal(res.status, 201, res.text);
+      assert.equal(res.status, 201, res.summary);
       expected.push({ kind: 'debit', amount, id: res.json.id });
     };
     await debit('1', { feature: 'chat', user_id: 'user_1' });
     await debit('2.5', { feature: 'auto_triage', user_id: 'user_2', project_id: 'proj_1' });
     const hold = await w.hold(org, '10', { feature: 'release_analysis' });
-    assert.equal(hold.status, 201, hold.text);
+    assert.equal(hold.status, 201, hold.summary);
     const capture = await w.capture(org, hold.json.id, '4');
-    assert.equal(capture.status, 200, capture.text);
+    assert.equal(capture.status, 200, capture.summary);
     expected.push({ kind: 'capture', amount: '4', id: capture.json.entry.id, hold_id: hold.json.id });
     await debit('3');
     for (let i = 0; i < 6; i++) await debit('0.25', { user_id: `user_${i}` });
@@ -460,7 +503,7 @@ describe('ledger', () => {
       let cursor;
       for (let page = 0; page < 50; page++) {
         const res = await w.ledgerPage(org, { limit, starting_after: cursor });
-        assert.equal(res.status, 200, res.text);
+        assert.equal(res.status, 200, res.summary);
         assert.ok(res.json.data.length <= limit);
         seen.push(...res.json.data.map((e) => e.id));
         if (!res.json.has_more) break;

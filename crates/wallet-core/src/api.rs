@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/orgs/{org}/wallet"),
     ("put", "/v1/orgs/{org}/daily-cap"),
     ("post", "/v1/orgs/{org}/debits"),
+    ("post", "/v1/orgs/{org}/debits/batch"),
     ("post", "/v1/orgs/{org}/holds"),
     ("post", "/v1/orgs/{org}/holds/{hold_id}/capture"),
     ("post", "/v1/orgs/{org}/holds/{hold_id}/release"),
@@ -36,7 +37,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/orgs/{org}/purchases/{purchase_id}"),
     ("post", "/stripe/webhook"),
     ("post", "/dev/orgs/{org}/payment-method"),
+    ("get", "/v1/orgs/{org}/transactions"),
+    ("get", "/v1/orgs/{org}/usage"),
 ];
+
+/// Most debits in one batch.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// A batch's body limit: 1,000 items do not fit the usual 16 KiB.
+pub const MAX_BATCH_BODY_BYTES: usize = 512 * 1024;
 
 /// Largest request body accepted (16 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -262,7 +270,12 @@ impl ApiError {
 
 /// Parses a JSON body into `T`, naming the offending field on failure.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.len() > MAX_BODY_BYTES {
+    parse_body_within(bytes, MAX_BODY_BYTES)
+}
+
+/// `parse_body` with a route-specific size limit.
+pub fn parse_body_within<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, ApiError> {
+    if bytes.len() > limit {
         return Err(ApiError::PayloadTooLarge);
     }
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -281,7 +294,13 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Syntax
             | serde_json::error::Category::Eof
             | serde_json::error::Category::Io => ApiError::InvalidJson(inner.to_string()),
-            serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
+            // A field error in a body that is not even JSON is a JSON error.
+            serde_json::error::Category::Data => {
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Err(syntax) => ApiError::InvalidJson(syntax.to_string()),
+                    Ok(_) => data_error(&path, &inner.to_string()),
+                }
+            }
         }
     })?;
     de.end().map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -465,6 +484,115 @@ impl DebitBody {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    debits: Vec<Value>,
+}
+
+/// One batch item as sent: a debit body plus its own idempotency key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItemBody {
+    idempotency_key: String,
+    feature: String,
+    amount: Credits,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    project_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+/// A batch item after validation: a debit to decide, or its error already.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSlot {
+    Debit {
+        idempotency_key: String,
+        fingerprint: String,
+        body: DebitBody,
+    },
+    Invalid {
+        idempotency_key: Option<String>,
+        status: u16,
+        error: Value,
+    },
+}
+
+/// Parses a batch: the envelope must be valid as a whole (at most
+/// `MAX_BATCH_ITEMS` items); each item is validated on its own, so one bad
+/// item becomes that item's error and the others still run.
+pub fn parse_batch(bytes: &[u8], config: &WalletConfig) -> Result<Vec<BatchSlot>, ApiError> {
+    let batch: BatchBody = parse_body_within(bytes, MAX_BATCH_BODY_BYTES)?;
+    if batch.debits.is_empty() || batch.debits.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid(
+            "debits",
+            format!("must list 1 to {MAX_BATCH_ITEMS} debits"),
+        ));
+    }
+    Ok(batch
+        .debits
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let key = value
+                .get("idempotency_key")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            match batch_item(value, config) {
+                Ok(slot) => slot,
+                Err(err) => {
+                    let err = match err {
+                        ApiError::InvalidRequest { field, message } => ApiError::InvalidRequest {
+                            field: format!("debits[{index}].{field}"),
+                            message,
+                        },
+                        other => other,
+                    };
+                    BatchSlot::Invalid {
+                        idempotency_key: key,
+                        status: err.status(),
+                        error: err.body()["error"].clone(),
+                    }
+                }
+            }
+        })
+        .collect())
+}
+
+fn batch_item(value: Value, config: &WalletConfig) -> Result<BatchSlot, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid("item", "must be a JSON object"));
+    }
+    let item: BatchItemBody = serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        data_error(&path, &err.into_inner().to_string())
+    })?;
+    let idempotency_key = check_idempotency_key(Some(&item.idempotency_key)).map_err(|_| {
+        ApiError::invalid(
+            "idempotency_key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
+        )
+    })?;
+    let body = DebitBody {
+        feature: item.feature,
+        amount: item.amount,
+        user_id: item.user_id,
+        project_id: item.project_id,
+        metadata: item.metadata,
+    };
+    body.validate(config)?;
+    // Same fingerprint as the single-debit route: a key is one debit either way.
+    let fingerprint = fingerprint("debit", &body);
+    Ok(BatchSlot::Debit {
+        idempotency_key,
+        fingerprint,
+        body,
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HoldBody {
@@ -618,6 +746,9 @@ pub enum Command {
         fingerprint: String,
         body: DebitBody,
     },
+    DebitBatch {
+        items: Vec<BatchSlot>,
+    },
     PlaceHold {
         idempotency_key: String,
         fingerprint: String,
@@ -630,6 +761,10 @@ pub enum Command {
     Release {
         hold_id: String,
     },
+    /// Benchmark floor: answer at once, touching nothing.
+    Ping,
+    /// Benchmark counters: storage rows this instance has written.
+    StorageStats,
     /// The organization's Stripe customer: `{"stripe_customer_id": …}`.
     StripeCustomer,
     /// Records the Stripe customer unless one is recorded; answers the one kept.
@@ -857,6 +992,49 @@ mod tests {
                 "missing schema {name}"
             );
         }
+    }
+
+    #[test]
+    fn batch_items_fail_alone() {
+        let cfg = WalletConfig::defaults();
+        let body = br#"{"debits":[
+            {"idempotency_key":"a","feature":"chat","amount":"1"},
+            {"idempotency_key":"b","feature":"chat","amount":2},
+            {"idempotency_key":"c","feature":"poetry","amount":"1"},
+            {"feature":"chat","amount":"1"},
+            7
+        ]}"#;
+        let slots = parse_batch(body, &cfg).unwrap();
+        assert!(
+            matches!(&slots[0], BatchSlot::Debit { idempotency_key, .. } if idempotency_key == "a")
+        );
+        let fields: Vec<String> = slots[1..]
+            .iter()
+            .map(|s| match s {
+                BatchSlot::Invalid {
+                    status: 422, error, ..
+                } => error["field"].as_str().unwrap().to_string(),
+                other => panic!("expected an invalid item, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "debits[1].amount",
+                "debits[2].feature",
+                "debits[3].idempotency_key",
+                "debits[4].item"
+            ]
+        );
+        assert!(parse_batch(br#"{"debits":[]}"#, &cfg).is_err());
+        let too_many = format!(
+            r#"{{"debits":[{}]}}"#,
+            vec!["{}"; MAX_BATCH_ITEMS + 1].join(",")
+        );
+        assert_eq!(
+            field_of(parse_batch(too_many.as_bytes(), &cfg).unwrap_err()),
+            "debits"
+        );
     }
 
     #[test]

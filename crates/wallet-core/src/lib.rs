@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod money;
 pub mod purchase;
+pub mod reports;
 pub mod stripe;
 pub mod time;
 pub mod token;

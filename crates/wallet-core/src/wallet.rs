@@ -32,6 +32,20 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EntryKind; 5] = [
+        EntryKind::TrialGrant,
+        EntryKind::Purchase,
+        EntryKind::Debit,
+        EntryKind::Capture,
+        EntryKind::DisputeReversal,
+    ];
+
+    /// The kind named by its wire name (`as_str`).
+    pub fn parse(name: &str) -> Option<EntryKind> {
+        EntryKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::TrialGrant => "trial_grant",

@@ -1,0 +1,103 @@
+// The wallet API as the dashboard calls it: same origin, bearer token from
+// the session, JSON in and out, errors as {status, code, message, field}.
+
+const SESSION_KEY = 'ai-wallet.session';
+const REQUEST_TIMEOUT_MS = 20_000;
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const error = body?.error ?? {};
+    super(error.message ?? `The server answered ${status}.`);
+    this.status = status;
+    this.code = error.code ?? (status === 0 ? 'network_error' : 'unexpected_response');
+    this.field = error.field;
+    this.details = error;
+  }
+}
+
+/** The claims of a JWT, read only to shape the page; the server checks them. */
+function claimsOf(token) {
+  try {
+    const payload = token.split('.')[1].replaceAll('-', '+').replaceAll('_', '/');
+    return JSON.parse(atob(payload));
+  } catch {
+    return null;
+  }
+}
+
+/** {token, org, sub, role, exp} of the signed-in user, or null. */
+export function currentSession() {
+  let token;
+  try {
+    token = sessionStorage.getItem(SESSION_KEY);
+  } catch {
+    return null;
+  }
+  const claims = token && claimsOf(token);
+  if (!claims || typeof claims.org !== 'string' || typeof claims.exp !== 'number') return null;
+  if (claims.exp * 1000 <= Date.now()) {
+    signOut();
+    return null;
+  }
+  return { token, org: claims.org, sub: claims.sub, role: claims.role, exp: claims.exp };
+}
+
+export function signOut() {
+  try {
+    sessionStorage.removeItem(SESSION_KEY);
+  } catch {
+    // storage unavailable: nothing was kept
+  }
+}
+
+/** Development sign-in: POST /dev/token mints a token for any org and role. */
+export async function devSignIn({ org, sub, role }) {
+  const res = await send('POST', '/dev/token', { body: { org, sub, role } });
+  sessionStorage.setItem(SESSION_KEY, res.token);
+  return currentSession();
+}
+
+async function send(method, path, { token, body, headers = {}, raw = false } = {}) {
+  const h = { accept: raw ? 'text/csv' : 'application/json', ...headers };
+  if (token) h.authorization = `Bearer ${token}`;
+  if (body !== undefined) h['content-type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      cache: 'no-store',
+    });
+  } catch {
+    throw new ApiError(0, { error: { message: 'The wallet service could not be reached. Check your connection and try again.' } });
+  }
+  if (raw && res.ok) return res;
+  const text = await res.text();
+  let json;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  if (!res.ok) throw new ApiError(res.status, json);
+  return json;
+}
+
+/** Calls the API as the signed-in user; a 401 ends the session. */
+export async function call(method, path, options = {}) {
+  const session = currentSession();
+  if (!session) throw new ApiError(401, { error: { code: 'unauthorized', message: 'Your session ended. Sign in again.' } });
+  try {
+    return await send(method, path, { ...options, token: session.token });
+  } catch (err) {
+    if (err.status === 401) {
+      signOut();
+      window.dispatchEvent(new CustomEvent('session-ended'));
+    }
+    throw err;
+  }
+}
+
+export const orgPath = (org, rest) => `/v1/orgs/${encodeURIComponent(org)}/${rest}`;

@@ -1,0 +1,124 @@
+// The Transactions tab: purchases and grants with the running balance,
+// paged with the API's cursor, and the CSV export of the whole history.
+import { call, orgPath } from './api.js';
+import { formatCredits, formatDateTime, formatMoney, kindName } from './format.js';
+
+const $ = (id) => document.getElementById(id);
+const PAGE_SIZE = 25;
+
+export function createTransactionsView(session) {
+  const org = session.org;
+  // Cursors of the pages shown so far: [undefined, id, id, …]; the last is the current page.
+  let cursors = [undefined];
+  let loading = false;
+  let packNames = null;
+
+  async function loadPackNames() {
+    try {
+      const packs = await call('GET', '/v1/packs');
+      packNames = Object.fromEntries(packs.map((p) => [p.id, p.name]));
+    } catch {
+      packNames = {}; // pack ids are shown as they are
+    }
+  }
+
+  const LABELS = ['Date', 'Type', 'Pack', 'Credits', 'Paid', 'Balance after'];
+
+  function cell(row, text, className) {
+    const td = document.createElement('td');
+    td.textContent = text;
+    td.dataset.label = LABELS[row.cells.length]; // shown on phones, where rows stack
+    if (className) td.className = className;
+    row.append(td);
+    return td;
+  }
+
+  function render(page) {
+    const body = $('tx-body');
+    body.replaceChildren();
+    for (const tx of page.data) {
+      const row = document.createElement('tr');
+      row.dataset.id = tx.id;
+      const when = document.createElement('time');
+      when.dateTime = tx.created_at;
+      when.textContent = formatDateTime(tx.created_at);
+      cell(row, '').append(when);
+      cell(row, kindName(tx.kind));
+      cell(row, tx.pack_id ? (packNames?.[tx.pack_id] ?? tx.pack_id) : '—');
+      cell(row, `+${formatCredits(tx.credits)}`, 'num plus');
+      cell(row, tx.amount_cents === null ? 'Free' : formatMoney(tx.amount_cents, tx.currency), 'num');
+      cell(row, formatCredits(tx.balance_after), 'num');
+      body.append(row);
+    }
+    $('tx-empty').hidden = page.data.length > 0 || cursors.length > 1;
+    $('tx-newer').disabled = cursors.length <= 1;
+    $('tx-older').disabled = !page.has_more;
+    $('tx-older').dataset.cursor = page.data.at(-1)?.id ?? '';
+    $('tx-page').textContent = page.data.length ? `Page ${cursors.length}` : '';
+  }
+
+  async function load() {
+    if (loading) return;
+    loading = true;
+    $('tx-error').hidden = true;
+    try {
+      if (!packNames) await loadPackNames();
+      const cursor = cursors.at(-1);
+      const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      if (cursor) query.set('starting_after', cursor);
+      render(await call('GET', `${orgPath(org, 'transactions')}?${query}`));
+    } catch (err) {
+      $('tx-error').textContent = `Transactions could not be loaded: ${err.message}`;
+      $('tx-error').hidden = false;
+    } finally {
+      loading = false;
+    }
+  }
+
+  $('tx-older').addEventListener('click', () => {
+    const cursor = $('tx-older').dataset.cursor;
+    if (!cursor) return;
+    cursors.push(cursor);
+    load();
+  });
+  $('tx-newer').addEventListener('click', () => {
+    if (cursors.length > 1) cursors.pop();
+    load();
+  });
+
+  $('csv-download').addEventListener('click', async () => {
+    const button = $('csv-download');
+    const status = $('csv-status');
+    button.disabled = true;
+    status.className = 'message';
+    status.textContent = 'Preparing the CSV file…';
+    try {
+      // A plain link cannot send the bearer token, so the file is fetched and handed over as a blob.
+      const res = await call('GET', `${orgPath(org, 'transactions')}?format=csv`, { raw: true });
+      const blob = await res.blob();
+      const name = /filename="([^"]+)"/.exec(res.headers.get('content-disposition') ?? '')?.[1] ?? `transactions-${org}.csv`;
+      const url = URL.createObjectURL(blob);
+      const link = document.createElement('a');
+      link.href = url;
+      link.download = name;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      status.textContent = `Downloaded ${name}.`;
+      status.className = 'message ok';
+    } catch (err) {
+      status.textContent = `The CSV file could not be downloaded: ${err.message}`;
+      status.className = 'message error';
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  return {
+    show() {
+      cursors = [undefined];
+      load();
+    },
+  };
+}

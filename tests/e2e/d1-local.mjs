@@ -1,0 +1,57 @@
+// Writes rows straight into a local D1 database (`wrangler d1 execute
+// --local --persist-to DIR --file …`), for histories too long or too early to
+// build through the API: a long purchase history, a million debits.
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = path.join(ROOT, 'node_modules/.bin');
+
+/** Runs the SQL text against the local D1 under `persistTo`; rejects on failure or timeout. */
+export function d1Execute(persistTo, sql, { timeoutMs = 600_000 } = {}) {
+  const file = path.join(persistTo, `d1-${crypto.randomBytes(6).toString('hex')}.sql`);
+  fs.writeFileSync(file, sql);
+  const log = `${file}.log`;
+  return new Promise((resolve, reject) => {
+    const out = fs.openSync(log, 'w');
+    const child = spawn(
+      path.join(BIN, 'wrangler'),
+      ['d1', 'execute', 'DB', '--local', '--persist-to', persistTo, '--file', file],
+      {
+        cwd: ROOT,
+        env: {
+          ...process.env,
+          PATH: `${BIN}${path.delimiter}${process.env.PATH ?? ''}`,
+          WRANGLER_SEND_METRICS: 'false',
+          CLOUDFLARE_CF_FETCH_ENABLED: 'false',
+        },
+        stdio: ['ignore', out, out],
+        detached: true, // its own process group, killed whole on timeout
+      },
+    );
+    fs.closeSync(out);
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }, timeoutMs);
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) {
+        fs.rmSync(file, { force: true });
+        resolve();
+      } else {
+        reject(new Error(`wrangler d1 execute failed (${signal ?? code}); see ${log}`));
+      }
+    });
+  });
+}
+
+/** A SQL string literal. */
+export const sqlText = (value) => (value === null || value === undefined ? 'NULL' : `'${String(value).replaceAll("'", "''")}'`);
