@@ -13,11 +13,13 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e lint migrate
+.PHONY: help setup worker dev test test-unit test-e2e lint migrate bench bench-smoke bench-tools
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
 	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
+	@echo "make bench  measure throughput, latency and storage work (DURATION=10s CONNECTIONS=16)"
+	@echo "make bench-smoke  the same with 1-second scenarios, to prove it still runs (CI)"
 
 setup:
 	@scripts/setup.sh
@@ -44,3 +46,19 @@ test-unit:
 
 test-e2e: worker
 	node --test --test-concurrency=1 tests/e2e/
+
+# Benchmark: wrk against `wrangler dev` on a free port with a fresh state
+# directory (scripts/bench.sh). Prints one table; exits 0 whatever the figures.
+DURATION ?= 10s
+CONNECTIONS ?= 16
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y --no-install-recommends wrk \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
+
+bench: setup bench-tools worker
+	scripts/bench.sh --duration $(DURATION) --connections $(CONNECTIONS)
+
+bench-smoke: setup bench-tools worker
+	scripts/bench.sh --smoke
