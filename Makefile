@@ -13,7 +13,7 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data bench-reports
+.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data bench-reports bench bench-smoke bench-tools
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
@@ -21,6 +21,8 @@ help:
 	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
 	@echo "make demo-data   fill organization ORG (default demo) with 60 days of AI usage"
 	@echo "                 through the running worker at BASE (default http://127.0.0.1:8787)"
+	@echo "make bench  measure throughput, latency and storage work (DURATION=10s CONNECTIONS=16)"
+	@echo "make bench-smoke  the same with 1-second scenarios, to prove it still runs (CI)"
 
 setup:
 	@scripts/setup.sh
@@ -57,3 +59,19 @@ demo-data:
 # (written straight into a temporary local D1); a few minutes. Not in `make test`.
 bench-reports: worker
 	node --test --test-concurrency=1 tests/bench/reports.bench.mjs
+
+# Benchmark: wrk against `wrangler dev` on a free port with a fresh state
+# directory (scripts/bench.sh). Prints one table; exits 0 whatever the figures.
+DURATION ?= 10s
+CONNECTIONS ?= 16
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y --no-install-recommends wrk \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
+
+bench: setup bench-tools worker
+	scripts/bench.sh --duration $(DURATION) --connections $(CONNECTIONS)
+
+bench-smoke: setup bench-tools worker
+	scripts/bench.sh --smoke
