@@ -246,7 +246,12 @@ describe('signatures', () => {
       assertError(res, 400, 'invalid_signature');
     }
     assertAmount(await w.balance(org), TRIAL);
-    assert.deepEqual((await w.ledger(org)).map((e) => e.kind), ['trial_grant']);
+    // D1 trails the Durable Object by up to a few seconds: wait for the trial to arrive.
+    const kinds = await waitFor(async () => {
+      const entries = await w.ledger(org);
+      return entries.length > 0 ? entries.map((e) => e.kind) : undefined;
+    }, 10_000);
+    assert.deepEqual(kinds, ['trial_grant']);
     // The same event correctly signed is accepted: only the signatures were wrong.
     assert.equal((await send(payload, signatureHeader(payload))).status, 200);
     assertAmount(await w.balance(org), '1200');
