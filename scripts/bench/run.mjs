@@ -22,10 +22,13 @@ const BATCH_SIZES = [10, 100, 1000];
 const MIN_BATCH_SECONDS = 3;
 
 // Cloudflare list prices, USD per million, Workers Paid plan, beyond the
-// included monthly amounts. Checked against Cloudflare's pricing pages
-// (cloudflare-docs: partials/durable-objects/durable-objects-pricing.mdx,
-// partials/workers/d1-pricing.mdx, workflows/reference/pricing "identical to
-// Workers Standard pricing"):
+// included monthly amounts. Checked against Cloudflare's pricing pages:
+// https://developers.cloudflare.com/durable-objects/platform/pricing/ and
+// https://developers.cloudflare.com/d1/platform/pricing/ (their tables come from
+// cloudflare-docs src/content/partials/durable-objects/durable-objects-pricing.mdx
+// and partials/workers/d1-pricing.mdx), Workers requests from
+// https://developers.cloudflare.com/workers/platform/pricing/ (as quoted by the
+// Workflows pricing page, "identical to Workers Standard pricing"):
 //   Durable Objects requests $0.15/M (HTTP requests, RPC sessions and alarm
 //   invocations); SQLite-backed storage rows written $1.00/M, rows read
 //   $0.001/M, each setAlarm() billed as one row written; D1 rows written
