@@ -448,6 +448,8 @@ async function main() {
 const f0 = (x) => Math.round(x).toLocaleString('en-US');
 const f1 = (x) => x.toFixed(1);
 const f2 = (x) => x.toFixed(2);
+// Rows per debit: three decimals, so 3.004 does not print as a failing 3.00.
+const f3 = (x) => x.toFixed(3);
 const ratio = (x) => `${x.toFixed(2)}x`;
 const kib = (bytes) => `${(bytes / 1024).toFixed(1)} KiB`;
 const verdict = (ok) => (ok ? 'PASS' : 'MISS');
@@ -515,7 +517,7 @@ function printTable(r) {
     cpu(floorEnd), floorRef, vsFloor(floorEnd), '-', '', errs(floorEnd));
 
   const storageRow = (name, s) => {
-    row(`storage per debit, ${name} (${f0(s.debits)} debits)`, `DO ${f2(s.doRows)} + D1 ${f2(s.d1Rows)} rows, ${f2(s.alarms)} alarms`,
+    row(`storage per debit, ${name} (${f0(s.debits)} debits)`, `DO ${f3(s.doRows)} + D1 ${f3(s.d1Rows)} rows, ${f3(s.alarms)} alarms`,
       '-', '-', '-', '-', `$${f2(costPerMillion(s))} per 1M debits`,
       `DO <= ${TARGET.doRowsPerDebit}, D1 <= ${TARGET.d1RowsPerDebit}`,
       `${verdict(s.doRows <= TARGET.doRowsPerDebit)} DO, ${verdict(s.d1Rows <= TARGET.d1RowsPerDebit)} D1`);
