@@ -22,10 +22,13 @@ const BATCH_SIZES = [10, 100, 1000];
 const MIN_BATCH_SECONDS = 3;
 
 // Cloudflare list prices, USD per million, Workers Paid plan, beyond the
-// included monthly amounts. Checked against Cloudflare's pricing pages
-// (cloudflare-docs: partials/durable-objects/durable-objects-pricing.mdx,
-// partials/workers/d1-pricing.mdx, workflows/reference/pricing "identical to
-// Workers Standard pricing"):
+// included monthly amounts. Checked against Cloudflare's pricing pages:
+// https://developers.cloudflare.com/durable-objects/platform/pricing/ and
+// https://developers.cloudflare.com/d1/platform/pricing/ (their tables come from
+// cloudflare-docs src/content/partials/durable-objects/durable-objects-pricing.mdx
+// and partials/workers/d1-pricing.mdx), Workers requests from
+// https://developers.cloudflare.com/workers/platform/pricing/ (as quoted by the
+// Workflows pricing page, "identical to Workers Standard pricing"):
 //   Durable Objects requests $0.15/M (HTTP requests, RPC sessions and alarm
 //   invocations); SQLite-backed storage rows written $1.00/M, rows read
 //   $0.001/M, each setAlarm() billed as one row written; D1 rows written
@@ -242,10 +245,10 @@ function devCpuMs() {
 }
 
 let wrkRuns = 0;
-const TAIL_MS = 3_000;
+const TAIL_MS = 2_500;
 
 /** One wrk run; resolves to its figures (rates per second, latencies in ms). */
-function wrk({ label, mode, orgsFile, arg = '', duration = DURATION, connections = CONNECTIONS, settle = [] }) {
+function wrk({ label, mode, orgsFile, arg = '', duration = DURATION, connections = CONNECTIONS, settle = [], tail = true }) {
   const threads = Math.min(THREADS, connections);
   const log = path.join(WORK, `wrk-${String(++wrkRuns).padStart(2, '0')}-${mode}.log`);
   const argv = [
@@ -284,11 +287,12 @@ function wrk({ label, mode, orgsFile, arg = '', duration = DURATION, connections
   });
   // Work the requests caused after wrk stopped (requests still in flight, the
   // replica flush, whose alarm comes up to 2 s later) belongs to them: for
-  // scenarios that write, CPU is counted until TAIL_MS after wrk stopped.
+  // scenarios that write, CPU is counted until TAIL_MS after wrk stopped
+  // (except for the warm-up, whose CPU is not reported).
   // Then their organizations' ledgers must catch up (polling, not counted),
   // which also leaves the next scenario a quiet machine.
   return run.then(async (result) => {
-    if (settle.length) await sleep(TAIL_MS);
+    if (settle.length && tail) await sleep(TAIL_MS);
     const cpuMs = devCpuMs() - cpuBefore;
     const settled = await pool(settle, 8, (org) => settledStorage(org));
     return {
@@ -340,7 +344,7 @@ async function main() {
   if (!SMOKE) {
     // JIT and instance warm-up, not measured.
     await wrk({ label: 'warm-up, floor', mode: 'floor', orgsFile: files.single, duration: '1s' });
-    await wrk({ label: 'warm-up, debits', mode: 'debit', orgsFile: files.single, duration: '1s', settle: [single] });
+    await wrk({ label: 'warm-up, debits', mode: 'debit', orgsFile: files.single, duration: '1s', settle: [single], tail: false });
   }
 
   const floor = check(await wrk({ label: 'floor: POST /bench/floor', mode: 'floor', orgsFile: files.single }));
@@ -392,7 +396,7 @@ async function main() {
 
   // Sparse debits: each one waits until the previous one reached D1, so every
   // flush carries a single entry (the worst case for storage work per debit).
-  const sparseCount = SMOKE ? 1 : 3;
+  const sparseCount = SMOKE ? 1 : 2;
   progress(`storage per sparse debit: ${sparseCount} debits, each flushed alone`);
   const isoBefore = await settledStorage(isolatedOrg);
   const isoBalance = await balanceUnits(isolatedOrg);
@@ -445,6 +449,8 @@ async function main() {
 const f0 = (x) => Math.round(x).toLocaleString('en-US');
 const f1 = (x) => x.toFixed(1);
 const f2 = (x) => x.toFixed(2);
+// Rows per debit: three decimals, so 3.004 does not print as a failing 3.00.
+const f3 = (x) => x.toFixed(3);
 const ratio = (x) => `${x.toFixed(2)}x`;
 const kib = (bytes) => `${(bytes / 1024).toFixed(1)} KiB`;
 const verdict = (ok) => (ok ? 'PASS' : 'MISS');
@@ -512,7 +518,7 @@ function printTable(r) {
     cpu(floorEnd), floorRef, vsFloor(floorEnd), '-', '', errs(floorEnd));
 
   const storageRow = (name, s) => {
-    row(`storage per debit, ${name} (${f0(s.debits)} debits)`, `DO ${f2(s.doRows)} + D1 ${f2(s.d1Rows)} rows, ${f2(s.alarms)} alarms`,
+    row(`storage per debit, ${name} (${f0(s.debits)} debits)`, `DO ${f3(s.doRows)} + D1 ${f3(s.d1Rows)} rows, ${f3(s.alarms)} alarms`,
       '-', '-', '-', '-', `$${f2(costPerMillion(s))} per 1M debits`,
       `DO <= ${TARGET.doRowsPerDebit}, D1 <= ${TARGET.d1RowsPerDebit}`,
       `${verdict(s.doRows <= TARGET.doRowsPerDebit)} DO, ${verdict(s.d1Rows <= TARGET.d1RowsPerDebit)} D1`);
@@ -555,7 +561,7 @@ function printTable(r) {
       `every 2 s). Not included: rows read (not counted; $0.001/M), Worker CPU time, DO duration.`,
     `Ratios are figure / reference; throughput ratios want >= 1, latency ratios <= 1. Latency from wrk (closed loop).`,
     `CPU ms/req: CPU time of wrangler dev's processes (wrangler, its proxy, workerd with the D1 simulator) per ` +
-      `completed request; for scenarios that write, until 3 s after wrk stopped, so that the replica flush is ` +
+      `completed request; for scenarios that write, until 2.5 s after wrk stopped, so that the replica flush is ` +
       `included. Steadier than req/s when other work shares the cores.`,
   ];
   process.stdout.write(`${out.join('\n')}\n`);
