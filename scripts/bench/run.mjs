@@ -215,9 +215,9 @@ async function settledStorage(org) {
 // ---------------------------------------------------------------------------
 // wrk
 
-function writeOrgsFile(name, orgs) {
+function writeOrgsFile(name, orgs, role = 'service') {
   const file = path.join(WORK, `orgs-${name}.txt`);
-  fs.writeFileSync(file, orgs.map((org) => `${org} ${token(org, 'service')}\n`).join(''));
+  fs.writeFileSync(file, orgs.map((org) => `${org} ${token(org, role)}\n`).join(''));
   return file;
 }
 
@@ -337,7 +337,8 @@ async function main() {
     single: writeOrgsFile('single', [single]),
     multi: writeOrgsFile('multi', multi),
     hold: writeOrgsFile('hold', [holdOrg]),
-    usage: writeOrgsFile('usage', [USAGE_ORG]),
+    // The usage report is for the organization's people, not for service tokens.
+    usage: writeOrgsFile('usage', [USAGE_ORG], 'viewer'),
     ...Object.fromEntries(BATCH_SIZES.map((n) => [`b${n}`, writeOrgsFile(`b${n}`, [batchOrgs[n]])])),
   };
 
@@ -377,18 +378,20 @@ async function main() {
   }
   const wallet = check(await wrk({ label: 'GET wallet', mode: 'wallet', orgsFile: files.single }));
 
-  // The usage report comes from another branch: measure it only where it exists.
+  // Measured where the route exists (a build without reports skips it).
   const to = new Date().toISOString().slice(0, 10);
   const from = new Date(Date.now() - 29 * 86_400_000).toISOString().slice(0, 10);
   const usageQuery = `from=${from}&to=${to}`;
-  const probe = await api('GET', `/v1/orgs/${USAGE_ORG}/usage?${usageQuery}`, { auth: token(USAGE_ORG, 'service') });
+  const probe = await api('GET', `/v1/orgs/${USAGE_ORG}/usage?${usageQuery}`, { auth: token(USAGE_ORG, 'viewer') });
   let usage = null;
   if (probe.status === 404 && probe.json?.error?.code === 'not_found') {
     progress('GET usage: the route is not present in this build, skipped');
   } else if (probe.status !== 200) {
     throw new Error(`GET usage probe: HTTP ${probe.status} ${probe.text.slice(0, 300)}`);
   } else {
-    usage = check(await wrk({ label: 'GET usage, 30 days', mode: 'usage', orgsFile: files.usage, arg: usageQuery }));
+    // A dashboard read: its latency target is measured one request at a time
+    // (under 16 closed-loop connections p99 is mostly queueing behind the others).
+    usage = check(await wrk({ label: 'GET usage, 30 days (1 connection)', mode: 'usage', orgsFile: files.usage, arg: usageQuery, connections: 1 }));
   }
 
   // The same floor again: how far the machine drifted during the run.
@@ -506,7 +509,7 @@ function printTable(r) {
     '-', '', errs(wallet));
 
   if (usage) {
-    row(`GET usage, 30 days of ${f0(Number(args['seed-entries']))} entries`, `${f0(usage.rps)} req/s`, f1(usage.p50),
+    row(`GET usage, 30 days of ${f0(Number(args['seed-entries']))} entries, 1 connection`, `${f0(usage.rps)} req/s`, f1(usage.p50),
       f1(usage.p99), cpu(usage), floorRef, vsFloor(usage), `p99 < ${TARGET.usageP99Ms} ms`, verdict(usage.p99 < TARGET.usageP99Ms),
       errs(usage));
   } else {
