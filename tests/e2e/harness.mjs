@@ -28,7 +28,7 @@ const EXIT_TIMEOUT_MS = 15_000;
 
 const liveGroups = new Set(); // process-group ids of wrangler dev runs not yet stopped
 
-function killGroup(pgid, signal) {
+export function killGroup(pgid, signal) {
   try {
     process.kill(-pgid, signal);
   } catch (err) {
@@ -36,7 +36,7 @@ function killGroup(pgid, signal) {
   }
 }
 
-function groupAlive(pgid) {
+export function groupAlive(pgid) {
   try {
     process.kill(-pgid, 0);
     return true;
@@ -468,3 +468,22 @@ export function futureDate(days) {
 }
 
 export const addSeconds = (iso, seconds) => new Date(Date.parse(iso) + seconds * 1000).toISOString();
+
+/** The organization's D1 ledger once it holds `count` entries (D1 trails the wallet). */
+export function ledgerOf(client, org, count) {
+  return waitFor(async () => {
+    const entries = await client.ledger(org);
+    assert.equal(entries.length, count, `ledger: ${JSON.stringify(entries)}`);
+    return entries;
+  });
+}
+
+/** Each `balance_after` is the running sum of the ledger, which ends at `balance`. */
+export function assertRunningBalance(entriesNewestFirst, balance) {
+  let running = 0n;
+  for (const entry of [...entriesNewestFirst].reverse()) {
+    running += ['trial_grant', 'purchase'].includes(entry.kind) ? units(entry.amount) : -units(entry.amount);
+    assert.equal(units(entry.balance_after), running, `balance_after of ${JSON.stringify(entry)}`);
+  }
+  assert.equal(running, units(balance), 'balance == sum of the ledger');
+}

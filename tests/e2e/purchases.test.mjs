@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import {
-  ROLES, TRIAL, api, assertAmount, assertError, ownerToken, randomId, serviceToken, token, units, waitFor,
+  ROLES, TRIAL, api, assertAmount, assertError, assertRunningBalance, ledgerOf, ownerToken, randomId, serviceToken, token,
+  units, waitFor,
 } from './harness.mjs';
 import { startStack } from './stripe.mjs';
 
@@ -59,24 +60,6 @@ async function orgWithCard(paymentMethodId) {
   const org = await w.newOrg();
   await putCardOnFile(org, paymentMethodId);
   return org;
-}
-
-/** The organization's ledger once it holds `count` entries (D1 lags the wallet). */
-function ledgerOf(org, count) {
-  return waitFor(async () => {
-    const entries = await w.ledger(org);
-    assert.equal(entries.length, count, `ledger: ${JSON.stringify(entries)}`);
-    return entries;
-  });
-}
-
-function assertRunningBalance(entriesNewestFirst, balance) {
-  let running = 0n;
-  for (const entry of [...entriesNewestFirst].reverse()) {
-    running += ['trial_grant', 'purchase'].includes(entry.kind) ? units(entry.amount) : -units(entry.amount);
-    assert.equal(units(entry.balance_after), running, `balance_after of ${JSON.stringify(entry)}`);
-  }
-  assert.equal(running, units(balance), 'balance == sum of the ledger');
 }
 
 describe('catalogue and payment method', () => {
@@ -136,7 +119,7 @@ describe('purchases', () => {
     assertAmount(purchase.credits_granted, '5250');
 
     assertAmount(await w.balance(org), '5450');
-    const [entry, grant] = await ledgerOf(org, 2);
+    const [entry, grant] = await ledgerOf(w, org, 2);
     assert.equal(grant.kind, 'trial_grant');
     assert.equal(entry.kind, 'purchase');
     assert.equal(entry.id, purchase.entry_id);
@@ -173,7 +156,7 @@ describe('purchases', () => {
     assert.equal(debit.status, 201, debit.text);
     const balance = await w.balance(org);
     assertAmount(balance, '23049.5'); // 200 + 1000 + 22000 - 150.5
-    const entries = await ledgerOf(org, 4);
+    const entries = await ledgerOf(w, org, 4);
     assert.deepEqual(entries.map((e) => e.kind), ['debit', 'purchase', 'purchase', 'trial_grant']);
     assertRunningBalance(entries, balance);
   });
@@ -233,7 +216,7 @@ describe('purchases', () => {
     await sleep(WEBHOOK_SETTLE_MS);
     assert.equal((await stack.stripe.paymentIntentsOf(org)).length, 1, 'one PaymentIntent at Stripe');
     assertAmount(await w.balance(org), '5450');
-    assert.equal((await ledgerOf(org, 2))[0].kind, 'purchase');
+    assert.equal((await ledgerOf(w, org, 2))[0].kind, 'purchase');
   });
 
   test('concurrent first attempts with one key charge once', async () => {
@@ -279,7 +262,7 @@ describe('purchases', () => {
     assert.equal(done.client_secret, undefined);
     await sleep(WEBHOOK_SETTLE_MS);
     assertAmount(await w.balance(org), '1200');
-    const entries = await ledgerOf(org, 2);
+    const entries = await ledgerOf(w, org, 2);
     assert.equal(entries[0].payment_intent_id, res.json.payment_intent_id);
     assertRunningBalance(entries, '1200');
   });

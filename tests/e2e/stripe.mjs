@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
-import { freePort, randomId, startWorker, tempDir } from './harness.mjs';
+import { freePort, groupAlive, killGroup, randomId, startWorker, tempDir } from './harness.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -23,23 +23,6 @@ const EXIT_TIMEOUT_MS = 10_000;
 // localstripe processes
 
 const stripeGroups = new Set();
-
-function killGroup(pgid, signal) {
-  try {
-    process.kill(-pgid, signal);
-  } catch (err) {
-    if (err.code !== 'ESRCH') throw err;
-  }
-}
-
-function groupAlive(pgid) {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (err) {
-    return err.code === 'EPERM';
-  }
-}
 
 async function stopGroup(pgid) {
   killGroup(pgid, 'SIGTERM');

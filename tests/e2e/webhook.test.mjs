@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import Stripe from 'stripe';
 import {
-  TRIAL, api, assertAmount, assertError, ownerToken, randomId, units, waitFor,
+  TRIAL, api, assertAmount, assertError, assertRunningBalance, ledgerOf, ownerToken, randomId, units, waitFor,
 } from './harness.mjs';
 import {
   WEBHOOK_SECRET, deliver, eventPayload, nowSeconds, purchaseIdFor, signatureHeader, startStack, v1Signature,
@@ -81,23 +81,6 @@ function buy(client, org, packId, key = randomId('key_')) {
 
 function getPurchase(client, org, id) {
   return client.call('GET', '/v1/orgs/{org}/purchases/{purchase_id}', { org, purchase_id: id }, { token: ownerToken(org) });
-}
-
-function ledgerOf(client, org, count) {
-  return waitFor(async () => {
-    const entries = await client.ledger(org);
-    assert.equal(entries.length, count, `ledger: ${JSON.stringify(entries)}`);
-    return entries;
-  });
-}
-
-function assertRunningBalance(entriesNewestFirst, balance) {
-  let running = 0n;
-  for (const entry of [...entriesNewestFirst].reverse()) {
-    running += ['trial_grant', 'purchase'].includes(entry.kind) ? units(entry.amount) : -units(entry.amount);
-    assert.equal(units(entry.balance_after), running, `balance_after of ${JSON.stringify(entry)}`);
-  }
-  assert.equal(running, units(balance), 'balance == sum of the ledger');
 }
 
 describe('crediting exactly once', () => {
