@@ -235,7 +235,7 @@ export async function deliver(base, payload, signature) {
 
 /**
  * The purchase id the worker derives from an organization and Idempotency-Key
- * (docs-purchases.md): "pur_" + the first 24 hex digits of
+ * (ARCHITECTURE.md, "A purchase, step by step"): "pur_" + the first 24 hex digits of
  * SHA-256("ai-wallet purchase\0" + org + "\0" + key + "\0").
  */
 export function purchaseIdFor(org, key) {

@@ -2,7 +2,7 @@
 //! D1: the transactions list (every entry that added credits) with its CSV
 //! form, and the usage summary built from the `usage_daily` rollups.
 //!
-//! Usage rules (documented in docs-dashboard.md, checked by the tests below):
+//! Usage rules (documented in ARCHITECTURE.md, "Reports and the dashboard"; checked by the tests below):
 //! - dates are UTC days, `from` and `to` inclusive; `to` defaults to today,
 //!   `from` to `to` minus 29 days (30 days); at most 366 days;
 //! - `daily` lists every date of the range, zero-filled;
