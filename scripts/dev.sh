@@ -41,8 +41,11 @@ done
 curl -fsS -o /dev/null -X POST "${STRIPE_BASE}/_config/webhooks/ai-wallet" \
   -d "url=http://127.0.0.1:${PORT}/stripe/webhook" -d "secret=${WEBHOOK_SECRET}"
 
-echo "==> applying D1 migrations (local)"
-wrangler d1 migrations apply DB --local
+echo "==> applying D1 migrations to every ledger shard (local)"
+# The shards are the bindings named by LEDGER_SHARDS in wrangler.toml.
+for shard in $(sed -n 's/^LEDGER_SHARDS = "\(.*\)"/\1/p' wrangler.toml | head -1 | tr ',' ' '); do
+  wrangler d1 migrations apply "$shard" --local
+done
 
 echo "==> starting the worker on http://127.0.0.1:${PORT}"
 echo "    test card for an organization: scripts/test-card.sh <org> [pm_card_visa]"

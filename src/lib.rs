@@ -1,16 +1,17 @@
 //! The AI Wallet Worker: HTTP routes, authentication and validation in front
-//! of one Durable Object per organization (`wallet_object`), which alone moves
-//! credits, and the D1 ledger replica (`replica`) that list routes read.
-//! Purchases (`purchases`, `stripe_api`) and Stripe's webhook (`webhook`)
-//! feed credits into the same Durable Objects (`purchase_ops`).
+//! of one Durable Object per organization (`wallet_object`, speaking
+//! `wallet_protocol`), which alone moves credits and keeps the ledger
+//! (`wallet_store`), and the D1 shards (`ledger_shards`) that hold what the
+//! dashboard aggregates. Purchases (`purchases`, `stripe_api`) and Stripe's
+//! webhook (`webhook`) feed credits into the same Durable Objects.
 
-mod purchase_ops;
+mod ledger_shards;
 mod purchases;
-mod replica;
 mod reports;
 mod settings;
 mod stripe_api;
 mod wallet_object;
+mod wallet_protocol;
 mod wallet_store;
 mod webhook;
 
@@ -19,13 +20,12 @@ pub use wallet_object::WalletObject;
 use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
-    check_idempotency_key, fingerprint, list_params, parse_batch, parse_body, ApiError,
-    CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, Envelope, HoldBody,
-    PurchaseBody, ReleaseBody, SignupBody, MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
+    check_idempotency_key, fingerprint, parse_batch, parse_body, ApiError, CaptureBody, Command,
+    DailyCapBody, DebitBody, DevPaymentMethodBody, HoldBody, PurchaseBody, ReleaseBody, SignupBody,
+    MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
 };
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
-use wasm_bindgen::JsValue;
 use worker::*;
 
 /// Who may call a route.
@@ -159,17 +159,7 @@ async fn read_body_within(
 
 /// Sends `command` to the organization's Durable Object; its answer is final.
 async fn call_wallet(env: &Env, org: &str, now_ms: i64, command: Command) -> Answer {
-    let stub = env
-        .durable_object("WALLET")?
-        .id_from_name(org)?
-        .get_stub()?;
-    let envelope = serde_json::to_string(&Envelope { now_ms, command })
-        .map_err(|e| Error::RustError(e.to_string()))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(JsValue::from_str(&envelope)));
-    let request = Request::new_with_init("https://wallet.internal/op", &init)?;
-    Ok(stub.fetch_with_request(request).await?)
+    Ok(wallet_protocol::call(env, org, now_ms, command).await?)
 }
 
 async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
@@ -351,23 +341,14 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["ledger"], Method::Get) => {
                     authorize(&claims, org, OWNER_OR_ADMIN)?;
-                    let (limit, before) = list_params(
+                    let (ledger_query, csv) = wallet_core::ledger::ledger_query(
                         query("limit").as_deref(),
                         query("starting_after").as_deref(),
+                        query("from").as_deref(),
+                        query("to").as_deref(),
+                        query("format").as_deref(),
                     )?;
-                    let db = env.d1("DB")?;
-                    let (data, has_more) = replica::ledger_page(&db, org, limit, before).await?;
-                    if data.is_empty() && before.is_none() {
-                        // Nothing replicated yet: tell an unknown organization apart from a new one.
-                        let view = call_wallet(env, org, now_ms, Command::View).await?;
-                        if view.status_code() == 404 {
-                            return Ok(view);
-                        }
-                    }
-                    Ok(json_response(
-                        200,
-                        &json!({ "data": data, "has_more": has_more }),
-                    )?)
+                    reports::ledger(env, org, now_ms, ledger_query, csv).await
                 }
                 (["transactions"], Method::Get) => {
                     authorize(&claims, org, ANY_ROLE)?;

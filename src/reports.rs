@@ -1,17 +1,154 @@
-//! The dashboard's read routes: transactions (JSON pages or a streamed CSV
-//! export) and usage. They read the D1 replica; the rules live in
-//! `wallet_core::reports`.
+//! The read routes: the ledger (pages or a streamed CSV, from the
+//! organization's Durable Object), and transactions (pages or a streamed
+//! CSV) and usage, from the organization's D1 shard. The rules live in
+//! `wallet_core::reports` and `wallet_core::ledger`.
 
-use crate::{call_wallet, json_response, replica, Answer, Failure};
+use crate::{call_wallet, json_response, ledger_shards, Answer, Failure};
 use futures_util::future::join;
 use futures_util::stream::{self, TryStreamExt};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use wallet_core::api::{list_params, ApiError, Command};
+use wallet_core::api::{entry_json, list_params, ApiError, Command};
+use wallet_core::ledger::{self, EntryRow, LedgerQuery, LEDGER_CSV_HEADER};
 use wallet_core::reports::{self, Transaction, CSV_HEADER, CSV_PAGE_ROWS};
 use wallet_core::time::from_millis;
 use wallet_core::Credits;
 use worker::{D1Database, Env, Headers, Response};
+
+/// Organizations' shards seen by this isolate. An assignment never changes
+/// once made, so a cached one is never stale; the map is bounded.
+const SHARD_CACHE_MAX: usize = 10_000;
+
+thread_local! {
+    static SHARDS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+}
+
+/// The D1 shard of `org`, asking its Durable Object the first time (which
+/// also answers 404 for an organization without a wallet).
+async fn org_shard(env: &Env, org: &str, now_ms: i64) -> Result<D1Database, Failure> {
+    let cached = SHARDS.with(|m| m.borrow().get(org).cloned());
+    let name = match cached {
+        Some(name) => name,
+        None => {
+            #[derive(Deserialize)]
+            struct Located {
+                ledger_shard: String,
+            }
+            let mut answer = call_wallet(env, org, now_ms, Command::LedgerShard).await?;
+            if answer.status_code() != 200 {
+                return Err(Failure::Answered(answer));
+            }
+            let located: Located = answer.json().await?;
+            SHARDS.with(|m| {
+                let mut map = m.borrow_mut();
+                if map.len() >= SHARD_CACHE_MAX {
+                    map.clear();
+                }
+                map.insert(org.to_string(), located.ledger_shard.clone());
+            });
+            located.ledger_shard
+        }
+    };
+    Ok(ledger_shards::shard(env, &name)?)
+}
+
+/// A ledger page as the Durable Object answers it: stored entry rows.
+#[derive(Deserialize)]
+struct LedgerPage {
+    entries: Vec<EntryRow>,
+    has_more: bool,
+}
+
+async fn ledger_page(
+    env: &Env,
+    org: &str,
+    now_ms: i64,
+    query: LedgerQuery,
+) -> Result<(Vec<wallet_core::LedgerEntry>, bool), Failure> {
+    let mut answer = call_wallet(env, org, now_ms, Command::Ledger(query)).await?;
+    if answer.status_code() != 200 {
+        return Err(Failure::Answered(answer));
+    }
+    let page: LedgerPage = answer.json().await?;
+    let entries = page
+        .entries
+        .into_iter()
+        .map(EntryRow::into_entry)
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(worker::Error::RustError)?;
+    Ok((entries, page.has_more))
+}
+
+/// `GET /v1/orgs/{org}/ledger`: exact (read from the Durable Object), cursor
+/// pages, `from`/`to`, or `format=csv` for the whole range, streamed one
+/// Durable Object read of `ledger::CSV_CHUNK_ENTRIES` at a time.
+pub async fn ledger(env: &Env, org: &str, now_ms: i64, query: LedgerQuery, csv: bool) -> Answer {
+    let (first, has_more) = ledger_page(env, org, now_ms, query.clone()).await?;
+    if !csv {
+        let data: Vec<Value> = first.iter().map(entry_json).collect();
+        return Ok(json_response(
+            200,
+            &json!({ "data": data, "has_more": has_more }),
+        )?);
+    }
+    let today = from_millis(now_ms).ok_or(ApiError::Internal)?.date_naive();
+    let filename = ledger::ledger_csv_filename(org, today);
+    let env = Rc::new(env.clone());
+    let org: Rc<str> = org.into();
+    let start = (Some((first, has_more)), query.before_seq, true);
+    let chunks = stream::try_unfold(start, move |(page, before_seq, header)| {
+        let (env, org, query) = (Rc::clone(&env), Rc::clone(&org), query.clone());
+        async move {
+            let (entries, more) = match page {
+                Some(page) => page,
+                None if before_seq == Some(0) => return Ok(None),
+                None => {
+                    let next = LedgerQuery {
+                        before_seq,
+                        ..query
+                    };
+                    match ledger_page(&env, &org, now_ms, next).await {
+                        Ok(page) => page,
+                        Err(_) => {
+                            return Err(worker::Error::RustError(
+                                "the wallet refused a ledger page".into(),
+                            ))
+                        }
+                    }
+                }
+            };
+            let mut chunk = String::with_capacity(entries.len() * 128 + LEDGER_CSV_HEADER.len());
+            if header {
+                chunk.push_str(LEDGER_CSV_HEADER);
+            }
+            for entry in &entries {
+                chunk.push_str(&ledger::ledger_csv_row(entry));
+            }
+            // Entries added while the export runs are newer and not included.
+            let next_before = match entries.last() {
+                Some(last) if more => Some(last.seq),
+                _ => Some(0),
+            };
+            Ok::<_, worker::Error>(Some((chunk.into_bytes(), (None, next_before, false))))
+        }
+    })
+    .map_err(|err| {
+        // Headers are gone by now; the client sees the transfer fail.
+        worker::console_error!("ledger CSV export failed mid-stream: {err}");
+        err
+    });
+    let headers = Headers::new();
+    headers.set("content-type", "text/csv; charset=utf-8")?;
+    headers.set(
+        "content-disposition",
+        &format!("attachment; filename=\"{filename}\""),
+    )?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::from_stream(chunks)?.with_headers(headers))
+}
 
 /// The query parameters of a transactions request.
 pub struct TransactionsQuery {
@@ -44,17 +181,10 @@ pub async fn transactions(env: &Env, org: &str, now_ms: i64, query: Transactions
     } else {
         list_params(query.limit.as_deref(), query.starting_after.as_deref())?
     };
-    let db = env.d1("DB")?;
-    // The first page is read before answering, so an unknown organization or
-    // an unavailable D1 still gets a proper error status.
-    let (page, has_more) = replica::transactions_page(&db, org, limit, before).await?;
-    if page.is_empty() && before.is_none() {
-        // Nothing replicated yet: tell an unknown organization apart from a new one.
-        let view = call_wallet(env, org, now_ms, Command::View).await?;
-        if view.status_code() == 404 {
-            return Ok(view);
-        }
-    }
+    let db = org_shard(env, org, now_ms).await?;
+    // The first page is read before answering, so an unavailable D1 still
+    // gets a proper error status.
+    let (page, has_more) = ledger_shards::transactions_page(&db, org, limit, before).await?;
     if !csv {
         let data: Vec<Value> = page.iter().map(Transaction::to_json).collect();
         return Ok(json_response(
@@ -107,9 +237,13 @@ fn csv_response(
                 CsvStep::Done => return Ok(None),
                 CsvStep::Rows { rows, more, header } => (rows, more, header),
                 CsvStep::Fetch { before_seq } => {
-                    let (rows, more) =
-                        replica::transactions_page(&db, &org, CSV_PAGE_ROWS, Some(before_seq))
-                            .await?;
+                    let (rows, more) = ledger_shards::transactions_page(
+                        &db,
+                        &org,
+                        CSV_PAGE_ROWS,
+                        Some(before_seq),
+                    )
+                    .await?;
                     (rows, more, false)
                 }
             };
@@ -154,10 +288,10 @@ pub async fn usage(
     let today = from_millis(now_ms).ok_or(ApiError::Internal)?.date_naive();
     let range = reports::usage_range(from.as_deref(), to.as_deref(), today)?;
     let window = reports::trailing_window(today);
-    let db = env.d1("DB")?;
+    let db = org_shard(env, org, now_ms).await?;
     let (view, rollups) = join(
         call_wallet(env, org, now_ms, Command::View),
-        replica::usage_rollups(&db, org, range, window),
+        ledger_shards::usage_rollups(&db, org, range, window),
     )
     .await;
     let mut view = view?;

@@ -1,24 +1,26 @@
-//! The per-organization Durable Object: the only place credits move.
+//! The per-organization Durable Object: the only place credits move, and the
+//! system of record of the organization's ledger.
 //!
-//! It is a thin shell around `wallet_core`: load the wallet (once per
-//! instance), decide with the pure rules, commit every resulting write in one
-//! `transactionSync`, answer. The decision and commit run without an `await`,
-//! so requests to one organization are applied strictly one after another.
-//! Ledger entries reach D1 afterwards, from the outbox (see `replica`), sent
-//! by an alarm armed in the same commit.
+//! A thin shell around `wallet_core::decision`: load the wallet (once per
+//! instance), read what the command needs, decide on a copy, commit every
+//! write in one `transactionSync`, and only then keep the new wallet and
+//! answer. Reading, deciding and committing run without an `await`, so one
+//! organization's requests are applied strictly one after another.
+//! Afterwards an alarm, armed in the same commit, replicates to the
+//! organization's D1 shard what the dashboard aggregates (`ledger_shards`).
 
-use crate::replica;
+use crate::ledger_shards;
 use crate::settings::settings;
-use crate::wallet_store::{self, OpRecord, Statement};
-use serde::Serialize;
+use crate::wallet_protocol;
+use crate::wallet_store::{self, Statement, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wallet_core::api::{
-    entry_json, hold_json, ApiError, BatchSlot, Command, DebitBody, Envelope, SignupBody,
-};
+use wallet_core::api::{ApiError, Command, Envelope};
+use wallet_core::config::LEGACY_LEDGER_SHARD;
+use wallet_core::decision::{self, Reply};
+use wallet_core::ledger::{replica_batch, LedgerQuery};
 use wallet_core::time::from_millis;
-use wallet_core::wallet::{seq_of, Hold};
-use wallet_core::{DebitRequest, HoldRequest, Rejection, Wallet, WalletConfig};
+use wallet_core::Wallet;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::*;
@@ -39,31 +41,36 @@ extern "C" {
     ) -> std::result::Result<js_sys::Promise, JsValue>;
 }
 
-/// How long after the first unflushed entry its alarm sends the outbox to D1.
-/// One D1 batch then carries every entry of those 2 s: flushing after each
-/// response instead cost more CPU than the debit itself (`make bench`), and
-/// the spec allows 5 s.
+/// How long after the first unflushed entry its alarm replicates. One D1
+/// batch then carries every entry of those 2 s (the spec allows 5 s).
 const FLUSH_DELAY_MS: f64 = 2_000.0;
-/// The next attempt after a flush that failed or left entries behind.
+/// The first retry after a failed flush; doubled per failure up to the cap.
 const FLUSH_RETRY_MS: f64 = 5_000.0;
+const FLUSH_RETRY_MAX_MS: f64 = 300_000.0;
+/// When one alarm stopped with entries left (a refill): continue soon.
+const FLUSH_CONTINUE_MS: f64 = 100.0;
+/// Entries read per batch, and the most JSON one batch may carry: far under
+/// D1's 2 MB limit on a statement's parameter.
+const FLUSH_MAX_ENTRIES: usize = 2_000;
+const FLUSH_MAX_BYTES: usize = 256 * 1024;
+/// Batches per alarm, so a refill of a long history yields between alarms.
+const FLUSH_MAX_BATCHES: usize = 25;
 
 /// Replica bookkeeping of this instance.
 #[derive(Default)]
 struct ReplicaState {
     /// An alarm is set (it flushes, then clears this).
     alarm_set: Cell<bool>,
-    /// Rows written, as the storage APIs count them (for `make bench`).
+    /// Flushes failed in a row, for the backoff.
+    failures: Cell<u32>,
+    /// Rows written and batches sent, as the storage APIs count them (`make bench`).
     do_rows_written: Cell<u64>,
     d1_rows_written: Cell<u64>,
+    d1_batches: Cell<u64>,
 }
 
-impl ReplicaState {
-    fn count(&self, stats: replica::FlushStats) {
-        self.do_rows_written
-            .set(self.do_rows_written.get() + stats.do_rows_written);
-        self.d1_rows_written
-            .set(self.d1_rows_written.get() + stats.d1_rows_written);
-    }
+fn add(counter: &Cell<u64>, n: u64) {
+    counter.set(counter.get() + n);
 }
 
 #[durable_object]
@@ -73,50 +80,6 @@ pub struct WalletObject {
     wallet: RefCell<Option<Wallet>>,
     loaded: Cell<bool>,
     replica: ReplicaState,
-}
-
-/// A finished answer: status, JSON text and, for 429, `Retry-After`.
-pub(crate) struct Reply {
-    status: u16,
-    body: String,
-    retry_after: Option<i64>,
-}
-
-impl Reply {
-    pub(crate) fn json(status: u16, value: &impl Serialize) -> Reply {
-        Reply {
-            status,
-            body: serde_json::to_string(value).expect("replies serialize"),
-            retry_after: None,
-        }
-    }
-
-    pub(crate) fn error(err: &ApiError, now: chrono::DateTime<chrono::Utc>) -> Reply {
-        Reply {
-            status: err.status(),
-            body: err.body().to_string(),
-            retry_after: err.retry_after_seconds(now),
-        }
-    }
-
-    fn into_response(self) -> Result<Response> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        if let Some(seconds) = self.retry_after {
-            headers.set("retry-after", &seconds.to_string())?;
-        }
-        Ok(Response::ok(self.body)?
-            .with_status(self.status)
-            .with_headers(headers))
-    }
-}
-
-/// What one decision wrote.
-#[derive(Default)]
-pub(crate) struct Writes {
-    pub(crate) statements: Vec<Statement>,
-    pub(crate) wallet_changed: bool,
-    pub(crate) entry_written: bool,
 }
 
 impl DurableObject for WalletObject {
@@ -139,6 +102,7 @@ impl DurableObject for WalletObject {
                 return Response::from_json(&serde_json::json!({
                     "do_rows_written": self.replica.do_rows_written.get(),
                     "d1_rows_written": self.replica.d1_rows_written.get(),
+                    "d1_batches": self.replica.d1_batches.get(),
                 }))
             }
             _ => {}
@@ -149,19 +113,34 @@ impl DurableObject for WalletObject {
             console_error!("wallet operation failed: {err}");
             Reply::error(&ApiError::Internal, now)
         });
-        reply.into_response()
+        wallet_protocol::response(reply)
     }
 
-    /// Sends the outbox to D1 and prunes. Alarms of one object never overlap;
-    /// requests committed during the flush arm the next alarm themselves.
+    /// Replicates to the shard, then prunes. Alarms of one object never
+    /// overlap; requests committed meanwhile arm the next alarm themselves.
     async fn alarm(&self) -> Result<Response> {
         self.replica.alarm_set.set(false);
         self.ensure_loaded()?;
         let sql = self.state.storage().sql();
-        if let Some(org_id) = self.org_id() {
-            match replica::flush(&sql, &self.env.d1("DB")?, &org_id).await {
-                Ok(stats) => self.replica.count(stats),
-                Err(err) => console_error!("ledger replica flush failed, will retry: {err}"),
+        let mut next_alarm = None;
+        if let Some((org_id, shard)) = self.replica_target() {
+            match self.flush(&org_id, &shard).await {
+                Ok(true) => self.replica.failures.set(0),
+                Ok(false) => {
+                    self.replica.failures.set(0);
+                    next_alarm = Some(FLUSH_CONTINUE_MS);
+                }
+                Err(err) => {
+                    let failures = self.replica.failures.get().saturating_add(1);
+                    self.replica.failures.set(failures);
+                    let delay = (FLUSH_RETRY_MS * 2f64.powi(failures.min(16) as i32 - 1))
+                        .min(FLUSH_RETRY_MAX_MS);
+                    console_error!(
+                        "ledger replication of {org_id} to shard {shard} failed (attempt {failures}), retrying in {} s: {err}",
+                        delay / 1000.0
+                    );
+                    next_alarm = Some(delay);
+                }
             }
         }
         let retention_ms = settings(&self.env)
@@ -169,38 +148,102 @@ impl DurableObject for WalletObject {
             .config
             .idempotency_retention_seconds
             * 1000;
-        let pruned = replica::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
-        self.replica.count(replica::FlushStats {
-            do_rows_written: pruned,
-            ..Default::default()
-        });
-        if replica::has_pending(&sql)? {
-            self.arm_alarm(FLUSH_RETRY_MS);
+        let pruned = wallet_store::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
+        add(&self.replica.do_rows_written, pruned);
+        if next_alarm.is_none() && wallet_store::has_pending(&sql)? {
+            next_alarm = Some(FLUSH_DELAY_MS);
+        }
+        if let Some(delay) = next_alarm {
+            self.arm_alarm(delay);
         }
         Response::empty()
     }
 }
 
 impl WalletObject {
-    fn org_id(&self) -> Option<String> {
-        self.wallet.borrow().as_ref().map(|w| w.org_id.clone())
+    /// The organization and the D1 shard it replicates to.
+    fn replica_target(&self) -> Option<(String, String)> {
+        self.wallet.borrow().as_ref().map(|w| {
+            let shard = w.ledger_shard().unwrap_or(LEGACY_LEDGER_SHARD);
+            (w.org_id().to_string(), shard.to_string())
+        })
+    }
+
+    /// Sends the entries past the watermark to the shard, in batches bounded
+    /// in entries and bytes. `Ok(true)`: nothing is left; `Ok(false)`: this
+    /// alarm's share is done and more remains.
+    async fn flush(&self, org_id: &str, shard_name: &str) -> Result<bool> {
+        let sql = self.state.storage().sql();
+        let db = ledger_shards::shard(&self.env, shard_name)?;
+        for _ in 0..FLUSH_MAX_BATCHES {
+            let from = wallet_store::flushed_seq(&sql)?;
+            let entries = wallet_store::outbox(&sql, from, FLUSH_MAX_ENTRIES)?;
+            if entries.is_empty() {
+                return Ok(true);
+            }
+            let mut count = entries.len();
+            let (batch, params) = loop {
+                let batch = replica_batch(&entries[..count]).map_err(Error::RustError)?;
+                let params = ledger_shards::batch_params(&batch);
+                if params.0.len() + params.1.len() <= FLUSH_MAX_BYTES {
+                    break (batch, params);
+                }
+                if count == 1 {
+                    return Err(Error::RustError(format!(
+                        "entry {} alone exceeds the {FLUSH_MAX_BYTES}-byte batch limit",
+                        entries[0].id
+                    )));
+                }
+                count /= 2;
+            };
+            let through = entries[count - 1].seq;
+            let sent = ledger_shards::send(&db, org_id, from, through, &params).await?;
+            add(&self.replica.d1_batches, 1);
+            add(&self.replica.d1_rows_written, sent.d1_rows_written);
+            let watermark = if sent.applied {
+                debug_assert_eq!(batch.entries as usize, count);
+                through
+            } else if sent.shard_seq != from {
+                // The shard was restored, emptied or is ahead of what this
+                // object recorded: continue from where it really stands.
+                console_log!(
+                    "shard {shard_name} holds {org_id} through seq {}, not {from}; replicating from there",
+                    sent.shard_seq
+                );
+                sent.shard_seq
+            } else {
+                return Err(Error::RustError(format!(
+                    "shard {shard_name} did not apply a batch for {org_id} at seq {from}"
+                )));
+            };
+            add(
+                &self.replica.do_rows_written,
+                wallet_store::set_flushed_seq(&sql, watermark)?,
+            );
+        }
+        Ok(false)
     }
 
     fn raw_storage(storage: &Storage) -> &RawStorage {
         storage.as_raw().unchecked_ref()
     }
 
-    /// Loads the wallet once per instance. Returns whether this call loaded it
-    /// and found entries D1 does not have yet.
-    fn ensure_loaded(&self) -> Result<bool> {
+    /// Loads the wallet once per instance; a stored wallet that fails its
+    /// consistency check is an error on every request until it is repaired.
+    fn ensure_loaded(&self) -> Result<()> {
         if self.loaded.get() {
-            return Ok(false);
+            return Ok(());
         }
         let sql = self.state.storage().sql();
         wallet_store::create_schema(&sql)?;
-        *self.wallet.borrow_mut() = wallet_store::load(&sql)?;
+        let wallet = wallet_store::load(&sql)?;
+        *self.wallet.borrow_mut() = wallet;
         self.loaded.set(true);
-        replica::has_pending(&sql)
+        if wallet_store::has_pending(&sql)? {
+            // Normally its alarm is still set; this covers one that gave up.
+            self.arm_alarm(FLUSH_DELAY_MS);
+        }
+        Ok(())
     }
 
     /// Commits `statements` atomically: all of them or none.
@@ -223,8 +266,7 @@ impl WalletObject {
         Self::raw_storage(&storage)
             .transaction_sync(closure.as_ref().unchecked_ref())
             .map_err(Error::from)?;
-        let total = &self.replica.do_rows_written;
-        total.set(total.get() + written.get());
+        add(&self.replica.do_rows_written, written.get());
         Ok(())
     }
 
@@ -241,420 +283,59 @@ impl WalletObject {
 
     fn execute(&self, envelope: Envelope) -> Result<Reply> {
         let settings = settings(&self.env).map_err(Error::RustError)?;
-        let config = &settings.config;
         let now = from_millis(envelope.now_ms)
             .ok_or_else(|| Error::RustError("bad request time".into()))?;
-        if self.ensure_loaded()? {
-            // Normally its alarm is still set; this covers one that gave up.
-            self.arm_alarm(FLUSH_DELAY_MS);
+        self.ensure_loaded()?;
+        let sql = self.state.storage().sql();
+        if let Command::Ledger(query) = &envelope.command {
+            return self.ledger(&sql, query, now);
         }
-        let mut slot = self.wallet.borrow_mut();
-        let (reply, writes) = match &envelope.command {
-            Command::Open(body) => open(&mut slot, body, config, now),
-            command => match slot.as_mut() {
-                None => (
-                    Reply::error(&ApiError::WalletNotFound, now),
-                    Writes::default(),
-                ),
-                Some(wallet) => self.decide(wallet, command, config, now)?,
-            },
-        };
-        let mut statements = writes.statements;
-        if writes.wallet_changed {
-            statements.extend(slot.as_ref().map(wallet_store::update_wallet));
+        // Decided on a copy: until the commit succeeds, the wallet in memory
+        // stays exactly what storage holds.
+        let decision = decision::execute(
+            self.wallet.borrow().as_ref(),
+            &envelope.command,
+            &Store(&sql),
+            &settings.config,
+            now,
+        )?;
+        for note in &decision.notes {
+            console_log!("{note}");
         }
-        if statements.is_empty() {
-            return Ok(reply);
+        let statements = wallet_store::statements(&decision.writes, decision.wallet.as_ref());
+        if !statements.is_empty() {
+            if let Err(err) = self.commit(statements) {
+                // Storage may or may not hold part of it: reload before the next decision.
+                *self.wallet.borrow_mut() = None;
+                self.loaded.set(false);
+                return Err(err);
+            }
         }
-        if let Err(err) = self.commit(statements) {
-            // Memory may now be ahead of storage: reload on the next request.
-            *slot = None;
-            self.loaded.set(false);
-            return Err(err);
+        if let Some((wallet, _)) = decision.wallet {
+            *self.wallet.borrow_mut() = Some(wallet);
         }
-        if writes.entry_written {
+        if decision.entry_written {
             // Set before any await: the output gate confirms it with the commit.
             self.arm_alarm(FLUSH_DELAY_MS);
         }
-        Ok(reply)
+        Ok(decision.reply)
     }
 
-    /// Decides one command on an existing wallet.
-    fn decide(
+    /// A ledger page from this object's own entries: exact, read-only.
+    fn ledger(
         &self,
-        wallet: &mut Wallet,
-        command: &Command,
-        config: &WalletConfig,
+        sql: &SqlStorage,
+        query: &LedgerQuery,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(Reply, Writes)> {
-        let sql = self.state.storage().sql();
-        // A replay answers the original response and changes nothing.
-        if let Command::Debit {
-            idempotency_key,
-            fingerprint,
-            ..
-        }
-        | Command::PlaceHold {
-            idempotency_key,
-            fingerprint,
-            ..
-        } = command
-        {
-            if let Some(stored) = wallet_store::stored_reply(&sql, idempotency_key)? {
-                let reply = if stored.fingerprint == *fingerprint {
-                    Reply {
-                        status: stored.status,
-                        body: stored.response,
-                        retry_after: None,
-                    }
-                } else {
-                    Reply::error(&ApiError::IdempotencyKeyReused, now)
-                };
-                return Ok((reply, Writes::default()));
-            }
-        }
-
-        let advanced = wallet.advance(now);
-        let now = wallet.now();
-        let mut writes = Writes {
-            statements: advanced
-                .expired
-                .iter()
-                .map(wallet_store::upsert_hold)
-                .collect(),
-            wallet_changed: advanced.day_changed || !advanced.expired.is_empty(),
-            entry_written: false,
+    ) -> Result<Reply> {
+        let next_seq = match self.wallet.borrow().as_ref() {
+            None => return Ok(Reply::error(&ApiError::WalletNotFound, now)),
+            Some(wallet) => wallet.next_seq(),
         };
-        let now_ms = now.timestamp_millis();
-        let rejected = |r: Rejection| Reply::error(&ApiError::Rejected(r), now);
-
-        let reply = match command {
-            Command::Open(_) | Command::Ping | Command::StorageStats => {
-                unreachable!("answered before a decision")
-            }
-            Command::View => Reply::json(200, &wallet.view(config)),
-            Command::SetDailyCap(body) => match wallet.set_daily_cap(body.daily_cap, config) {
-                Ok(()) => {
-                    writes.wallet_changed = true;
-                    Reply::json(200, &wallet.view(config))
-                }
-                Err(r) => rejected(r),
-            },
-            Command::Debit {
-                idempotency_key,
-                fingerprint,
-                body,
-            } => apply_debit(
-                wallet,
-                config,
-                idempotency_key,
-                fingerprint,
-                body,
-                &mut writes,
-            ),
-            Command::DebitBatch { items } => Reply {
-                status: 200,
-                body: self.apply_batch(wallet, config, items, &mut writes)?,
-                retry_after: None,
-            },
-            Command::PlaceHold {
-                idempotency_key,
-                fingerprint,
-                body,
-            } => {
-                let request = HoldRequest {
-                    feature: body.feature.clone(),
-                    amount: body.amount,
-                    user_id: body.user_id.clone(),
-                    project_id: body.project_id.clone(),
-                    ttl_seconds: body.ttl_seconds.unwrap_or(config.hold_ttl_default_seconds),
-                };
-                match wallet.place_hold(&request, config) {
-                    Ok(hold) => {
-                        let text = hold_json(&hold, None).to_string();
-                        writes.statements.push(wallet_store::upsert_hold(&hold));
-                        writes.statements.push(wallet_store::insert_op(&OpRecord {
-                            seq: seq_of(&hold.id).expect("hold ids carry their seq"),
-                            idempotency: Some((idempotency_key, fingerprint)),
-                            status: 201,
-                            response: Some(&text),
-                            entry: None,
-                            created_at_ms: now_ms,
-                        }));
-                        writes.wallet_changed = true;
-                        Reply {
-                            status: 201,
-                            body: text,
-                            retry_after: None,
-                        }
-                    }
-                    Err(r) => rejected(r),
-                }
-            }
-            Command::Capture { hold_id, body } => {
-                let closed = self.closed_hold(wallet, hold_id)?;
-                match wallet.capture(hold_id, body.amount, closed.as_ref()) {
-                    Ok((hold, entry)) => {
-                        let text = hold_json(&hold, entry.as_ref()).to_string();
-                        writes.statements.push(wallet_store::upsert_hold(&hold));
-                        if let Some(entry) = &entry {
-                            writes.statements.push(wallet_store::insert_op(&OpRecord {
-                                seq: entry.seq,
-                                idempotency: None,
-                                status: 200,
-                                response: Some(&text),
-                                entry: Some(entry),
-                                created_at_ms: now_ms,
-                            }));
-                            writes.entry_written = true;
-                        }
-                        writes.wallet_changed = true;
-                        Reply {
-                            status: 200,
-                            body: text,
-                            retry_after: None,
-                        }
-                    }
-                    Err(Rejection::HoldAlreadyClosed { .. }) => {
-                        let hold = closed.expect("only a stored hold is already closed");
-                        self.first_capture_reply(&hold)?
-                    }
-                    Err(r) => rejected(r),
-                }
-            }
-            Command::StripeCustomer
-            | Command::SetStripeCustomer { .. }
-            | Command::PurchaseStart { .. }
-            | Command::PurchaseOpen { .. }
-            | Command::PurchaseGet { .. }
-            | Command::PurchaseSettle { .. }
-            | Command::Dispute { .. } => {
-                crate::purchase_ops::decide(&sql, wallet, command, config, &mut writes)?
-            }
-            Command::Release { hold_id } => {
-                let closed = self.closed_hold(wallet, hold_id)?;
-                match wallet.release(hold_id, closed.as_ref()) {
-                    Ok(hold) => {
-                        writes.statements.push(wallet_store::upsert_hold(&hold));
-                        writes.wallet_changed = true;
-                        Reply::json(200, &hold_json(&hold, None))
-                    }
-                    Err(Rejection::HoldAlreadyClosed { .. }) => Reply::json(
-                        200,
-                        &hold_json(&closed.expect("only a stored hold is already closed"), None),
-                    ),
-                    Err(r) => rejected(r),
-                }
-            }
-        };
-        Ok((reply, writes))
-    }
-
-    /// Applies a batch in order; each item answers as a single debit would,
-    /// and a key repeated within the batch is a replay of its first use.
-    fn apply_batch(
-        &self,
-        wallet: &mut Wallet,
-        config: &WalletConfig,
-        items: &[BatchSlot],
-        writes: &mut Writes,
-    ) -> Result<String> {
-        let keys: Vec<&str> = items
-            .iter()
-            .filter_map(|slot| match slot {
-                BatchSlot::Debit {
-                    idempotency_key, ..
-                } => Some(idempotency_key.as_str()),
-                BatchSlot::Invalid { .. } => None,
-            })
-            .collect();
-        let mut seen = wallet_store::stored_replies(&self.state.storage().sql(), &keys)?;
-        let mut out = String::with_capacity(items.len() * 400 + 16);
-        out.push_str("{\"results\":[");
-        for slot in items {
-            let (key, status, body) = match slot {
-                BatchSlot::Invalid {
-                    idempotency_key,
-                    status,
-                    error,
-                } => {
-                    let body = serde_json::json!({ "error": error }).to_string();
-                    push_batch_result(&mut out, idempotency_key.as_deref(), *status, &body);
-                    continue;
-                }
-                BatchSlot::Debit {
-                    idempotency_key,
-                    fingerprint,
-                    body,
-                } => match seen.get(idempotency_key.as_str()) {
-                    Some(stored) if stored.fingerprint == *fingerprint => {
-                        (idempotency_key, stored.status, stored.response.clone())
-                    }
-                    Some(_) => {
-                        let err = ApiError::IdempotencyKeyReused;
-                        (idempotency_key, err.status(), err.body().to_string())
-                    }
-                    None => {
-                        let reply =
-                            apply_debit(wallet, config, idempotency_key, fingerprint, body, writes);
-                        if reply.status < 300 {
-                            seen.insert(
-                                idempotency_key.clone(),
-                                wallet_store::StoredReply {
-                                    fingerprint: fingerprint.clone(),
-                                    status: reply.status,
-                                    response: reply.body.clone(),
-                                },
-                            );
-                        }
-                        (idempotency_key, reply.status, reply.body)
-                    }
-                },
-            };
-            push_batch_result(&mut out, Some(key), status, &body);
-        }
-        out.push_str("]}");
-        Ok(out)
-    }
-
-    /// The stored record of a hold that is no longer active, if any.
-    fn closed_hold(&self, wallet: &Wallet, hold_id: &str) -> Result<Option<Hold>> {
-        if wallet.holds.contains_key(hold_id)
-            || seq_of(hold_id).is_none()
-            || !hold_id.starts_with("hold_")
-        {
-            return Ok(None);
-        }
-        wallet_store::closed_hold(&self.state.storage().sql(), hold_id)
-    }
-
-    /// The answer the first capture of `hold` gave.
-    fn first_capture_reply(&self, hold: &Hold) -> Result<Reply> {
-        let stored = match hold.capture_entry_id.as_deref().and_then(seq_of) {
-            Some(seq) => wallet_store::op_response(&self.state.storage().sql(), seq)?,
-            None => None,
-        };
-        Ok(match stored {
-            Some(body) => Reply {
-                status: 200,
-                body,
-                retry_after: None,
-            },
-            None => Reply::json(200, &hold_json(hold, None)),
+        Ok(Reply {
+            status: 200,
+            body: wallet_store::ledger_page(sql, query, next_seq)?,
+            retry_after: None,
         })
     }
-}
-
-/// Signup: creates the wallet with its trial grant, or answers the existing one.
-fn open(
-    slot: &mut Option<Wallet>,
-    body: &SignupBody,
-    config: &WalletConfig,
-    now: chrono::DateTime<chrono::Utc>,
-) -> (Reply, Writes) {
-    if let Some(wallet) = slot.as_mut() {
-        if wallet.owner_id != body.owner_id {
-            return (
-                Reply::error(&ApiError::WalletOwnerConflict, now),
-                Writes::default(),
-            );
-        }
-        let mut writes = Writes::default();
-        if wallet.stripe_customer_id.is_none() && body.stripe_customer_id.is_some() {
-            wallet.stripe_customer_id = body.stripe_customer_id.clone();
-            writes.wallet_changed = true;
-        }
-        return (Reply::json(200, &wallet.view(config)), writes);
-    }
-    let (wallet, grant) = Wallet::open(
-        &body.org_id,
-        &body.owner_id,
-        body.stripe_customer_id.clone(),
-        config,
-        now,
-    );
-    let mut writes = Writes {
-        statements: vec![wallet_store::insert_wallet(&wallet)],
-        ..Writes::default()
-    };
-    if let Some(entry) = &grant {
-        writes.statements.push(wallet_store::insert_op(&OpRecord {
-            seq: entry.seq,
-            idempotency: None,
-            status: 201,
-            response: None,
-            entry: Some(entry),
-            created_at_ms: now.timestamp_millis(),
-        }));
-        writes.entry_written = true;
-    }
-    let reply = Reply::json(201, &wallet.view(config));
-    *slot = Some(wallet);
-    (reply, writes)
-}
-
-/// Decides one debit (already known not to be a replay) and records it.
-fn apply_debit(
-    wallet: &mut Wallet,
-    config: &WalletConfig,
-    idempotency_key: &str,
-    fingerprint: &str,
-    body: &DebitBody,
-    writes: &mut Writes,
-) -> Reply {
-    let request = DebitRequest {
-        feature: body.feature.clone(),
-        amount: body.amount,
-        user_id: body.user_id.clone(),
-        project_id: body.project_id.clone(),
-        metadata: body.metadata.clone(),
-    };
-    match wallet.debit(&request, config) {
-        Ok(entry) => {
-            let mut response = entry_json(&entry);
-            response["spent_today"] = serde_json::json!(wallet.spent_today);
-            response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
-            let text = response.to_string();
-            writes.statements.push(wallet_store::insert_op(&OpRecord {
-                seq: entry.seq,
-                idempotency: Some((idempotency_key, fingerprint)),
-                status: 201,
-                response: Some(&text),
-                entry: Some(&entry),
-                created_at_ms: wallet.now().timestamp_millis(),
-            }));
-            writes.wallet_changed = true;
-            writes.entry_written = true;
-            Reply {
-                status: 201,
-                body: text,
-                retry_after: None,
-            }
-        }
-        Err(r) => Reply::error(&ApiError::Rejected(r), wallet.now()),
-    }
-}
-
-/// Appends one batch item's result: its key, status, and the entry or the
-/// error. The stored texts are spliced in as they are, not parsed again.
-fn push_batch_result(out: &mut String, key: Option<&str>, status: u16, body: &str) {
-    if !out.ends_with('[') {
-        out.push(',');
-    }
-    out.push_str("{\"idempotency_key\":");
-    out.push_str(&serde_json::to_string(&key).expect("keys serialize"));
-    out.push_str(",\"status\":");
-    out.push_str(&status.to_string());
-    if status < 300 {
-        out.push_str(",\"entry\":");
-        out.push_str(body);
-    } else {
-        // Error bodies are exactly {"error":{...}} (ApiError::body).
-        let error = body
-            .strip_prefix("{\"error\":")
-            .and_then(|b| b.strip_suffix('}'));
-        out.push_str(",\"error\":");
-        out.push_str(error.unwrap_or("null"));
-    }
-    out.push('}');
 }

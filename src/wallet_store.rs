@@ -1,19 +1,24 @@
-//! The Durable Object's own SQLite storage: schema, loading the wallet, and
-//! the statements that persist a decision. Everything a decision writes is
-//! returned as a list of statements so the caller commits them in one
-//! `transactionSync`: all of them or none.
+//! The Durable Object's own SQLite storage, the organization's system of
+//! record: the one home of every table in it (wallet, ops — the ledger and
+//! the idempotency records —, holds, purchases, credited payments and the
+//! replica watermark). Reads serve decisions ([`Store`] implements
+//! `StoredState`), the ledger route and the replica flush; a decision's
+//! writes become [`Statement`]s the object commits in one `transactionSync`.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use wallet_core::decision::{Loaded, OpRow, Reads, StoredReply, StoredState, WalletWrite, Write};
+use wallet_core::ledger::{row_json, EntryRow, LedgerQuery};
 use wallet_core::purchase::{CreditedPayment, Purchase};
 use wallet_core::time::from_millis;
-use wallet_core::wallet::{Hold, LedgerEntry};
+use wallet_core::wallet::{seq_of, Hold, StoredWallet};
 use wallet_core::{Credits, Wallet};
 use worker::{SqlStorage, SqlStorageValue};
 
 pub type Statement = (&'static str, Vec<SqlStorageValue>);
 
-const SCHEMA: &str = "
+/// The first schema; later versions are the steps in [`MIGRATIONS`].
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS wallet (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   org_id TEXT NOT NULL,
@@ -29,9 +34,11 @@ CREATE TABLE IF NOT EXISTS wallet (
   clock_ms INTEGER NOT NULL,
   created_at_ms INTEGER NOT NULL
 );
--- One row per accepted operation: the idempotency record (key, request
--- fingerprint, original response) and, when credits moved, the ledger entry
--- in the replica's row format. Rows past the replica watermark are the outbox.
+-- One row per accepted operation: its idempotency record (key, request
+-- fingerprint, original response; pruned after the retention period) and,
+-- when credits moved, the ledger entry (kept forever). Rows past the replica
+-- watermark are the outbox. created_at_ms never decreases as seq grows (the
+-- wallet clock never moves back), so seq order is time order.
 CREATE TABLE IF NOT EXISTS ops (
   seq INTEGER PRIMARY KEY,
   idempotency_key TEXT,
@@ -49,13 +56,12 @@ CREATE TABLE IF NOT EXISTS holds (
   closed_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS holds_active ON holds (status) WHERE status = 'active';
--- How far the D1 ledger has been written (highest seq known to be in D1).
+-- How far the ledger shard has been written (highest seq known to be there).
 CREATE TABLE IF NOT EXISTS replica (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   flushed_seq INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO replica (id, flushed_seq) VALUES (1, 0);
--- Credit pack purchases, by their derived id (`purchase::purchase_id`).
 CREATE TABLE IF NOT EXISTS purchases (
   id TEXT PRIMARY KEY,
   payment_intent_id TEXT,
@@ -65,17 +71,52 @@ CREATE TABLE IF NOT EXISTS purchases (
 CREATE INDEX IF NOT EXISTS purchases_by_intent ON purchases (payment_intent_id)
   WHERE payment_intent_id IS NOT NULL;
 -- One row per PaymentIntent whose credits were decided: the permanent
--- at-most-once marker, never pruned (unlike ops). seq is the ledger entry that
--- granted its credits, NULL when none did (disputed before it was credited).
+-- at-most-once marker. seq is the ledger entry that granted its credits,
+-- NULL when none did (disputed before it was credited).
 CREATE TABLE IF NOT EXISTS credited_payments (
   payment_intent_id TEXT PRIMARY KEY,
   seq INTEGER,
   record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schema_version (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version INTEGER NOT NULL
+);
 ";
 
+/// Schema steps after version 1, in order: step `i` takes version `i + 1`
+/// to `i + 2`. Storage written by an older release is brought forward at
+/// load; a step never runs twice.
+const MIGRATIONS: &[&str] = &[
+    // 2: the ledger shard assigned at signup (NULL: created before shards,
+    // replicated to `DB`); the prune cursor (ops rows at or below it have
+    // had their idempotency fields pruned).
+    "ALTER TABLE wallet ADD COLUMN ledger_shard TEXT;
+     ALTER TABLE replica ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;",
+];
+
+#[derive(Deserialize)]
+struct VersionRow {
+    version: i64,
+}
+
 pub fn create_schema(sql: &SqlStorage) -> worker::Result<()> {
-    sql.exec(SCHEMA, None)?;
+    sql.exec(SCHEMA_V1, None)?;
+    let rows: Vec<VersionRow> = sql
+        .exec("SELECT version FROM schema_version WHERE id = 1", None)?
+        .to_array()?;
+    let version = rows.first().map_or(1, |r| r.version);
+    for (step, migration) in MIGRATIONS.iter().enumerate() {
+        let target = step as i64 + 2;
+        if version < target {
+            sql.exec(migration, None)?;
+            sql.exec(
+                "INSERT INTO schema_version (id, version) VALUES (1, ?)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                vec![int(target)],
+            )?;
+        }
+    }
     Ok(())
 }
 
@@ -91,11 +132,16 @@ fn opt_text(value: Option<&str>) -> SqlStorageValue {
     value.map_or(SqlStorageValue::Null, text)
 }
 
+fn corrupt(what: &str) -> worker::Error {
+    worker::Error::RustError(format!("stored wallet is unreadable: {what}"))
+}
+
 #[derive(Deserialize)]
 struct WalletRow {
     org_id: String,
     owner_id: String,
     stripe_customer_id: Option<String>,
+    ledger_shard: Option<String>,
     balance: i64,
     held: i64,
     daily_cap: i64,
@@ -112,11 +158,9 @@ struct RecordRow {
     record: String,
 }
 
-fn corrupt(what: &str) -> worker::Error {
-    worker::Error::RustError(format!("stored wallet is unreadable: {what}"))
-}
-
-/// Loads the wallet and its active holds; `None` when the organization has none.
+/// Loads the wallet and its active holds; `None` when the organization has
+/// none. A wallet whose held figures disagree with its active holds is an
+/// error: the object refuses to serve rather than decide on it.
 pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
     let rows: Vec<WalletRow> = sql
         .exec("SELECT * FROM wallet WHERE id = 1", None)?
@@ -124,18 +168,18 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
     let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
-    let mut holds = BTreeMap::new();
     let records: Vec<RecordRow> = sql
         .exec("SELECT record FROM holds WHERE status = 'active'", None)?
         .to_array()?;
-    for r in records {
-        let hold: Hold = serde_json::from_str(&r.record).map_err(|_| corrupt("hold"))?;
-        holds.insert(hold.id.clone(), hold);
-    }
-    Ok(Some(Wallet {
+    let holds = records
+        .into_iter()
+        .map(|r| serde_json::from_str::<Hold>(&r.record).map_err(|_| corrupt("hold")))
+        .collect::<worker::Result<Vec<Hold>>>()?;
+    let stored = StoredWallet {
         org_id: row.org_id,
         owner_id: row.owner_id,
         stripe_customer_id: row.stripe_customer_id,
+        ledger_shard: row.ledger_shard,
         balance: Credits::from_units(row.balance),
         held: Credits::from_units(row.held),
         daily_cap: Credits::from_units(row.daily_cap),
@@ -145,19 +189,42 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         next_seq: u64::try_from(row.next_seq).map_err(|_| corrupt("next_seq"))?,
         clock: from_millis(row.clock_ms).ok_or_else(|| corrupt("clock"))?,
         created_at: from_millis(row.created_at_ms).ok_or_else(|| corrupt("created_at"))?,
-        holds,
-    }))
+    };
+    Wallet::restore(stored, holds)
+        .map(Some)
+        .map_err(|e| worker::Error::RustError(e.to_string()))
 }
 
-pub fn insert_wallet(w: &Wallet) -> Statement {
+/// The statements that persist a decision: its rows, then the wallet row.
+pub fn statements(writes: &[Write], wallet: Option<&(Wallet, WalletWrite)>) -> Vec<Statement> {
+    let mut out: Vec<Statement> = writes
+        .iter()
+        .map(|write| match write {
+            Write::Op(op) => insert_op(op),
+            Write::Hold(hold) => upsert_hold(hold),
+            Write::Purchase(purchase) => upsert_purchase(purchase),
+            Write::CreditedPayment(payment) => upsert_credited_payment(payment),
+        })
+        .collect();
+    if let Some((wallet, how)) = wallet {
+        out.push(match how {
+            WalletWrite::Insert => insert_wallet(&wallet.stored()),
+            WalletWrite::Update => update_wallet(&wallet.stored()),
+        });
+    }
+    out
+}
+
+fn insert_wallet(w: &StoredWallet) -> Statement {
     (
-        "INSERT INTO wallet (id, org_id, owner_id, stripe_customer_id, balance, held, daily_cap, day,
-           spent_today, held_today, next_seq, clock_ms, created_at_ms)
-         VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO wallet (id, org_id, owner_id, stripe_customer_id, ledger_shard, balance, held,
+           daily_cap, day, spent_today, held_today, next_seq, clock_ms, created_at_ms)
+         VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             text(&w.org_id),
             text(&w.owner_id),
             opt_text(w.stripe_customer_id.as_deref()),
+            opt_text(w.ledger_shard.as_deref()),
             int(w.balance.units()),
             int(w.held.units()),
             int(w.daily_cap.units()),
@@ -171,7 +238,7 @@ pub fn insert_wallet(w: &Wallet) -> Statement {
     )
 }
 
-pub fn update_wallet(w: &Wallet) -> Statement {
+fn update_wallet(w: &StoredWallet) -> Statement {
     (
         "UPDATE wallet SET stripe_customer_id = ?, balance = ?, held = ?, daily_cap = ?, day = ?,
            spent_today = ?, held_today = ?, next_seq = ?, clock_ms = ? WHERE id = 1",
@@ -189,7 +256,7 @@ pub fn update_wallet(w: &Wallet) -> Statement {
     )
 }
 
-pub fn upsert_hold(hold: &Hold) -> Statement {
+fn upsert_hold(hold: &Hold) -> Statement {
     (
         "INSERT INTO holds (id, status, record, closed_at_ms) VALUES (?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record,
@@ -204,40 +271,107 @@ pub fn upsert_hold(hold: &Hold) -> Statement {
     )
 }
 
-/// A stored hold that is no longer active (captured, released or expired).
-pub fn closed_hold(sql: &SqlStorage, id: &str) -> worker::Result<Option<Hold>> {
-    let rows: Vec<RecordRow> = sql
-        .exec("SELECT record FROM holds WHERE id = ?", vec![text(id)])?
-        .to_array()?;
-    rows.into_iter()
-        .next()
-        .map(|r| serde_json::from_str(&r.record).map_err(|_| corrupt("hold")))
-        .transpose()
+fn insert_op(op: &OpRow) -> Statement {
+    (
+        "INSERT INTO ops (seq, idempotency_key, fingerprint, status, response, entry, created_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            int(op.seq as i64),
+            opt_text(op.idempotency.as_ref().map(|(k, _)| k.as_str())),
+            opt_text(op.idempotency.as_ref().map(|(_, f)| f.as_str())),
+            int(op.status as i64),
+            opt_text(op.response.as_deref()),
+            op.entry
+                .as_ref()
+                .map_or(SqlStorageValue::Null, |e| text(row_json(e))),
+            int(op.created_at_ms),
+        ],
+    )
 }
 
-/// The original answer to an idempotent request.
-#[derive(Deserialize)]
-pub struct StoredReply {
-    pub fingerprint: String,
-    pub status: u16,
-    pub response: String,
+fn upsert_purchase(purchase: &Purchase) -> Statement {
+    (
+        "INSERT INTO purchases (id, payment_intent_id, record, created_at_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET payment_intent_id = excluded.payment_intent_id,
+           record = excluded.record",
+        vec![
+            text(&purchase.id),
+            opt_text(purchase.payment_intent_id.as_deref()),
+            text(serde_json::to_string(purchase).expect("purchases serialize")),
+            int(purchase.created_at.timestamp_millis()),
+        ],
+    )
 }
 
-pub fn stored_reply(sql: &SqlStorage, key: &str) -> worker::Result<Option<StoredReply>> {
-    let rows: Vec<StoredReply> = sql
-        .exec(
-            "SELECT fingerprint, status, response FROM ops WHERE idempotency_key = ?",
-            vec![text(key)],
-        )?
-        .to_array()?;
-    Ok(rows.into_iter().next())
+fn upsert_credited_payment(payment: &CreditedPayment) -> Statement {
+    (
+        "INSERT INTO credited_payments (payment_intent_id, seq, record) VALUES (?, ?, ?)
+         ON CONFLICT (payment_intent_id) DO UPDATE SET record = excluded.record",
+        vec![
+            text(&payment.payment_intent_id),
+            payment
+                .entry_seq
+                .map_or(SqlStorageValue::Null, |seq| int(seq as i64)),
+            text(serde_json::to_string(payment).expect("payments serialize")),
+        ],
+    )
 }
 
-/// The original answers to several keys at once, by key.
-pub fn stored_replies(
+/// A decision's reads, from this object's tables.
+pub struct Store<'a>(pub &'a SqlStorage);
+
+impl StoredState for Store<'_> {
+    type Error = worker::Error;
+
+    fn load(&self, reads: &Reads) -> worker::Result<Loaded> {
+        let sql = self.0;
+        let mut loaded = Loaded {
+            replies: stored_replies(sql, &reads.idempotency_keys)?,
+            ..Loaded::default()
+        };
+        if let Some(id) = &reads.closed_hold_id {
+            loaded.closed_hold =
+                read_record(sql, "SELECT record FROM holds WHERE id = ?", id, "hold")?;
+            let capture_seq = loaded
+                .closed_hold
+                .as_ref()
+                .and_then(|h| h.capture_entry_id.as_deref())
+                .and_then(seq_of);
+            if let Some(seq) = capture_seq {
+                loaded.first_capture_response = op_response(sql, seq)?;
+            }
+        }
+        if let Some(id) = &reads.purchase_id {
+            loaded.purchase = read_record(
+                sql,
+                "SELECT record FROM purchases WHERE id = ?",
+                id,
+                "purchase",
+            )?;
+        }
+        if let Some(id) = &reads.payment_intent_id {
+            loaded.purchase_by_intent = read_record(
+                sql,
+                "SELECT record FROM purchases WHERE payment_intent_id = ? ORDER BY created_at_ms LIMIT 1",
+                id,
+                "purchase",
+            )?;
+            loaded.credited_payment = read_record(
+                sql,
+                "SELECT record FROM credited_payments WHERE payment_intent_id = ?",
+                id,
+                "credited payment",
+            )?;
+        }
+        Ok(loaded)
+    }
+}
+
+/// The original answers to `keys`, by key.
+fn stored_replies(
     sql: &SqlStorage,
-    keys: &[&str],
-) -> worker::Result<std::collections::HashMap<String, StoredReply>> {
+    keys: &[String],
+) -> worker::Result<HashMap<String, StoredReply>> {
     #[derive(Deserialize)]
     struct KeyedReply {
         idempotency_key: String,
@@ -245,14 +379,22 @@ pub fn stored_replies(
         status: u16,
         response: String,
     }
-    let keys_json = serde_json::to_string(keys).expect("keys serialize");
-    let rows: Vec<KeyedReply> = sql
-        .exec(
-            "SELECT idempotency_key, fingerprint, status, response FROM ops
-             WHERE idempotency_key IN (SELECT value FROM json_each(?))",
-            vec![text(keys_json)],
-        )?
-        .to_array()?;
+    let rows: Vec<KeyedReply> = match keys {
+        [] => Vec::new(),
+        [key] => sql
+            .exec(
+                "SELECT idempotency_key, fingerprint, status, response FROM ops WHERE idempotency_key = ?",
+                vec![text(key.as_str())],
+            )?
+            .to_array()?,
+        _ => sql
+            .exec(
+                "SELECT idempotency_key, fingerprint, status, response FROM ops
+                 WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+                vec![text(serde_json::to_string(keys).expect("keys serialize"))],
+            )?
+            .to_array()?,
+    };
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -266,39 +408,12 @@ pub fn stored_replies(
         .collect())
 }
 
-/// Records an accepted operation: its idempotency record and ledger entry, if any.
-pub struct OpRecord<'a> {
-    pub seq: u64,
-    pub idempotency: Option<(&'a str, &'a str)>,
-    pub status: u16,
-    pub response: Option<&'a str>,
-    pub entry: Option<&'a LedgerEntry>,
-    pub created_at_ms: i64,
-}
-
-pub fn insert_op(op: &OpRecord) -> Statement {
-    (
-        "INSERT INTO ops (seq, idempotency_key, fingerprint, status, response, entry, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-        vec![
-            int(op.seq as i64),
-            opt_text(op.idempotency.map(|(k, _)| k)),
-            opt_text(op.idempotency.map(|(_, f)| f)),
-            int(op.status as i64),
-            opt_text(op.response),
-            op.entry.map_or(SqlStorageValue::Null, |e| text(crate::replica::row_json(e))),
-            int(op.created_at_ms),
-        ],
-    )
-}
-
 #[derive(Deserialize)]
 struct ResponseRow {
     response: Option<String>,
 }
 
-/// The stored response of the operation that took `seq`.
-pub fn op_response(sql: &SqlStorage, seq: u64) -> worker::Result<Option<String>> {
+fn op_response(sql: &SqlStorage, seq: u64) -> worker::Result<Option<String>> {
     let rows: Vec<ResponseRow> = sql
         .exec(
             "SELECT response FROM ops WHERE seq = ?",
@@ -321,63 +436,168 @@ fn read_record<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-pub fn purchase(sql: &SqlStorage, id: &str) -> worker::Result<Option<Purchase>> {
-    read_record(
-        sql,
-        "SELECT record FROM purchases WHERE id = ?",
-        id,
-        "purchase",
-    )
+#[derive(Deserialize)]
+struct EntryText {
+    seq: i64,
+    entry: String,
 }
 
-pub fn purchase_by_intent(
-    sql: &SqlStorage,
-    payment_intent_id: &str,
-) -> worker::Result<Option<Purchase>> {
-    read_record(
-        sql,
-        "SELECT record FROM purchases WHERE payment_intent_id = ? ORDER BY created_at_ms LIMIT 1",
-        payment_intent_id,
-        "purchase",
-    )
+#[derive(Deserialize)]
+struct TimeRow {
+    seq: i64,
+    created_at_ms: i64,
 }
 
-pub fn upsert_purchase(purchase: &Purchase) -> Statement {
-    (
-        "INSERT INTO purchases (id, payment_intent_id, record, created_at_ms) VALUES (?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET payment_intent_id = excluded.payment_intent_id,
-           record = excluded.record",
-        vec![
-            text(&purchase.id),
-            opt_text(purchase.payment_intent_id.as_deref()),
-            text(serde_json::to_string(purchase).expect("purchases serialize")),
-            int(purchase.created_at.timestamp_millis()),
-        ],
-    )
+/// The lowest seq whose operation happened at or after `at_ms` (one past
+/// the last seq when none did). A binary search over the primary key: seq
+/// order is time order, so no time index is written per entry.
+fn first_seq_at_or_after(sql: &SqlStorage, at_ms: i64, end_seq: i64) -> worker::Result<i64> {
+    let (mut low, mut high) = (1i64, end_seq);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let rows: Vec<TimeRow> = sql
+            .exec(
+                "SELECT seq, created_at_ms FROM ops WHERE seq >= ? ORDER BY seq LIMIT 1",
+                vec![int(mid)],
+            )?
+            .to_array()?;
+        match rows.first() {
+            Some(row) if row.created_at_ms < at_ms => low = row.seq + 1,
+            _ => high = mid,
+        }
+    }
+    Ok(low)
 }
 
-pub fn credited_payment(
-    sql: &SqlStorage,
-    payment_intent_id: &str,
-) -> worker::Result<Option<CreditedPayment>> {
-    read_record(
-        sql,
-        "SELECT record FROM credited_payments WHERE payment_intent_id = ?",
-        payment_intent_id,
-        "credited payment",
-    )
+/// One page of the ledger, newest first, as stored entry texts spliced into
+/// `{"entries":[…],"has_more":…}` (the Worker formats them; nothing is
+/// parsed here, so a page holds the object for as little time as possible).
+pub fn ledger_page(sql: &SqlStorage, query: &LedgerQuery, next_seq: u64) -> worker::Result<String> {
+    let end = next_seq as i64;
+    let mut below = query.before_seq.map_or(end, |s| (s as i64).min(end));
+    if let Some(to_ms) = query.to_ms {
+        below = below.min(first_seq_at_or_after(sql, to_ms, end)?);
+    }
+    let from = match query.from_ms {
+        Some(from_ms) => first_seq_at_or_after(sql, from_ms, end)?,
+        None => 0,
+    };
+    let rows: Vec<EntryText> = sql
+        .exec(
+            "SELECT seq, entry FROM ops WHERE seq < ? AND seq >= ? AND entry IS NOT NULL
+             ORDER BY seq DESC LIMIT ?",
+            vec![int(below), int(from), int(query.limit as i64 + 1)],
+        )?
+        .to_array()?;
+    let has_more = rows.len() > query.limit as usize;
+    let mut out = String::with_capacity(rows.len() * 420 + 32);
+    out.push_str("{\"entries\":[");
+    for (i, row) in rows.iter().take(query.limit as usize).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&row.entry);
+    }
+    out.push_str("],\"has_more\":");
+    out.push_str(if has_more { "true" } else { "false" });
+    out.push('}');
+    Ok(out)
 }
 
-pub fn upsert_credited_payment(payment: &CreditedPayment) -> Statement {
-    (
-        "INSERT INTO credited_payments (payment_intent_id, seq, record) VALUES (?, ?, ?)
-         ON CONFLICT (payment_intent_id) DO UPDATE SET record = excluded.record",
-        vec![
-            text(&payment.payment_intent_id),
-            payment
-                .entry_seq
-                .map_or(SqlStorageValue::Null, |seq| int(seq as i64)),
-            text(serde_json::to_string(payment).expect("payments serialize")),
-        ],
-    )
+#[derive(Deserialize)]
+struct Watermark {
+    flushed_seq: i64,
+}
+
+/// The highest seq this object knows its ledger shard holds.
+pub fn flushed_seq(sql: &SqlStorage) -> worker::Result<u64> {
+    let rows: Vec<Watermark> = sql
+        .exec("SELECT flushed_seq FROM replica WHERE id = 1", None)?
+        .to_array()?;
+    Ok(rows.first().map_or(0, |w| w.flushed_seq.max(0) as u64))
+}
+
+/// Moves the watermark to what the shard reported; the rows written.
+pub fn set_flushed_seq(sql: &SqlStorage, seq: u64) -> worker::Result<u64> {
+    let cursor = sql.exec(
+        "UPDATE replica SET flushed_seq = ? WHERE id = 1",
+        vec![int(seq as i64)],
+    )?;
+    Ok(cursor.rows_written() as u64)
+}
+
+/// Whether entries past the watermark wait for the shard.
+pub fn has_pending(sql: &SqlStorage) -> worker::Result<bool> {
+    let rows: Vec<EntryText> = sql
+        .exec(
+            "SELECT seq, entry FROM ops WHERE entry IS NOT NULL
+               AND seq > (SELECT flushed_seq FROM replica WHERE id = 1) ORDER BY seq LIMIT 1",
+            None,
+        )?
+        .to_array()?;
+    Ok(!rows.is_empty())
+}
+
+/// Up to `limit` entries after `after_seq`, oldest first, parsed.
+pub fn outbox(sql: &SqlStorage, after_seq: u64, limit: usize) -> worker::Result<Vec<EntryRow>> {
+    let rows: Vec<EntryText> = sql
+        .exec(
+            "SELECT seq, entry FROM ops WHERE seq > ? AND entry IS NOT NULL ORDER BY seq LIMIT ?",
+            vec![int(after_seq as i64), int(limit as i64)],
+        )?
+        .to_array()?;
+    rows.into_iter()
+        .map(|r| {
+            serde_json::from_str::<EntryRow>(&r.entry)
+                .map_err(|_| corrupt(&format!("ledger entry {}", r.seq)))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct PruneCursor {
+    pruned_seq: i64,
+}
+
+/// Forgets idempotency records older than `older_than_ms` (their ledger
+/// entries stay) and deletes closed holds as old; bounded per call. Walks
+/// ops in seq (= time) order from a cursor, so it never scans the history.
+/// Returns the rows written.
+pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
+    const PER_CALL: i64 = 5000;
+    let cursor: Vec<PruneCursor> = sql
+        .exec("SELECT pruned_seq FROM replica WHERE id = 1", None)?
+        .to_array()?;
+    let from = cursor.first().map_or(0, |c| c.pruned_seq);
+    let due: Vec<TimeRow> = sql
+        .exec(
+            "SELECT seq, created_at_ms FROM ops WHERE seq > ?1 AND seq <= ?1 + ?3
+               AND created_at_ms < ?2 ORDER BY seq",
+            vec![int(from), int(older_than_ms), int(PER_CALL)],
+        )?
+        .to_array()?;
+    let mut written = 0;
+    if let Some(last) = due.last().map(|r| r.seq) {
+        // Rows without an entry were only idempotency records (holds placed).
+        let deleted = sql.exec(
+            "DELETE FROM ops WHERE seq > ? AND seq <= ? AND entry IS NULL",
+            vec![int(from), int(last)],
+        )?;
+        let cleared = sql.exec(
+            "UPDATE ops SET idempotency_key = NULL, fingerprint = NULL, response = NULL
+             WHERE seq > ? AND seq <= ? AND (idempotency_key IS NOT NULL OR response IS NOT NULL)",
+            vec![int(from), int(last)],
+        )?;
+        let moved = sql.exec(
+            "UPDATE replica SET pruned_seq = ? WHERE id = 1",
+            vec![int(last)],
+        )?;
+        written += deleted.rows_written() + cleared.rows_written() + moved.rows_written();
+    }
+    let holds = sql.exec(
+        "DELETE FROM holds WHERE id IN (SELECT id FROM holds WHERE status != 'active'
+           AND closed_at_ms < ? LIMIT ?)",
+        vec![int(older_than_ms), int(PER_CALL)],
+    )?;
+    Ok((written + holds.rows_written()) as u64)
 }

@@ -10,8 +10,21 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'node_modules/.bin');
 
+/**
+ * The shard a new organization is assigned to under the local configuration
+ * (`LEDGER_SHARDS = "DB,DB_1"`, all open): FNV-1a (64-bit) of its id modulo
+ * the shard count, as `WalletConfig::shard_for_new_org` (whose unit test pins it).
+ */
+export function shardOf(org, shards = ['DB', 'DB_1']) {
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of Buffer.from(org, 'utf8')) {
+    hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return shards[Number(hash % BigInt(shards.length))];
+}
+
 /** Runs the SQL text against the local D1 under `persistTo`; rejects on failure or timeout. */
-export function d1Execute(persistTo, sql, { timeoutMs = 600_000 } = {}) {
+export function d1Execute(persistTo, sql, { timeoutMs = 600_000, shard = 'DB' } = {}) {
   const file = path.join(persistTo, `d1-${crypto.randomBytes(6).toString('hex')}.sql`);
   fs.writeFileSync(file, sql);
   const log = `${file}.log`;
@@ -19,7 +32,7 @@ export function d1Execute(persistTo, sql, { timeoutMs = 600_000 } = {}) {
     const out = fs.openSync(log, 'w');
     const child = spawn(
       path.join(BIN, 'wrangler'),
-      ['d1', 'execute', 'DB', '--local', '--persist-to', persistTo, '--file', file],
+      ['d1', 'execute', shard, '--local', '--persist-to', persistTo, '--file', file],
       {
         cwd: ROOT,
         env: {

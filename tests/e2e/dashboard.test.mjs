@@ -8,9 +8,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
-import { api, randomId, serviceToken, units, waitFor } from './harness.mjs';
+import { api, ownerToken, randomId, serviceToken, units, waitFor } from './harness.mjs';
 import { startStack } from './stripe.mjs';
-import { d1Execute, sqlText } from './d1-local.mjs';
+import { d1Execute, shardOf, sqlText } from './d1-local.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const ARTIFACTS = path.join(ROOT, 'tests/artifacts');
@@ -244,7 +244,7 @@ describe('wallet view', () => {
 describe('transactions view', () => {
   test('the table shows the running balance, pages with Older/Newer, and downloads the CSV', async () => {
     const org = await w.newOrg(); // its trial grant is entry 1
-    // 30 purchases written straight into D1: a long history without 30 Stripe round trips.
+    // 30 purchases written straight into its D1 shard: a long history without 30 Stripe round trips.
     const t0 = Date.now() - 40 * DAY_MS;
     let balance = 2_000_000n;
     const rows = Array.from({ length: 30 }, (_, i) => {
@@ -254,8 +254,15 @@ describe('transactions view', () => {
         10_000_000, balance, ms, sqlText(new Date(ms).toISOString().slice(0, 10)), sqlText('starter'), 1000, sqlText('usd')].join(', ')})`;
     });
     await d1Execute(worker.persistTo, `INSERT INTO ledger_entries (org_id, seq, id, kind, amount_units,
-      balance_after_units, created_at_ms, usage_day, pack_id, amount_cents, currency) VALUES ${rows.join(',\n')};`);
-    await waitFor(async () => (await w.ledger(org)).length === 31, 10_000);
+      balance_after_units, created_at_ms, usage_day, pack_id, amount_cents, currency) VALUES ${rows.join(',\n')};`,
+    { shard: shardOf(org) });
+    // The trial grant reaches the shard by replication (within 5 s).
+    await waitFor(async () => {
+      const res = await fetch(`${worker.base}/v1/orgs/${org}/transactions?limit=100`, {
+        headers: { authorization: `Bearer ${ownerToken(org)}` },
+      });
+      return res.status === 200 && (await res.json()).data.length === 31;
+    }, 10_000);
 
     const page = await openPage();
     await signIn(page, { org, sub: 'user_viewer', role: 'viewer', tab: 'transactions' });

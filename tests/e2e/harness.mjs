@@ -129,16 +129,25 @@ function run(args, logFile, timeoutMs) {
   });
 }
 
+/** The D1 ledger shards of the local configuration (wrangler.toml `LEDGER_SHARDS`). */
+export const LEDGER_SHARDS = ['DB', 'DB_1'];
+
+/** Applies the D1 migrations to one shard of a persist dir. */
+export function migrateShard(dir, shard, logFile = path.join(dir, `migrate-${shard}.log`)) {
+  return run(['d1', 'migrations', 'apply', shard, '--local', '--persist-to', dir], logFile, MIGRATE_TIMEOUT_MS);
+}
+
 /**
- * Applies the D1 migrations to a persist dir and starts `wrangler dev` on a free
+ * Applies the D1 migrations to every shard of a persist dir (`migrate` names
+ * the shards to migrate, for tests of a shard without its tables) and starts `wrangler dev` on a free
  * port in its own process group; resolves once GET /healthz answers 200.
  * `vars` override the worker's variables (`wrangler dev --var NAME:VALUE`).
  */
-export async function startWorker({ persistTo, vars = {} } = {}) {
+export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARDS } = {}) {
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
-  await run(['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', dir], logFile, MIGRATE_TIMEOUT_MS);
+  for (const shard of migrate) await migrateShard(dir, shard, logFile);
 
   const out = fs.openSync(logFile, 'a');
   const child = spawn(

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   TRIAL, api, assertAmount, assertError, ownerToken, randomId, serviceToken, startWorker, token, units, waitFor,
 } from './harness.mjs';
-import { d1Execute, sqlText } from './d1-local.mjs';
+import { d1Execute, shardOf, sqlText } from './d1-local.mjs';
 
 let worker;
 let w;
@@ -158,10 +158,14 @@ const expectedTransaction = (e) => ({
   balance_after: fromUnits(e.balance_after),
 });
 
-/** Asserts every transaction's running balance against the full ledger. */
-async function assertRunningBalances(org, transactions) {
-  const ledger = await w.ledger(org, {});
-  const oldestFirst = [...ledger].reverse();
+/**
+ * Asserts every transaction's running balance against the full ledger: the
+ * organization's own (from its Durable Object), or `ledger` when the history
+ * was written straight into D1.
+ */
+async function assertRunningBalances(org, transactions, ledger) {
+  const entries = ledger ?? await w.ledger(org, {});
+  const oldestFirst = [...entries].reverse();
   const runningAt = new Map();
   let sum = 0n;
   for (const entry of oldestFirst) {
@@ -191,7 +195,9 @@ describe('transactions', () => {
     const hold = await w.hold(org, '5');
     assert.equal(hold.status, 201, hold.text);
     assert.equal((await w.capture(org, hold.json.id, '2.5')).status, 200);
-    await waitFor(async () => (await w.ledger(org)).length === 5, 10_000);
+    assert.equal((await w.ledger(org)).length, 5, 'the ledger is exact at once');
+    // Transactions come from the D1 shard, replicated within 5 s.
+    await waitFor(async () => (await transactionsPage(org)).json?.data?.length === 1, 5_000);
 
     const res = await transactionsPage(org);
     assert.equal(res.status, 200, res.text);
@@ -237,12 +243,23 @@ describe('transactions', () => {
       { field: 'starting_after' });
   });
 
-  describe('a long history (written straight into D1, as replication would)', () => {
+  describe('a long history (written straight into its D1 shard, as replication would)', () => {
     const org = randomId('org_hist_');
     const ledger = syntheticLedger(org, 2600); // 1,300 credit entries: three CSV pages of 500
-    const expected = ledger.filter((e) => e.kind !== 'debit').reverse().map(expectedTransaction);
+    let expected;
 
-    before(() => d1Execute(worker.persistTo, insertSql(ledger)), { timeout: 120_000 });
+    before(async () => {
+      // The wallet exists (its Durable Object names the shard) and its trial
+      // grant is entry 1; entries 2.. are written into the shard directly.
+      assert.equal((await w.signup(org)).status, 201);
+      const [grant] = await w.ledger(org);
+      ledger[0].created_at_ms = Date.parse(grant.created_at);
+      ledger[0].usage_day = dateOf(ledger[0].created_at_ms);
+      expected = ledger.filter((e) => e.kind !== 'debit').reverse().map(expectedTransaction);
+      await d1Execute(worker.persistTo, insertSql(ledger.slice(1)), { shard: shardOf(org) });
+      // Once the trial grant is replicated too, the whole history is there.
+      await waitFor(async () => (await transactionsPage(org, { starting_after: 'le_000000000002' })).json?.data?.length === 1, 5_000);
+    }, { timeout: 120_000 });
 
     test('pagination visits each credit entry exactly once, newest first, for several page sizes', async () => {
       for (const limit of [100, 37, undefined]) {
@@ -264,7 +281,8 @@ describe('transactions', () => {
     });
 
     test('running balances agree with the ledger', async () => {
-      await assertRunningBalances(org, await allTransactions(org, 100));
+      await assertRunningBalances(org, await allTransactions(org, 100),
+        ledger.map((e) => ({ ...e, amount: fromUnits(e.amount), balance_after: fromUnits(e.balance_after) })).reverse());
     });
 
     test('the CSV export streams the whole history and matches the JSON', async () => {

@@ -803,6 +803,10 @@ pub enum Command {
         payment_intent_id: String,
         dispute_id: String,
     },
+    /// One page of the ledger, read from the Durable Object's own entries.
+    Ledger(crate::ledger::LedgerQuery),
+    /// The D1 shard that holds this organization's reports: `{"ledger_shard": …}`.
+    LedgerShard,
 }
 
 /// The Durable Object's answer to `PurchaseStart` and `PurchaseOpen`.

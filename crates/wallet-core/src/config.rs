@@ -44,7 +44,17 @@ pub struct WalletConfig {
     pub max_active_holds: usize,
     /// How long idempotency records are kept (at least 24 hours).
     pub idempotency_retention_seconds: i64,
+    /// Every D1 binding that holds a ledger shard (`LEDGER_SHARDS`).
+    pub ledger_shards: Vec<String>,
+    /// The shards new organizations are assigned to (`LEDGER_SHARDS_OPEN`,
+    /// default all of them).
+    pub ledger_shards_open: Vec<String>,
 }
+
+/// The shard of organizations created before shards existed.
+pub const LEGACY_LEDGER_SHARD: &str = "DB";
+/// More shards than this is a configuration mistake, not a plan.
+pub const MAX_LEDGER_SHARDS: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -161,7 +171,25 @@ impl WalletConfig {
             });
         }
 
+        let ledger_shards =
+            shard_list("LEDGER_SHARDS", &text("LEDGER_SHARDS", LEGACY_LEDGER_SHARD))?;
+        let ledger_shards_open = match lookup("LEDGER_SHARDS_OPEN") {
+            None => ledger_shards.clone(),
+            Some(open) => shard_list("LEDGER_SHARDS_OPEN", &open)?,
+        };
+        if let Some(stray) = ledger_shards_open
+            .iter()
+            .find(|name| !ledger_shards.contains(name))
+        {
+            return Err(ConfigError {
+                variable: "LEDGER_SHARDS_OPEN",
+                problem: format!("{stray} is not listed in LEDGER_SHARDS"),
+            });
+        }
+
         Ok(WalletConfig {
+            ledger_shards,
+            ledger_shards_open,
             credits_per_usd,
             trial_credits,
             daily_cap_default,
@@ -187,6 +215,54 @@ impl WalletConfig {
     pub fn pack(&self, id: &str) -> Option<&Pack> {
         self.packs.iter().find(|p| p.id == id)
     }
+
+    /// The open shard a new organization is assigned to: a stable hash of its
+    /// id (FNV-1a, 64 bits) over the open shards, so the same id always lands
+    /// on the same shard for a given open list. The assignment is then stored
+    /// in the wallet and never recomputed.
+    pub fn shard_for_new_org(&self, org_id: &str) -> &str {
+        let hash = org_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let open = &self.ledger_shards_open;
+        &open[(hash % open.len() as u64) as usize]
+    }
+}
+
+/// A comma-separated list of D1 binding names: `[A-Za-z_][A-Za-z0-9_]*`,
+/// at least one, none twice.
+fn shard_list(variable: &'static str, text: &str) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = text
+        .split(',')
+        .map(|name| name.trim().to_string())
+        .collect();
+    let valid = |name: &str| {
+        name.len() <= 64
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if names.is_empty() || names.len() > MAX_LEDGER_SHARDS || !names.iter().all(|n| valid(n)) {
+        return Err(ConfigError {
+            variable,
+            problem: format!(
+                "must be a comma-separated list of 1 to {MAX_LEDGER_SHARDS} D1 binding names"
+            ),
+        });
+    }
+    if let Some(twice) = names
+        .iter()
+        .enumerate()
+        .find(|(i, name)| names[..*i].contains(name))
+    {
+        return Err(ConfigError {
+            variable,
+            problem: format!("{} is listed twice", twice.1),
+        });
+    }
+    Ok(names)
 }
 
 /// Lowercase identifier: `[a-z0-9_]`, 1..=max chars.
@@ -268,6 +344,54 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         WalletConfig::from_vars(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn shards_are_assigned_by_a_stable_hash_over_the_open_ones() {
+        let vars = |shards: &'static str, open: Option<&'static str>| {
+            move |name: &str| match name {
+                "LEDGER_SHARDS" => Some(shards.to_string()),
+                "LEDGER_SHARDS_OPEN" => open.map(str::to_string),
+                _ => None,
+            }
+        };
+        let two = WalletConfig::from_vars(vars("DB,DB_1", None)).unwrap();
+        assert_eq!(two.ledger_shards_open, ["DB", "DB_1"]);
+        let orgs: Vec<String> = (0..200).map(|i| format!("org-{i}")).collect();
+        let on_first = orgs
+            .iter()
+            .filter(|o| two.shard_for_new_org(o) == "DB")
+            .count();
+        // Both shards take organizations, roughly evenly.
+        assert!((60..=140).contains(&on_first), "{on_first} of 200 on DB");
+        for org in &orgs {
+            assert_eq!(two.shard_for_new_org(org), two.shard_for_new_org(org));
+        }
+        // Closing a shard sends every new organization to the open ones.
+        let one_open = WalletConfig::from_vars(vars("DB,DB_1,DB_2", Some("DB_2"))).unwrap();
+        assert!(orgs.iter().all(|o| one_open.shard_for_new_org(o) == "DB_2"));
+        // FNV-1a of the id, fixed forever: an assignment must not change between releases.
+        let fnv = |s: &str| {
+            s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100000001b3)
+            })
+        };
+        assert_eq!(fnv("a"), 0xaf63dc4c8601ec8c);
+        for org in &orgs {
+            assert_eq!(
+                two.shard_for_new_org(org),
+                ["DB", "DB_1"][(fnv(org) % 2) as usize]
+            );
+        }
+        for bad in ["", "DB,DB", "DB,9x", "DB, ,DB_1"] {
+            assert!(WalletConfig::from_vars(vars(bad, None)).is_err(), "{bad:?}");
+        }
+        let stray = WalletConfig::from_vars(vars("DB", Some("DB_1"))).unwrap_err();
+        assert_eq!(stray.variable, "LEDGER_SHARDS_OPEN");
+        assert_eq!(
+            WalletConfig::defaults().ledger_shards,
+            [LEGACY_LEDGER_SHARD]
+        );
     }
 
     #[test]

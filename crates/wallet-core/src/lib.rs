@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod config;
+pub mod decision;
+pub mod ledger;
 pub mod money;
 pub mod purchase;
 pub mod reports;

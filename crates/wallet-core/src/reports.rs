@@ -108,7 +108,7 @@ pub const CSV_HEADER: &str =
 /// Appends `text` as one RFC 4180 field. A field a spreadsheet would run as a
 /// formula (leading `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'` and
 /// quoted, as OWASP advises; none of today's columns can start that way.
-fn push_csv_field(out: &mut String, text: &str) {
+pub(crate) fn push_csv_field(out: &mut String, text: &str) {
     let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
     let needs_quotes = formula || text.contains([',', '"', '\r', '\n']);
     if !needs_quotes {

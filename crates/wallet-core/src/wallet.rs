@@ -178,23 +178,26 @@ pub struct Hold {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wallet {
-    pub org_id: String,
-    pub owner_id: String,
-    pub stripe_customer_id: Option<String>,
-    pub balance: Credits,
-    pub held: Credits,
-    pub daily_cap: Credits,
-    pub day: NaiveDate,
-    pub spent_today: Credits,
+    pub(crate) org_id: String,
+    pub(crate) owner_id: String,
+    pub(crate) stripe_customer_id: Option<String>,
+    pub(crate) balance: Credits,
+    pub(crate) held: Credits,
+    pub(crate) daily_cap: Credits,
+    pub(crate) day: NaiveDate,
+    pub(crate) spent_today: Credits,
     /// Credits held by active holds made today: they count against today's cap.
-    pub held_today: Credits,
+    pub(crate) held_today: Credits,
     /// Sequence number the next entry or hold takes.
-    pub next_seq: u64,
+    pub(crate) next_seq: u64,
     /// Latest time this wallet has seen; decisions never use an earlier one.
-    pub clock: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
+    pub(crate) clock: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     /// Active holds by id.
-    pub holds: BTreeMap<String, Hold>,
+    pub(crate) holds: BTreeMap<String, Hold>,
+    /// The D1 shard that replicates this organization's ledger; `None` for
+    /// organizations created before shards existed (they live on `DB`).
+    pub(crate) ledger_shard: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,6 +309,7 @@ impl Wallet {
             clock: now,
             created_at: now,
             holds: BTreeMap::new(),
+            ledger_shard: None,
         };
         let grant = config.trial_credits.is_positive().then(|| {
             wallet.balance = config.trial_credits;
@@ -626,6 +630,166 @@ impl Wallet {
             purchase_id: None,
             metadata: None,
         }
+    }
+}
+
+/// A wallet as its storage row holds it: every field plain, for the shell to
+/// persist and to hand back to [`Wallet::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredWallet {
+    pub org_id: String,
+    pub owner_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub ledger_shard: Option<String>,
+    pub balance: Credits,
+    pub held: Credits,
+    pub daily_cap: Credits,
+    pub day: NaiveDate,
+    pub spent_today: Credits,
+    pub held_today: Credits,
+    pub next_seq: u64,
+    pub clock: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a stored wallet was refused at load: serving it would decide on
+/// figures that disagree with its own holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inconsistent(pub String);
+
+impl std::fmt::Display for Inconsistent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stored wallet is inconsistent: {}", self.0)
+    }
+}
+
+impl Wallet {
+    /// Rebuilds a wallet from storage, checking that `held` and `held_today`
+    /// are exactly what its active holds add up to (and that no hold claims a
+    /// sequence number not yet handed out).
+    pub fn restore(stored: StoredWallet, holds: Vec<Hold>) -> Result<Wallet, Inconsistent> {
+        let mut held = Credits::ZERO;
+        let mut held_today = Credits::ZERO;
+        let mut by_id = BTreeMap::new();
+        for hold in holds {
+            if hold.status != HoldStatus::Active {
+                return Err(Inconsistent(format!("hold {} is not active", hold.id)));
+            }
+            if seq_of(&hold.id).is_none_or(|seq| seq >= stored.next_seq) {
+                return Err(Inconsistent(format!("hold {} is past next_seq", hold.id)));
+            }
+            let overflow = || Inconsistent("held credits overflow".into());
+            held = held.checked_add(hold.amount).ok_or_else(overflow)?;
+            if hold.day == stored.day {
+                held_today = held_today.checked_add(hold.amount).ok_or_else(overflow)?;
+            }
+            by_id.insert(hold.id.clone(), hold);
+        }
+        if held != stored.held || held_today != stored.held_today {
+            return Err(Inconsistent(format!(
+                "held {} / held_today {} stored, active holds add up to {held} / {held_today}",
+                stored.held, stored.held_today
+            )));
+        }
+        if stored.balance.units() < 0 || stored.held > stored.balance {
+            return Err(Inconsistent(format!(
+                "balance {} does not cover held {}",
+                stored.balance, stored.held
+            )));
+        }
+        Ok(Wallet {
+            org_id: stored.org_id,
+            owner_id: stored.owner_id,
+            stripe_customer_id: stored.stripe_customer_id,
+            balance: stored.balance,
+            held: stored.held,
+            daily_cap: stored.daily_cap,
+            day: stored.day,
+            spent_today: stored.spent_today,
+            held_today: stored.held_today,
+            next_seq: stored.next_seq,
+            clock: stored.clock,
+            created_at: stored.created_at,
+            holds: by_id,
+            ledger_shard: stored.ledger_shard,
+        })
+    }
+
+    /// The row to persist.
+    pub fn stored(&self) -> StoredWallet {
+        StoredWallet {
+            org_id: self.org_id.clone(),
+            owner_id: self.owner_id.clone(),
+            stripe_customer_id: self.stripe_customer_id.clone(),
+            ledger_shard: self.ledger_shard.clone(),
+            balance: self.balance,
+            held: self.held,
+            daily_cap: self.daily_cap,
+            day: self.day,
+            spent_today: self.spent_today,
+            held_today: self.held_today,
+            next_seq: self.next_seq,
+            clock: self.clock,
+            created_at: self.created_at,
+        }
+    }
+
+    /// Records the D1 shard of a new organization; never moves an assigned one.
+    pub fn assign_ledger_shard(&mut self, shard: &str) {
+        if self.ledger_shard.is_none() {
+            self.ledger_shard = Some(shard.to_string());
+        }
+    }
+
+    /// Records the Stripe customer unless one is recorded; whether it changed.
+    pub fn record_stripe_customer(&mut self, stripe_customer_id: &str) -> bool {
+        if self.stripe_customer_id.is_some() {
+            return false;
+        }
+        self.stripe_customer_id = Some(stripe_customer_id.to_string());
+        true
+    }
+
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+    pub fn owner_id(&self) -> &str {
+        &self.owner_id
+    }
+    pub fn stripe_customer_id(&self) -> Option<&str> {
+        self.stripe_customer_id.as_deref()
+    }
+    /// The shard named at signup, or `None` for organizations older than shards.
+    pub fn ledger_shard(&self) -> Option<&str> {
+        self.ledger_shard.as_deref()
+    }
+    pub fn balance(&self) -> Credits {
+        self.balance
+    }
+    pub fn held(&self) -> Credits {
+        self.held
+    }
+    pub fn daily_cap(&self) -> Credits {
+        self.daily_cap
+    }
+    pub fn day(&self) -> NaiveDate {
+        self.day
+    }
+    pub fn spent_today(&self) -> Credits {
+        self.spent_today
+    }
+    pub fn held_today(&self) -> Credits {
+        self.held_today
+    }
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    /// Active holds by id.
+    pub fn holds(&self) -> &BTreeMap<String, Hold> {
+        &self.holds
     }
 }
 

@@ -106,33 +106,33 @@ fn replace_hold(model: &mut Model, hold: wallet_core::Hold) {
 }
 
 fn check_invariants(wallet: &Wallet, model: &Model) -> Result<(), TestCaseError> {
-    prop_assert!(wallet.balance.units() >= 0, "balance >= 0");
-    prop_assert!(wallet.held.units() >= 0, "held >= 0");
+    prop_assert!(wallet.balance().units() >= 0, "balance >= 0");
+    prop_assert!(wallet.held().units() >= 0, "held >= 0");
     prop_assert!(
-        wallet.balance.units() - wallet.held.units() >= 0,
+        wallet.balance().units() - wallet.held().units() >= 0,
         "available >= 0"
     );
     prop_assert_eq!(
-        wallet.balance.units(),
+        wallet.balance().units(),
         model.balance(),
         "balance = sum of ledger"
     );
     prop_assert_eq!(
-        wallet.held.units(),
+        wallet.held().units(),
         model.held(),
         "held = sum of active holds"
     );
     prop_assert_eq!(
-        wallet.spent_today.units(),
+        wallet.spent_today().units(),
         model.spent_today(),
         "spent_today from the ledger"
     );
     prop_assert_eq!(
-        wallet.held_today.units(),
+        wallet.held_today().units(),
         model.held_today(),
         "held_today from today's holds"
     );
-    prop_assert_eq!(wallet.daily_cap.units(), model.cap);
+    prop_assert_eq!(wallet.daily_cap().units(), model.cap);
     let mut running = 0;
     for entry in &model.entries {
         prop_assert!(entry.amount.is_positive(), "entry amounts are positive");
@@ -194,8 +194,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(entry.kind, EntryKind::Debit);
                         model.entries.push(entry);
                         last_decision = Some((
-                            wallet.spent_today.units() + wallet.held_today.units(),
-                            wallet.daily_cap.units(),
+                            wallet.spent_today().units() + wallet.held_today().units(),
+                            wallet.daily_cap().units(),
                         ));
                     }
                     Err(rejection) => {
@@ -231,8 +231,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         );
                         model.holds.push(hold);
                         last_decision = Some((
-                            wallet.spent_today.units() + wallet.held_today.units(),
-                            wallet.daily_cap.units(),
+                            wallet.spent_today().units() + wallet.held_today().units(),
+                            wallet.daily_cap().units(),
                         ));
                     }
                     Err(rejection) => prop_assert!(

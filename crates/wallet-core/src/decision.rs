@@ -1,0 +1,1078 @@
+//! One command, decided: what the Durable Object must read first
+//! ([`reads_for`]), and the decision over the wallet and what was read
+//! ([`decide`]): the reply, the wallet after it, and the rows to write.
+//!
+//! The decision works on a copy of the wallet. The shell keeps the copy only
+//! after its writes committed, so a failed read or commit leaves the wallet
+//! in memory exactly as storage has it (no hold expires twice, no credit is
+//! counted that storage does not hold).
+
+use crate::api::{
+    entry_json, hold_json, ApiError, BatchSlot, Command, CustomerReply, DebitBody, PurchaseReply,
+    PurchaseStartReply, SignupBody,
+};
+use crate::config::WalletConfig;
+use crate::purchase::{
+    self, is_purchase_id, ChargeOutcome, CreditedPayment, Purchase, Settlement, Start,
+};
+use crate::wallet::{seq_of, Hold, LedgerEntry, Wallet};
+use crate::{DebitRequest, HoldRequest, Rejection};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A finished answer: status, JSON text and, for 429, `Retry-After` seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub retry_after: Option<i64>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &impl Serialize) -> Reply {
+        Reply {
+            status,
+            body: serde_json::to_string(value).expect("replies serialize"),
+            retry_after: None,
+        }
+    }
+
+    pub fn error(err: &ApiError, now: DateTime<Utc>) -> Reply {
+        Reply {
+            status: err.status(),
+            body: err.body().to_string(),
+            retry_after: err.retry_after_seconds(now),
+        }
+    }
+
+    fn rejected(rejection: Rejection, now: DateTime<Utc>) -> Reply {
+        Reply::error(&ApiError::Rejected(rejection), now)
+    }
+}
+
+/// The original answer to an idempotent request.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct StoredReply {
+    pub fingerprint: String,
+    pub status: u16,
+    pub response: String,
+}
+
+/// What the shell must read before deciding a command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// Idempotency records to look up.
+    pub idempotency_keys: Vec<String>,
+    /// A hold that is not active in memory: its stored record and, when it
+    /// was captured with an entry, that capture's stored response.
+    pub closed_hold_id: Option<String>,
+    /// A purchase by its id.
+    pub purchase_id: Option<String>,
+    /// The purchase and the credited-payment marker of a PaymentIntent.
+    pub payment_intent_id: Option<String>,
+}
+
+/// What the shell read, as [`Reads`] asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub replies: HashMap<String, StoredReply>,
+    pub closed_hold: Option<Hold>,
+    pub first_capture_response: Option<String>,
+    pub purchase: Option<Purchase>,
+    pub purchase_by_intent: Option<Purchase>,
+    pub credited_payment: Option<CreditedPayment>,
+}
+
+/// An accepted operation's row: its idempotency record (key, fingerprint,
+/// response) and its ledger entry, when credits moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpRow {
+    pub seq: u64,
+    pub idempotency: Option<(String, String)>,
+    pub status: u16,
+    pub response: Option<String>,
+    pub entry: Option<LedgerEntry>,
+    pub created_at_ms: i64,
+}
+
+/// One row a decision writes, besides the wallet itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Op(OpRow),
+    Hold(Hold),
+    Purchase(Purchase),
+    CreditedPayment(CreditedPayment),
+}
+
+/// How the wallet row changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalletWrite {
+    Insert,
+    Update,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub reply: Reply,
+    /// The wallet after the decision and how to store it; `None` when the
+    /// wallet row is unchanged (the shell then keeps what it has).
+    pub wallet: Option<(Wallet, WalletWrite)>,
+    pub writes: Vec<Write>,
+    /// A ledger entry was written: the replica has something to send.
+    pub entry_written: bool,
+    /// Facts for the operator's log (never for the client).
+    pub notes: Vec<String>,
+}
+
+impl Decision {
+    fn answer(reply: Reply) -> Decision {
+        Decision {
+            reply,
+            wallet: None,
+            writes: Vec::new(),
+            entry_written: false,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// What `command` needs read from storage, given the wallet in memory.
+pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
+    let mut reads = Reads::default();
+    let Some(wallet) = wallet else {
+        return reads;
+    };
+    match command {
+        Command::Debit {
+            idempotency_key, ..
+        }
+        | Command::PlaceHold {
+            idempotency_key, ..
+        } => reads.idempotency_keys.push(idempotency_key.clone()),
+        Command::DebitBatch { items } => {
+            reads.idempotency_keys = items
+                .iter()
+                .filter_map(|slot| match slot {
+                    BatchSlot::Debit {
+                        idempotency_key, ..
+                    } => Some(idempotency_key.clone()),
+                    BatchSlot::Invalid { .. } => None,
+                })
+                .collect();
+        }
+        Command::Capture { hold_id, .. } | Command::Release { hold_id } => {
+            let stored_hold = hold_id.starts_with("hold_") && seq_of(hold_id).is_some();
+            if stored_hold && !wallet.holds().contains_key(hold_id) {
+                reads.closed_hold_id = Some(hold_id.clone());
+            }
+        }
+        Command::PurchaseStart { purchase_id, .. }
+        | Command::PurchaseOpen { purchase_id, .. }
+        | Command::PurchaseGet { purchase_id } => reads.purchase_id = Some(purchase_id.clone()),
+        Command::PurchaseSettle {
+            purchase_id,
+            outcome,
+        } => {
+            reads.purchase_id = purchase_id.clone().filter(|id| is_purchase_id(id));
+            reads.payment_intent_id = outcome_intent_id(outcome).map(str::to_string);
+        }
+        Command::Dispute {
+            payment_intent_id, ..
+        } => reads.payment_intent_id = Some(payment_intent_id.clone()),
+        Command::Open(_)
+        | Command::View
+        | Command::SetDailyCap(_)
+        | Command::StripeCustomer
+        | Command::SetStripeCustomer { .. }
+        | Command::Ping
+        | Command::StorageStats
+        | Command::Ledger(_)
+        | Command::LedgerShard => {}
+    }
+    reads
+}
+
+fn outcome_intent_id(outcome: &ChargeOutcome) -> Option<&str> {
+    match outcome {
+        ChargeOutcome::Intent { intent } => Some(intent.id.as_str()),
+        ChargeOutcome::Refused {
+            payment_intent_id, ..
+        } => payment_intent_id.as_deref(),
+        ChargeOutcome::Unknown => None,
+    }
+}
+
+/// The storage a decision reads from: the Durable Object's tables in the
+/// shell, anything in tests.
+pub trait StoredState {
+    type Error;
+    fn load(&self, reads: &Reads) -> Result<Loaded, Self::Error>;
+}
+
+/// Reads what `command` needs, then decides it. A read that fails is the
+/// error and nothing is decided; `wallet` is never changed either way.
+pub fn execute<S: StoredState>(
+    wallet: Option<&Wallet>,
+    command: &Command,
+    store: &S,
+    config: &WalletConfig,
+    now: DateTime<Utc>,
+) -> Result<Decision, S::Error> {
+    let loaded = store.load(&reads_for(wallet, command))?;
+    Ok(decide(wallet, command, &loaded, config, now))
+}
+
+/// Decides `command` on (a copy of) `wallet` at `now`, over what was read.
+pub fn decide(
+    wallet: Option<&Wallet>,
+    command: &Command,
+    loaded: &Loaded,
+    config: &WalletConfig,
+    now: DateTime<Utc>,
+) -> Decision {
+    if let Command::Open(body) = command {
+        return open(wallet, body, config, now);
+    }
+    let Some(current) = wallet else {
+        return Decision::answer(Reply::error(&ApiError::WalletNotFound, now));
+    };
+    // A replay answers the original response and changes nothing.
+    if let Command::Debit {
+        idempotency_key,
+        fingerprint,
+        ..
+    }
+    | Command::PlaceHold {
+        idempotency_key,
+        fingerprint,
+        ..
+    } = command
+    {
+        if let Some(stored) = loaded.replies.get(idempotency_key) {
+            return Decision::answer(if stored.fingerprint == *fingerprint {
+                Reply {
+                    status: stored.status,
+                    body: stored.response.clone(),
+                    retry_after: None,
+                }
+            } else {
+                Reply::error(&ApiError::IdempotencyKeyReused, now)
+            });
+        }
+    }
+
+    let mut wallet = current.clone();
+    let advanced = wallet.advance(now);
+    let now = wallet.now();
+    let mut d = Decision {
+        reply: Reply::json(200, &()),
+        wallet: None,
+        writes: advanced.expired.iter().cloned().map(Write::Hold).collect(),
+        entry_written: false,
+        notes: Vec::new(),
+    };
+    let mut changed = advanced.day_changed || !advanced.expired.is_empty();
+    // A hold that expired just now is closed as storage is about to record it.
+    let closed_hold = |hold_id: &str| -> Option<Hold> {
+        advanced
+            .expired
+            .iter()
+            .find(|h| h.id == hold_id)
+            .or(loaded.closed_hold.as_ref().filter(|h| h.id == hold_id))
+            .cloned()
+    };
+
+    d.reply = match command {
+        Command::Open(_) | Command::Ping | Command::StorageStats | Command::Ledger(_) => {
+            Reply::error(&ApiError::Internal, now)
+        }
+        Command::View => Reply::json(200, &wallet.view(config)),
+        Command::LedgerShard => Reply::json(
+            200,
+            &serde_json::json!({
+                "ledger_shard": wallet.ledger_shard().unwrap_or(crate::config::LEGACY_LEDGER_SHARD)
+            }),
+        ),
+        Command::SetDailyCap(body) => match wallet.set_daily_cap(body.daily_cap, config) {
+            Ok(()) => {
+                changed = true;
+                Reply::json(200, &wallet.view(config))
+            }
+            Err(r) => Reply::rejected(r, now),
+        },
+        Command::Debit {
+            idempotency_key,
+            fingerprint,
+            body,
+        } => {
+            let reply = debit(
+                &mut wallet,
+                config,
+                idempotency_key,
+                fingerprint,
+                body,
+                &mut d,
+            );
+            changed |= reply.status < 300;
+            reply
+        }
+        Command::DebitBatch { items } => {
+            let (reply, any) = batch(&mut wallet, config, items, &loaded.replies, &mut d);
+            changed |= any;
+            reply
+        }
+        Command::PlaceHold {
+            idempotency_key,
+            fingerprint,
+            body,
+        } => {
+            let request = HoldRequest {
+                feature: body.feature.clone(),
+                amount: body.amount,
+                user_id: body.user_id.clone(),
+                project_id: body.project_id.clone(),
+                ttl_seconds: body.ttl_seconds.unwrap_or(config.hold_ttl_default_seconds),
+            };
+            match wallet.place_hold(&request, config) {
+                Ok(hold) => {
+                    let text = hold_json(&hold, None).to_string();
+                    d.writes.push(Write::Hold(hold.clone()));
+                    d.writes.push(Write::Op(OpRow {
+                        seq: seq_of(&hold.id).expect("hold ids carry their seq"),
+                        idempotency: Some((idempotency_key.clone(), fingerprint.clone())),
+                        status: 201,
+                        response: Some(text.clone()),
+                        entry: None,
+                        created_at_ms: now.timestamp_millis(),
+                    }));
+                    changed = true;
+                    Reply {
+                        status: 201,
+                        body: text,
+                        retry_after: None,
+                    }
+                }
+                Err(r) => Reply::rejected(r, now),
+            }
+        }
+        Command::Capture { hold_id, body } => {
+            let closed = closed_hold(hold_id);
+            match wallet.capture(hold_id, body.amount, closed.as_ref()) {
+                Ok((hold, entry)) => {
+                    let text = hold_json(&hold, entry.as_ref()).to_string();
+                    d.writes.push(Write::Hold(hold));
+                    if let Some(entry) = entry {
+                        d.writes.push(Write::Op(OpRow {
+                            seq: entry.seq,
+                            idempotency: None,
+                            status: 200,
+                            response: Some(text.clone()),
+                            entry: Some(entry),
+                            created_at_ms: now.timestamp_millis(),
+                        }));
+                        d.entry_written = true;
+                    }
+                    changed = true;
+                    Reply {
+                        status: 200,
+                        body: text,
+                        retry_after: None,
+                    }
+                }
+                Err(Rejection::HoldAlreadyClosed { .. }) => {
+                    let hold = closed.expect("only a stored hold is already closed");
+                    match &loaded.first_capture_response {
+                        Some(body) if hold.capture_entry_id.is_some() => Reply {
+                            status: 200,
+                            body: body.clone(),
+                            retry_after: None,
+                        },
+                        _ => Reply::json(200, &hold_json(&hold, None)),
+                    }
+                }
+                Err(r) => Reply::rejected(r, now),
+            }
+        }
+        Command::Release { hold_id } => {
+            let closed = closed_hold(hold_id);
+            match wallet.release(hold_id, closed.as_ref()) {
+                Ok(hold) => {
+                    let reply = Reply::json(200, &hold_json(&hold, None));
+                    d.writes.push(Write::Hold(hold));
+                    changed = true;
+                    reply
+                }
+                Err(Rejection::HoldAlreadyClosed { .. }) => Reply::json(
+                    200,
+                    &hold_json(&closed.expect("only a stored hold is already closed"), None),
+                ),
+                Err(r) => Reply::rejected(r, now),
+            }
+        }
+        Command::StripeCustomer => Reply::json(
+            200,
+            &CustomerReply {
+                stripe_customer_id: wallet.stripe_customer_id().map(str::to_string),
+            },
+        ),
+        Command::SetStripeCustomer { stripe_customer_id } => {
+            // The first customer recorded stays: concurrent first purchases
+            // may each create one at Stripe, but the organization keeps one.
+            changed |= wallet.record_stripe_customer(stripe_customer_id);
+            Reply::json(
+                200,
+                &CustomerReply {
+                    stripe_customer_id: wallet.stripe_customer_id().map(str::to_string),
+                },
+            )
+        }
+        Command::PurchaseStart {
+            purchase_id,
+            idempotency_key,
+            fingerprint,
+            pack_id,
+        } => begin_purchase(
+            &wallet,
+            loaded,
+            (purchase_id, idempotency_key, fingerprint, pack_id),
+            None,
+            config,
+            &mut d,
+        ),
+        Command::PurchaseOpen {
+            purchase_id,
+            idempotency_key,
+            fingerprint,
+            pack_id,
+            payment_method_id,
+        } => begin_purchase(
+            &wallet,
+            loaded,
+            (purchase_id, idempotency_key, fingerprint, pack_id),
+            Some(payment_method_id),
+            config,
+            &mut d,
+        ),
+        Command::PurchaseGet { .. } => match &loaded.purchase {
+            Some(purchase) => Reply::json(200, purchase),
+            None => Reply::error(&ApiError::PurchaseNotFound, now),
+        },
+        Command::PurchaseSettle {
+            purchase_id,
+            outcome,
+        } => {
+            if let ChargeOutcome::Intent { intent } = outcome {
+                if intent.org_id.as_deref() != Some(wallet.org_id()) {
+                    d.notes.push(format!(
+                        "PaymentIntent {} names another organization; ignored",
+                        intent.id
+                    ));
+                    return Decision {
+                        reply: Reply::json(200, &PurchaseReply { purchase: None }),
+                        wallet: changed.then_some((wallet, WalletWrite::Update)),
+                        ..d
+                    };
+                }
+            }
+            let by_id = purchase_id
+                .as_deref()
+                .filter(|id| is_purchase_id(id))
+                .and(loaded.purchase.clone());
+            let purchase = by_id.or_else(|| loaded.purchase_by_intent.clone());
+            match purchase::settle(
+                &mut wallet,
+                purchase,
+                loaded.credited_payment.as_ref(),
+                outcome,
+                config,
+            ) {
+                Ok(settlement) => {
+                    if let Some(refusal) = &settlement.refusal {
+                        d.notes.push(format!(
+                            "succeeded PaymentIntent {} not credited: {refusal:?}; needs a person",
+                            outcome_intent_id(outcome).unwrap_or("-")
+                        ));
+                    }
+                    changed |= settlement.entry.is_some();
+                    record_settlement(settlement, &mut d, now)
+                }
+                Err(r) => Reply::rejected(r, now),
+            }
+        }
+        Command::Dispute {
+            payment_intent_id,
+            dispute_id,
+        } => {
+            let settlement = purchase::dispute(
+                &mut wallet,
+                loaded.purchase_by_intent.clone(),
+                loaded.credited_payment.clone(),
+                payment_intent_id,
+            );
+            if let Some(entry) = &settlement.entry {
+                d.notes.push(format!(
+                    "dispute {dispute_id} on {payment_intent_id}: took back {} credits",
+                    entry.amount
+                ));
+            }
+            changed |= settlement.entry.is_some();
+            record_settlement(settlement, &mut d, now)
+        }
+    };
+    if changed {
+        d.wallet = Some((wallet, WalletWrite::Update));
+    }
+    d
+}
+
+/// Signup: creates the wallet with its trial grant and ledger shard, or
+/// answers the existing one.
+fn open(
+    wallet: Option<&Wallet>,
+    body: &SignupBody,
+    config: &WalletConfig,
+    now: DateTime<Utc>,
+) -> Decision {
+    if let Some(current) = wallet {
+        if current.owner_id() != body.owner_id {
+            return Decision::answer(Reply::error(&ApiError::WalletOwnerConflict, now));
+        }
+        let mut wallet = current.clone();
+        let changed = body
+            .stripe_customer_id
+            .as_deref()
+            .is_some_and(|id| wallet.record_stripe_customer(id));
+        let mut d = Decision::answer(Reply::json(200, &wallet.view(config)));
+        if changed {
+            d.wallet = Some((wallet, WalletWrite::Update));
+        }
+        return d;
+    }
+    let (mut wallet, grant) = Wallet::open(
+        &body.org_id,
+        &body.owner_id,
+        body.stripe_customer_id.clone(),
+        config,
+        now,
+    );
+    wallet.assign_ledger_shard(config.shard_for_new_org(&body.org_id));
+    let mut d = Decision::answer(Reply::json(201, &wallet.view(config)));
+    if let Some(entry) = grant {
+        d.writes.push(Write::Op(OpRow {
+            seq: entry.seq,
+            idempotency: None,
+            status: 201,
+            response: None,
+            entry: Some(entry),
+            created_at_ms: now.timestamp_millis(),
+        }));
+        d.entry_written = true;
+    }
+    d.wallet = Some((wallet, WalletWrite::Insert));
+    d
+}
+
+/// Decides one debit (already known not to be a replay) and records it.
+fn debit(
+    wallet: &mut Wallet,
+    config: &WalletConfig,
+    idempotency_key: &str,
+    fingerprint: &str,
+    body: &DebitBody,
+    d: &mut Decision,
+) -> Reply {
+    let request = DebitRequest {
+        feature: body.feature.clone(),
+        amount: body.amount,
+        user_id: body.user_id.clone(),
+        project_id: body.project_id.clone(),
+        metadata: body.metadata.clone(),
+    };
+    match wallet.debit(&request, config) {
+        Ok(entry) => {
+            let mut response = entry_json(&entry);
+            response["spent_today"] = serde_json::json!(wallet.spent_today());
+            response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
+            let text = response.to_string();
+            d.writes.push(Write::Op(OpRow {
+                seq: entry.seq,
+                idempotency: Some((idempotency_key.to_string(), fingerprint.to_string())),
+                status: 201,
+                response: Some(text.clone()),
+                entry: Some(entry),
+                created_at_ms: wallet.now().timestamp_millis(),
+            }));
+            d.entry_written = true;
+            Reply {
+                status: 201,
+                body: text,
+                retry_after: None,
+            }
+        }
+        Err(r) => Reply::rejected(r, wallet.now()),
+    }
+}
+
+/// Applies a batch in order; each item answers as a single debit would,
+/// and a key repeated within the batch is a replay of its first use.
+/// Returns the reply and whether any item debited.
+fn batch(
+    wallet: &mut Wallet,
+    config: &WalletConfig,
+    items: &[BatchSlot],
+    stored: &HashMap<String, StoredReply>,
+    d: &mut Decision,
+) -> (Reply, bool) {
+    let mut seen: HashMap<&str, StoredReply> = HashMap::new();
+    let mut any = false;
+    let mut out = String::with_capacity(items.len() * 400 + 16);
+    out.push_str("{\"results\":[");
+    for slot in items {
+        match slot {
+            BatchSlot::Invalid {
+                idempotency_key,
+                status,
+                error,
+            } => {
+                let body = serde_json::json!({ "error": error }).to_string();
+                push_batch_result(&mut out, idempotency_key.as_deref(), *status, &body);
+            }
+            BatchSlot::Debit {
+                idempotency_key,
+                fingerprint,
+                body,
+            } => {
+                let earlier = seen
+                    .get(idempotency_key.as_str())
+                    .or_else(|| stored.get(idempotency_key));
+                let (status, text) = match earlier {
+                    Some(s) if s.fingerprint == *fingerprint => (s.status, s.response.clone()),
+                    Some(_) => {
+                        let err = ApiError::IdempotencyKeyReused;
+                        (err.status(), err.body().to_string())
+                    }
+                    None => {
+                        let reply = debit(wallet, config, idempotency_key, fingerprint, body, d);
+                        if reply.status < 300 {
+                            any = true;
+                            seen.insert(
+                                idempotency_key,
+                                StoredReply {
+                                    fingerprint: fingerprint.clone(),
+                                    status: reply.status,
+                                    response: reply.body.clone(),
+                                },
+                            );
+                        }
+                        (reply.status, reply.body)
+                    }
+                };
+                push_batch_result(&mut out, Some(idempotency_key), status, &text);
+            }
+        }
+    }
+    out.push_str("]}");
+    (
+        Reply {
+            status: 200,
+            body: out,
+            retry_after: None,
+        },
+        any,
+    )
+}
+
+/// Appends one batch item's result: its key, status, and the entry or the
+/// error. The stored texts are spliced in as they are, not parsed again.
+fn push_batch_result(out: &mut String, key: Option<&str>, status: u16, body: &str) {
+    if !out.ends_with('[') {
+        out.push(',');
+    }
+    out.push_str("{\"idempotency_key\":");
+    out.push_str(&serde_json::to_string(&key).expect("keys serialize"));
+    out.push_str(",\"status\":");
+    out.push_str(&status.to_string());
+    if status < 300 {
+        out.push_str(",\"entry\":");
+        out.push_str(body);
+    } else {
+        // Error bodies are exactly {"error":{...}} (ApiError::body).
+        let error = body
+            .strip_prefix("{\"error\":")
+            .and_then(|b| b.strip_suffix('}'));
+        out.push_str(",\"error\":");
+        out.push_str(error.unwrap_or("null"));
+    }
+    out.push('}');
+}
+
+/// `PurchaseStart` (no payment method: only looks) and `PurchaseOpen`.
+fn begin_purchase(
+    wallet: &Wallet,
+    loaded: &Loaded,
+    (purchase_id, idempotency_key, fingerprint, pack_id): (&str, &str, &str, &str),
+    payment_method_id: Option<&String>,
+    config: &WalletConfig,
+    d: &mut Decision,
+) -> Reply {
+    let now = wallet.now();
+    let started = |purchase: Box<Purchase>, send_charge: bool| {
+        Reply::json(
+            200,
+            &PurchaseStartReply::Existing {
+                purchase,
+                send_charge,
+            },
+        )
+    };
+    match purchase::start(
+        loaded.purchase.clone(),
+        idempotency_key,
+        fingerprint,
+        pack_id,
+        now,
+    ) {
+        Start::KeyReused => Reply::error(&ApiError::IdempotencyKeyReused, now),
+        Start::Existing {
+            purchase,
+            send_charge,
+            changed,
+        } => {
+            if changed {
+                d.writes.push(Write::Purchase((*purchase).clone()));
+            }
+            started(purchase, send_charge)
+        }
+        Start::New => match (payment_method_id, config.pack(pack_id)) {
+            (None, _) => Reply::json(
+                200,
+                &PurchaseStartReply::New {
+                    stripe_customer_id: wallet.stripe_customer_id().map(str::to_string),
+                },
+            ),
+            (Some(_), None) => Reply::error(
+                &ApiError::invalid("pack_id", "is not in the catalogue"),
+                now,
+            ),
+            (Some(payment_method_id), Some(pack)) => {
+                let purchase = Purchase::open(
+                    purchase_id,
+                    pack,
+                    idempotency_key,
+                    fingerprint,
+                    payment_method_id,
+                    now,
+                );
+                d.writes.push(Write::Purchase(purchase.clone()));
+                started(Box::new(purchase), true)
+            }
+        },
+    }
+}
+
+/// Queues a settlement's writes and answers its purchase.
+fn record_settlement(settlement: Settlement, d: &mut Decision, now: DateTime<Utc>) -> Reply {
+    if let Some(entry) = settlement.entry {
+        d.writes.push(Write::Op(OpRow {
+            seq: entry.seq,
+            idempotency: None,
+            status: 200,
+            response: None,
+            entry: Some(entry),
+            created_at_ms: now.timestamp_millis(),
+        }));
+        d.entry_written = true;
+    }
+    if let Some(payment) = settlement.payment {
+        d.writes.push(Write::CreditedPayment(payment));
+    }
+    if settlement.purchase_changed {
+        if let Some(purchase) = &settlement.purchase {
+            d.writes.push(Write::Purchase(purchase.clone()));
+        }
+    }
+    Reply::json(
+        200,
+        &PurchaseReply {
+            purchase: settlement.purchase,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CaptureBody, HoldBody};
+    use crate::money::Credits;
+    use crate::wallet::HoldStatus;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn c(text: &str) -> Credits {
+        Credits::parse(text).unwrap()
+    }
+
+    fn opened(config: &WalletConfig, now: &str) -> Wallet {
+        let signup = Command::Open(SignupBody {
+            org_id: "acme".into(),
+            owner_id: "ann".into(),
+            stripe_customer_id: None,
+        });
+        let d = decide(None, &signup, &Loaded::default(), config, at(now));
+        assert_eq!(d.reply.status, 201);
+        let (wallet, how) = d.wallet.expect("a new wallet");
+        assert_eq!(how, WalletWrite::Insert);
+        assert_eq!(
+            wallet.ledger_shard(),
+            Some(config.shard_for_new_org("acme"))
+        );
+        wallet
+    }
+
+    fn place_hold(wallet: &Wallet, config: &WalletConfig, now: &str) -> (Wallet, String) {
+        let command = Command::PlaceHold {
+            idempotency_key: "h1".into(),
+            fingerprint: "f".into(),
+            body: HoldBody {
+                feature: "chat".into(),
+                amount: c("5"),
+                user_id: None,
+                project_id: None,
+                ttl_seconds: Some(60),
+            },
+        };
+        let d = decide(Some(wallet), &command, &Loaded::default(), config, at(now));
+        assert_eq!(d.reply.status, 201, "{}", d.reply.body);
+        let (wallet, _) = d.wallet.unwrap();
+        let id = wallet.holds().keys().next().unwrap().clone();
+        (wallet, id)
+    }
+
+    /// The shell reads what `reads_for` names, then decides. A read that
+    /// fails means no decision at all: the wallet it keeps is the one it had,
+    /// and the next request decides from it as if the failed one never came.
+    #[test]
+    fn a_failing_read_leaves_no_trace() {
+        let config = WalletConfig::defaults();
+        let wallet = opened(&config, "2030-01-01T10:00:00Z");
+        let (wallet, hold_id) = place_hold(&wallet, &config, "2030-01-01T10:00:00Z");
+        let before = wallet.clone();
+
+        // Two minutes later the hold is due. A capture of another (stored)
+        // hold must read it first; that read throws, so nothing is decided.
+        struct Storage(bool);
+        impl StoredState for Storage {
+            type Error = &'static str;
+            fn load(&self, reads: &Reads) -> Result<Loaded, &'static str> {
+                match (self.0, &reads.closed_hold_id) {
+                    (true, Some(_)) => Err("storage read threw"),
+                    _ => Ok(Loaded::default()),
+                }
+            }
+        }
+        let capture = |id: &str| Command::Capture {
+            hold_id: id.into(),
+            body: CaptureBody { amount: c("1") },
+        };
+        let failed = execute(
+            Some(&wallet),
+            &capture("hold_000000000099"),
+            &Storage(true),
+            &config,
+            at("2030-01-01T10:02:00Z"),
+        );
+        assert_eq!(failed, Err("storage read threw"));
+        assert_eq!(wallet, before, "the wallet in memory is untouched");
+        assert_eq!(wallet.holds()[&hold_id].status, HoldStatus::Active);
+
+        // The retry decides from the same wallet: the hold expires exactly once.
+        let later = "2030-01-01T10:02:00Z";
+        let d = execute(
+            Some(&wallet),
+            &capture("hold_000000000099"),
+            &Storage(false),
+            &config,
+            at(later),
+        )
+        .unwrap();
+        assert_eq!(d.reply.status, 404, "{}", d.reply.body);
+        let expired: Vec<&Hold> = d
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Hold(h) if h.status == HoldStatus::Expired => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].id, hold_id);
+        let (after, _) = d.wallet.expect("the expiry changed the wallet");
+        assert_eq!(after.held(), Credits::ZERO);
+        assert_eq!(after.balance(), before.balance());
+        // Deciding never touched the wallet it was given.
+        assert_eq!(wallet, before);
+
+        // A commit that fails is the same: the shell drops the decision. The
+        // next decision from the kept wallet expires the hold again, once,
+        // because storage still has it active.
+        let again = decide(
+            Some(&wallet),
+            &Command::View,
+            &Loaded::default(),
+            &config,
+            at(later),
+        );
+        let expired_again = again
+            .writes
+            .iter()
+            .filter(|w| matches!(w, Write::Hold(h) if h.status == HoldStatus::Expired))
+            .count();
+        assert_eq!(expired_again, 1);
+        // Once the commit is kept, nothing expires twice.
+        let (kept, _) = again.wallet.unwrap();
+        let third = decide(
+            Some(&kept),
+            &Command::View,
+            &Loaded::default(),
+            &config,
+            at(later),
+        );
+        assert!(third.writes.is_empty());
+        assert!(third.wallet.is_none());
+    }
+
+    #[test]
+    fn a_hold_that_expires_in_the_same_request_answers_expired() {
+        let config = WalletConfig::defaults();
+        let wallet = opened(&config, "2030-01-01T10:00:00Z");
+        let (wallet, hold_id) = place_hold(&wallet, &config, "2030-01-01T10:00:00Z");
+        for command in [
+            Command::Capture {
+                hold_id: hold_id.clone(),
+                body: CaptureBody { amount: c("1") },
+            },
+            Command::Release {
+                hold_id: hold_id.clone(),
+            },
+        ] {
+            // The hold is active in memory, so nothing is read for it.
+            assert_eq!(reads_for(Some(&wallet), &command), Reads::default());
+            let d = decide(
+                Some(&wallet),
+                &command,
+                &Loaded::default(),
+                &config,
+                at("2030-01-01T10:05:00Z"),
+            );
+            assert_eq!(d.reply.status, 409, "{}", d.reply.body);
+            let body: serde_json::Value = serde_json::from_str(&d.reply.body).unwrap();
+            assert_eq!(body["error"]["code"], "hold_not_active");
+            assert_eq!(body["error"]["hold_status"], "expired");
+            // The expiry itself is still recorded, credits released.
+            let (after, _) = d.wallet.unwrap();
+            assert_eq!(after.held(), Credits::ZERO);
+            assert!(d
+                .writes
+                .iter()
+                .any(|w| matches!(w, Write::Hold(h) if h.id == hold_id && h.status == HoldStatus::Expired)));
+        }
+    }
+
+    #[test]
+    fn replays_and_batches_decide_from_what_was_read() {
+        let config = WalletConfig::defaults();
+        let wallet = opened(&config, "2030-01-01T10:00:00Z");
+        let body = DebitBody {
+            feature: "chat".into(),
+            amount: c("2"),
+            user_id: None,
+            project_id: None,
+            metadata: None,
+        };
+        let command = Command::Debit {
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            body: body.clone(),
+        };
+        assert_eq!(reads_for(Some(&wallet), &command).idempotency_keys, ["k"]);
+        let first = decide(
+            Some(&wallet),
+            &command,
+            &Loaded::default(),
+            &config,
+            at("2030-01-01T10:00:01Z"),
+        );
+        assert_eq!(first.reply.status, 201);
+        assert!(first.entry_written);
+        let mut loaded = Loaded::default();
+        loaded.replies.insert(
+            "k".into(),
+            StoredReply {
+                fingerprint: "f".into(),
+                status: 201,
+                response: first.reply.body.clone(),
+            },
+        );
+        let (after, _) = first.wallet.unwrap();
+        let replay = decide(
+            Some(&after),
+            &command,
+            &loaded,
+            &config,
+            at("2030-01-01T10:00:02Z"),
+        );
+        assert_eq!(replay.reply, first.reply);
+        assert!(replay.wallet.is_none() && replay.writes.is_empty());
+        loaded.replies.get_mut("k").unwrap().fingerprint = "other".into();
+        let reused = decide(
+            Some(&after),
+            &command,
+            &loaded,
+            &config,
+            at("2030-01-01T10:00:02Z"),
+        );
+        assert_eq!(reused.reply.status, 409);
+
+        let slot = |key: &str| BatchSlot::Debit {
+            idempotency_key: key.into(),
+            fingerprint: "f".into(),
+            body: body.clone(),
+        };
+        let batch = Command::DebitBatch {
+            items: vec![slot("k"), slot("n"), slot("n")],
+        };
+        loaded.replies.get_mut("k").unwrap().fingerprint = "f".into();
+        assert_eq!(
+            reads_for(Some(&after), &batch).idempotency_keys,
+            ["k", "n", "n"]
+        );
+        let d = decide(
+            Some(&after),
+            &batch,
+            &loaded,
+            &config,
+            at("2030-01-01T10:00:03Z"),
+        );
+        let body: serde_json::Value = serde_json::from_str(&d.reply.body).unwrap();
+        let statuses: Vec<u64> = body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, [201, 201, 201]);
+        // One new debit: the stored key replays, the repeated key replays its first use.
+        let ops = d
+            .writes
+            .iter()
+            .filter(|w| matches!(w, Write::Op(_)))
+            .count();
+        assert_eq!(ops, 1);
+        assert_eq!(body["results"][1]["entry"], body["results"][2]["entry"]);
+        let (final_wallet, _) = d.wallet.unwrap();
+        assert_eq!(final_wallet.balance(), c("196"));
+    }
+}

@@ -1,0 +1,416 @@
+//! The ledger as the Durable Object keeps it: every entry, permanently, in
+//! its stored row format; the `GET …/ledger` query (pages, time range, CSV);
+//! and the usage rollup of a stretch of entries that the D1 shard receives
+//! instead of the raw debits.
+
+use crate::api::{list_params, ApiError};
+use crate::money::Credits;
+use crate::reports::push_csv_field;
+use crate::time::{parse_utc, rfc3339};
+use crate::wallet::{EntryKind, LedgerEntry, Metadata};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An entry in its stored row format: credit amounts in integer units,
+/// times in milliseconds. The Durable Object stores this JSON in `ops.entry`
+/// and D1 shards receive credit-side entries in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRow {
+    pub seq: u64,
+    pub id: String,
+    pub kind: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub created_at_ms: i64,
+    pub usage_day: String,
+    pub feature: Option<String>,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    pub hold_id: Option<String>,
+    pub pack_id: Option<String>,
+    pub amount_cents: Option<i64>,
+    pub currency: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub purchase_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+impl EntryRow {
+    pub fn of(entry: &LedgerEntry) -> EntryRow {
+        EntryRow {
+            seq: entry.seq,
+            id: entry.id.clone(),
+            kind: entry.kind.as_str().to_string(),
+            amount: entry.amount.units(),
+            balance_after: entry.balance_after.units(),
+            created_at_ms: entry.created_at.timestamp_millis(),
+            usage_day: entry.usage_day.to_string(),
+            feature: entry.feature.clone(),
+            user_id: entry.user_id.clone(),
+            project_id: entry.project_id.clone(),
+            hold_id: entry.hold_id.clone(),
+            pack_id: entry.pack_id.clone(),
+            amount_cents: entry.amount_cents,
+            currency: entry.currency.clone(),
+            payment_intent_id: entry.payment_intent_id.clone(),
+            purchase_id: entry.purchase_id.clone(),
+            metadata: entry.metadata.clone(),
+        }
+    }
+
+    pub fn into_entry(self) -> Result<LedgerEntry, String> {
+        let bad = |what: &str| format!("stored ledger entry {} has a bad {what}", self.id);
+        Ok(LedgerEntry {
+            seq: self.seq,
+            kind: EntryKind::parse(&self.kind).ok_or_else(|| bad("kind"))?,
+            amount: Credits::from_units(self.amount),
+            balance_after: Credits::from_units(self.balance_after),
+            created_at: crate::time::from_millis(self.created_at_ms)
+                .ok_or_else(|| bad("created_at"))?,
+            usage_day: self
+                .usage_day
+                .parse::<NaiveDate>()
+                .map_err(|_| bad("usage_day"))?,
+            feature: self.feature,
+            user_id: self.user_id,
+            project_id: self.project_id,
+            hold_id: self.hold_id,
+            pack_id: self.pack_id,
+            amount_cents: self.amount_cents,
+            currency: self.currency,
+            payment_intent_id: self.payment_intent_id,
+            purchase_id: self.purchase_id,
+            metadata: self.metadata,
+            id: self.id,
+        })
+    }
+}
+
+/// The stored text of an entry.
+pub fn row_json(entry: &LedgerEntry) -> String {
+    serde_json::to_string(&EntryRow::of(entry)).expect("entries serialize")
+}
+
+/// Reads a stored entry.
+pub fn parse_row(text: &str) -> Result<LedgerEntry, String> {
+    serde_json::from_str::<EntryRow>(text)
+        .map_err(|e| format!("stored ledger entry is unreadable: {e}"))?
+        .into_entry()
+}
+
+/// Entries per CSV chunk: one Durable Object read each, small enough that
+/// a debit waiting behind it is not held up noticeably.
+pub const CSV_CHUNK_ENTRIES: u32 = 500;
+
+/// `GET …/ledger`: `limit`/`starting_after` as every list, `from` (inclusive)
+/// and `to` (exclusive) as RFC 3339 instants, `format=json|csv`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerQuery {
+    pub limit: u32,
+    /// Only entries with a lower sequence number (the cursor).
+    pub before_seq: Option<u64>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+/// The parsed query parameters and whether CSV was asked for.
+pub fn ledger_query(
+    limit: Option<&str>,
+    starting_after: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: Option<&str>,
+) -> Result<(LedgerQuery, bool), ApiError> {
+    let csv = match format {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::invalid("format", "must be json or csv")),
+    };
+    if csv && limit.is_some() {
+        return Err(ApiError::invalid(
+            "limit",
+            "does not apply to format=csv, which exports the whole range",
+        ));
+    }
+    let (limit, before_seq) = list_params(limit, starting_after)?;
+    let instant = |field: &str, text: Option<&str>| -> Result<Option<DateTime<Utc>>, ApiError> {
+        text.map(|t| {
+            parse_utc(t).ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 UTC time"))
+        })
+        .transpose()
+    };
+    let from = instant("from", from)?;
+    let to = instant("to", to)?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            return Err(ApiError::invalid("to", "must not be earlier than from"));
+        }
+    }
+    Ok((
+        LedgerQuery {
+            limit: if csv { CSV_CHUNK_ENTRIES } else { limit },
+            before_seq,
+            from_ms: from.map(|t| t.timestamp_millis()),
+            to_ms: to.map(|t| t.timestamp_millis()),
+        },
+        csv,
+    ))
+}
+
+/// Column names of the ledger CSV (RFC 4180, CRLF line ends, UTF-8).
+pub const LEDGER_CSV_HEADER: &str = "id,created_at,kind,amount,balance_after,feature,user_id,project_id,hold_id,pack_id,amount_cents,currency,payment_intent_id\r\n";
+
+/// One CSV line of an entry, columns as [`LEDGER_CSV_HEADER`].
+pub fn ledger_csv_row(entry: &LedgerEntry) -> String {
+    let cents = entry.amount_cents.map(|c| c.to_string());
+    let fields = [
+        entry.id.as_str(),
+        &rfc3339(entry.created_at),
+        entry.kind.as_str(),
+        &entry.amount.to_string(),
+        &entry.balance_after.to_string(),
+        entry.feature.as_deref().unwrap_or(""),
+        entry.user_id.as_deref().unwrap_or(""),
+        entry.project_id.as_deref().unwrap_or(""),
+        entry.hold_id.as_deref().unwrap_or(""),
+        entry.pack_id.as_deref().unwrap_or(""),
+        cents.as_deref().unwrap_or(""),
+        entry.currency.as_deref().unwrap_or(""),
+        entry.payment_intent_id.as_deref().unwrap_or(""),
+    ];
+    let mut line = String::with_capacity(160);
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        push_csv_field(&mut line, field);
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// The download name of a ledger export.
+pub fn ledger_csv_filename(org_id: &str, today: NaiveDate) -> String {
+    format!("ledger-{org_id}-{today}.csv")
+}
+
+/// Usage of one (day, feature, member) over a stretch of entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRollup {
+    pub day: String,
+    pub feature: String,
+    /// `""` when the entry named no member.
+    pub user_id: String,
+    pub credits_units: i64,
+    pub entries: i64,
+}
+
+/// What one flush sends a D1 shard for the entries after `after_seq` up to
+/// and including `through_seq`: the credit-side entries as rows and the
+/// usage entries summed per (day, feature, member).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaBatch {
+    pub credit_rows: Vec<EntryRow>,
+    pub rollups: Vec<UsageRollup>,
+    pub entries: u64,
+}
+
+/// Splits a stretch of entries into what the shard keeps. Usage kinds
+/// (debits, captures) become rollups; every other kind (it adds or returns
+/// credits) is kept as a row.
+pub fn replica_batch(entries: &[EntryRow]) -> Result<ReplicaBatch, String> {
+    let mut batch = ReplicaBatch::default();
+    let mut sums: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+    for row in entries {
+        let kind = EntryKind::parse(&row.kind)
+            .ok_or_else(|| format!("entry {} has an unknown kind {}", row.id, row.kind))?;
+        batch.entries += 1;
+        if kind.is_usage() {
+            let key = (
+                row.usage_day.clone(),
+                row.feature.clone().unwrap_or_default(),
+                row.user_id.clone().unwrap_or_default(),
+            );
+            let sum = sums.entry(key).or_insert((0, 0));
+            sum.0 = sum
+                .0
+                .checked_add(row.amount)
+                .ok_or_else(|| format!("usage sum overflows at entry {}", row.id))?;
+            sum.1 += 1;
+        } else {
+            batch.credit_rows.push(row.clone());
+        }
+    }
+    batch.rollups = sums
+        .into_iter()
+        .map(
+            |((day, feature, user_id), (credits_units, entries))| UsageRollup {
+                day,
+                feature,
+                user_id,
+                credits_units,
+                entries,
+            },
+        )
+        .collect();
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wallet::Wallet;
+    use crate::{DebitRequest, WalletConfig};
+
+    fn debit(feature: &str, user: Option<&str>, amount: &str) -> DebitRequest {
+        DebitRequest {
+            feature: feature.into(),
+            amount: Credits::parse(amount).unwrap(),
+            user_id: user.map(str::to_string),
+            project_id: None,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn stored_rows_round_trip() {
+        let config = WalletConfig::defaults();
+        let now = "2030-01-01T10:00:00Z".parse().unwrap();
+        let (mut wallet, grant) = Wallet::open("o", "u", None, &config, now);
+        let grant = grant.unwrap();
+        let spent = wallet
+            .debit(&debit("chat", Some("ann"), "1.2345"), &config)
+            .unwrap();
+        for entry in [grant, spent] {
+            assert_eq!(parse_row(&row_json(&entry)).unwrap(), entry);
+        }
+        assert!(parse_row("{}").is_err());
+        assert!(parse_row(&row_json_with_kind("refund")).is_err());
+    }
+
+    fn row_json_with_kind(kind: &str) -> String {
+        let config = WalletConfig::defaults();
+        let (_, grant) = Wallet::open(
+            "o",
+            "u",
+            None,
+            &config,
+            "2030-01-01T10:00:00Z".parse().unwrap(),
+        );
+        let mut row = EntryRow::of(&grant.unwrap());
+        row.kind = kind.into();
+        serde_json::to_string(&row).unwrap()
+    }
+
+    #[test]
+    fn a_batch_keeps_credit_rows_and_sums_usage() {
+        let config = WalletConfig::defaults();
+        let now = "2030-01-01T10:00:00Z".parse().unwrap();
+        let (mut wallet, grant) = Wallet::open("o", "u", None, &config, now);
+        let mut rows = vec![EntryRow::of(&grant.unwrap())];
+        for (feature, user, amount) in [
+            ("chat", Some("ann"), "1.5"),
+            ("chat", Some("ann"), "0.0001"),
+            ("chat", None, "2"),
+            ("auto_triage", Some("ann"), "3"),
+        ] {
+            rows.push(EntryRow::of(
+                &wallet
+                    .debit(&debit(feature, user, amount), &config)
+                    .unwrap(),
+            ));
+        }
+        let batch = replica_batch(&rows).unwrap();
+        assert_eq!(batch.entries, 5);
+        assert_eq!(batch.credit_rows.len(), 1);
+        assert_eq!(batch.credit_rows[0].kind, "trial_grant");
+        let sums: Vec<(&str, &str, i64, i64)> = batch
+            .rollups
+            .iter()
+            .map(|r| {
+                (
+                    r.feature.as_str(),
+                    r.user_id.as_str(),
+                    r.credits_units,
+                    r.entries,
+                )
+            })
+            .collect();
+        assert_eq!(
+            sums,
+            [
+                ("auto_triage", "ann", 30_000, 1),
+                ("chat", "", 20_000, 1),
+                ("chat", "ann", 15_001, 2)
+            ]
+        );
+        let mut unknown = rows[1].clone();
+        unknown.kind = "refund".into();
+        assert!(replica_batch(&[unknown]).is_err());
+    }
+
+    #[test]
+    fn ledger_queries_are_checked() {
+        let (q, csv) = ledger_query(
+            Some("10"),
+            Some("le_000000000042"),
+            Some("2030-01-01T00:00:00Z"),
+            Some("2030-01-02T00:00:00Z"),
+            None,
+        )
+        .unwrap();
+        assert!(!csv);
+        assert_eq!((q.limit, q.before_seq), (10, Some(42)));
+        assert_eq!(q.to_ms.unwrap() - q.from_ms.unwrap(), 86_400_000);
+        let (q, csv) = ledger_query(None, None, None, None, Some("csv")).unwrap();
+        assert!(csv);
+        assert_eq!(q.limit, CSV_CHUNK_ENTRIES);
+        let field = |r: Result<(LedgerQuery, bool), ApiError>| match r.unwrap_err() {
+            ApiError::InvalidRequest { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(ledger_query(None, None, Some("yesterday"), None, None)),
+            "from"
+        );
+        assert_eq!(
+            field(ledger_query(
+                None,
+                None,
+                Some("2030-01-02T00:00:00Z"),
+                Some("2030-01-01T00:00:00Z"),
+                None
+            )),
+            "to"
+        );
+        assert_eq!(
+            field(ledger_query(None, None, None, None, Some("xml"))),
+            "format"
+        );
+        assert_eq!(
+            field(ledger_query(Some("5"), None, None, None, Some("csv"))),
+            "limit"
+        );
+    }
+
+    #[test]
+    fn csv_rows_follow_the_header() {
+        let config = WalletConfig::defaults();
+        let now = "2030-01-01T10:00:00Z".parse().unwrap();
+        let (mut wallet, _) = Wallet::open("o", "u", None, &config, now);
+        let entry = wallet
+            .debit(&debit("chat", Some("=cmd"), "1.25"), &config)
+            .unwrap();
+        let row = ledger_csv_row(&entry);
+        assert_eq!(
+            row,
+            "le_000000000002,2030-01-01T10:00:00.000Z,debit,1.25,198.75,chat,\"'=cmd\",,,,,,\r\n"
+        );
+        assert_eq!(
+            row.matches(',').count(),
+            LEDGER_CSV_HEADER.matches(',').count()
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The D1 ledger shards: the one home of every D1 table (`ledger_entries`,
+//! `usage_daily`, `replica_progress`). Each organization's Durable Object
+//! (the system of record) replicates to the shard named in its wallet what
+//! the dashboard aggregates: credit-side entries as rows and usage as
+//! rollups per (day, feature, member), never one row per debit.
+//!
+//! A flush is one D1 batch (a transaction) that applies only when the
+//! shard's own `replica_progress` for the organization equals the
+//! watermark the object flushed from, and then advances it: repeating a
+//! batch, or sending one to a shard that was restored or emptied, changes
+//! nothing, and the answer tells the object where the shard really stands so
+//! it can send again from there. Nothing is inserted with `OR IGNORE`: a row
+//! a shard refuses fails the whole batch, which is retried.
+
+use serde::Deserialize;
+use wallet_core::ledger::ReplicaBatch;
+use wallet_core::reports::{self, DateRange, Transaction, UsageLine, UsageRollups};
+use wallet_core::time::from_millis;
+use wallet_core::wallet::EntryKind;
+use wallet_core::Credits;
+use wasm_bindgen::JsValue;
+use worker::{D1Database, D1Result, Env};
+
+/// The shard binding of an organization, from the name in its wallet.
+pub fn shard(env: &Env, name: &str) -> worker::Result<D1Database> {
+    env.d1(name)
+}
+
+/// Whether a progress check matches: the organization's watermark in the
+/// shard (0 when it has none) equals `?2`.
+const PROGRESS_IS: &str =
+    "coalesce((SELECT flushed_seq FROM replica_progress WHERE org_id = ?1), 0) = ?2";
+
+fn insert_credit_rows() -> String {
+    format!(
+        "INSERT INTO ledger_entries (org_id, seq, id, kind, amount_units, balance_after_units,
+  created_at_ms, usage_day, feature, user_id, project_id, hold_id, pack_id, amount_cents, currency,
+  payment_intent_id, purchase_id, metadata)
+SELECT ?1, json_extract(value, '$.seq'), json_extract(value, '$.id'), json_extract(value, '$.kind'),
+  json_extract(value, '$.amount'), json_extract(value, '$.balance_after'),
+  json_extract(value, '$.created_at_ms'), json_extract(value, '$.usage_day'),
+  json_extract(value, '$.feature'), json_extract(value, '$.user_id'), json_extract(value, '$.project_id'),
+  json_extract(value, '$.hold_id'), json_extract(value, '$.pack_id'), json_extract(value, '$.amount_cents'),
+  json_extract(value, '$.currency'), json_extract(value, '$.payment_intent_id'),
+  json_extract(value, '$.purchase_id'), json_extract(value, '$.metadata')
+FROM json_each(?3) WHERE {PROGRESS_IS}
+ON CONFLICT (org_id, seq) DO UPDATE SET id = excluded.id, kind = excluded.kind,
+  amount_units = excluded.amount_units, balance_after_units = excluded.balance_after_units,
+  created_at_ms = excluded.created_at_ms, usage_day = excluded.usage_day,
+  feature = excluded.feature, user_id = excluded.user_id, project_id = excluded.project_id,
+  hold_id = excluded.hold_id, pack_id = excluded.pack_id, amount_cents = excluded.amount_cents,
+  currency = excluded.currency, payment_intent_id = excluded.payment_intent_id,
+  purchase_id = excluded.purchase_id, metadata = excluded.metadata"
+    )
+}
+
+fn add_rollups() -> String {
+    format!(
+        "INSERT INTO usage_daily (org_id, day, feature, user_id, credits_units, entries)
+SELECT ?1, json_extract(value, '$.day'), json_extract(value, '$.feature'),
+  json_extract(value, '$.user_id'), json_extract(value, '$.credits_units'),
+  json_extract(value, '$.entries')
+FROM json_each(?3) WHERE {PROGRESS_IS}
+ON CONFLICT (org_id, day, feature, user_id) DO UPDATE SET
+  credits_units = credits_units + excluded.credits_units,
+  entries = entries + excluded.entries"
+    )
+}
+
+fn advance_progress() -> String {
+    format!(
+        "INSERT INTO replica_progress (org_id, flushed_seq) SELECT ?1, ?3 WHERE {PROGRESS_IS}
+ON CONFLICT (org_id) DO UPDATE SET flushed_seq = excluded.flushed_seq"
+    )
+}
+
+const READ_PROGRESS: &str =
+    "SELECT coalesce((SELECT flushed_seq FROM replica_progress WHERE org_id = ?1), 0) AS flushed_seq";
+
+#[derive(Deserialize)]
+struct ProgressRow {
+    flushed_seq: i64,
+}
+
+/// What a shard answered to one flush.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sent {
+    /// The organization's watermark in the shard after the batch.
+    pub shard_seq: u64,
+    /// Whether the batch applied (the shard stood where the object thought).
+    pub applied: bool,
+    pub d1_rows_written: u64,
+}
+
+/// The JSON parameters of a batch: credit rows and rollups.
+pub fn batch_params(batch: &ReplicaBatch) -> (String, String) {
+    (
+        serde_json::to_string(&batch.credit_rows).expect("rows serialize"),
+        serde_json::to_string(&batch.rollups).expect("rollups serialize"),
+    )
+}
+
+/// Sends the entries after `from_seq` through `through_seq` (already split
+/// into `params` by [`batch_params`]) to the organization's shard.
+pub async fn send(
+    db: &D1Database,
+    org_id: &str,
+    from_seq: u64,
+    through_seq: u64,
+    params: &(String, String),
+) -> worker::Result<Sent> {
+    let org = JsValue::from_str(org_id);
+    let from = JsValue::from_f64(from_seq as f64);
+    let rows = JsValue::from_str(&params.0);
+    let rollups = JsValue::from_str(&params.1);
+    let through = JsValue::from_f64(through_seq as f64);
+    let results = db
+        .batch(vec![
+            db.prepare(insert_credit_rows())
+                .bind(&[org.clone(), from.clone(), rows])?,
+            db.prepare(add_rollups())
+                .bind(&[org.clone(), from.clone(), rollups])?,
+            db.prepare(advance_progress())
+                .bind(&[org.clone(), from, through])?,
+            db.prepare(READ_PROGRESS).bind(&[org])?,
+        ])
+        .await?;
+    let mut sent = Sent::default();
+    for result in &results {
+        sent.d1_rows_written += result.meta()?.and_then(|m| m.rows_written).unwrap_or(0) as u64;
+    }
+    let progress = results
+        .last()
+        .ok_or_else(|| worker::Error::RustError("D1 batch answered no results".into()))?
+        .results::<ProgressRow>()?;
+    sent.shard_seq = progress.first().map_or(0, |p| p.flushed_seq.max(0) as u64);
+    sent.applied = sent.shard_seq == through_seq && through_seq != from_seq;
+    Ok(sent)
+}
+
+/// A D1 row of the transactions query.
+#[derive(Deserialize)]
+struct TransactionRow {
+    id: String,
+    kind: String,
+    amount_units: i64,
+    balance_after_units: i64,
+    created_at_ms: i64,
+    pack_id: Option<String>,
+    amount_cents: Option<i64>,
+    currency: Option<String>,
+}
+
+impl TransactionRow {
+    fn into_transaction(self) -> worker::Result<Transaction> {
+        let bad = |what: &str| worker::Error::RustError(format!("ledger row has a bad {what}"));
+        Ok(Transaction {
+            kind: EntryKind::parse(&self.kind).ok_or_else(|| bad("kind"))?,
+            created_at: from_millis(self.created_at_ms).ok_or_else(|| bad("created_at"))?,
+            id: self.id,
+            pack_id: self.pack_id,
+            credits: Credits::from_units(self.amount_units),
+            amount_cents: self.amount_cents,
+            currency: self.currency,
+            balance_after: Credits::from_units(self.balance_after_units),
+        })
+    }
+}
+
+/// Entries that added credits, newest first, below `before_seq`: at most
+/// `limit` of them and whether more follow. The kind list matches the
+/// partial index `ledger_entries_credits`, so the (much larger) debit history
+/// is never scanned.
+pub async fn transactions_page(
+    db: &D1Database,
+    org_id: &str,
+    limit: u32,
+    before_seq: Option<u64>,
+) -> worker::Result<(Vec<Transaction>, bool)> {
+    let query = format!(
+        "SELECT id, kind, amount_units, balance_after_units, created_at_ms, pack_id, amount_cents,
+           currency
+         FROM ledger_entries
+         WHERE org_id = ?1 AND kind IN ({}) AND seq < ?2
+         ORDER BY seq DESC LIMIT ?3",
+        reports::credit_kinds_sql()
+    );
+    let before = before_seq.map_or(MAX_SAFE_SEQ, |s| s as f64);
+    let result = db
+        .prepare(query)
+        .bind(&[
+            JsValue::from_str(org_id),
+            JsValue::from_f64(before),
+            JsValue::from_f64(limit as f64 + 1.0),
+        ])?
+        .all()
+        .await?;
+    let mut rows: Vec<TransactionRow> = result.results()?;
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let data = rows
+        .into_iter()
+        .map(TransactionRow::into_transaction)
+        .collect::<worker::Result<Vec<_>>>()?;
+    Ok((data, has_more))
+}
+
+/// Sequence numbers stay below 2^53 (JavaScript numbers carry them exactly).
+const MAX_SAFE_SEQ: f64 = 9_007_199_254_740_991.0;
+
+#[derive(Deserialize)]
+struct DayRow {
+    day: String,
+    credits_units: i64,
+    entries: i64,
+}
+
+#[derive(Deserialize)]
+struct KeyRow {
+    label: String,
+    credits_units: i64,
+    entries: i64,
+}
+
+impl KeyRow {
+    fn into_line(self) -> UsageLine {
+        UsageLine {
+            key: self.label,
+            credits: Credits::from_units(self.credits_units),
+            count: self.entries,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SumRow {
+    credits_units: i64,
+}
+
+/// The rollup sums of one usage report, read from `usage_daily` only (never
+/// the raw ledger) in one D1 batch, so all four come from the same snapshot.
+pub async fn usage_rollups(
+    db: &D1Database,
+    org_id: &str,
+    range: DateRange,
+    trailing: DateRange,
+) -> worker::Result<UsageRollups> {
+    let org = JsValue::from_str(org_id);
+    let from = JsValue::from_str(&range.from.to_string());
+    let to = JsValue::from_str(&range.to.to_string());
+    let in_range = [org.clone(), from, to];
+    let grouped = |key: &str, limit: usize| {
+        format!(
+            "SELECT {key} AS label, sum(credits_units) AS credits_units, sum(entries) AS entries
+             FROM usage_daily WHERE org_id = ?1 AND day BETWEEN ?2 AND ?3
+             GROUP BY {key} ORDER BY credits_units DESC, label LIMIT {limit}"
+        )
+    };
+    let results = db
+        .batch(vec![
+            db.prepare(
+                "SELECT day, sum(credits_units) AS credits_units, sum(entries) AS entries
+                 FROM usage_daily WHERE org_id = ?1 AND day BETWEEN ?2 AND ?3 GROUP BY day",
+            )
+            .bind(&in_range)?,
+            // Features come from configuration: few, but bounded anyway.
+            db.prepare(grouped("feature", 1000)).bind(&in_range)?,
+            // One more than is shown, to tell the client the list was cut.
+            db.prepare(grouped("user_id", reports::MAX_USAGE_MEMBERS + 1))
+                .bind(&in_range)?,
+            db.prepare(
+                "SELECT coalesce(sum(credits_units), 0) AS credits_units
+                 FROM usage_daily WHERE org_id = ?1 AND day BETWEEN ?2 AND ?3",
+            )
+            .bind(&[
+                org,
+                JsValue::from_str(&trailing.from.to_string()),
+                JsValue::from_str(&trailing.to.to_string()),
+            ])?,
+        ])
+        .await?;
+    let [daily, by_feature, by_member, window] = <[D1Result; 4]>::try_from(results)
+        .map_err(|_| worker::Error::RustError("D1 batch answered a wrong count".into()))?;
+    let bad_day = || worker::Error::RustError("usage_daily has a bad day".into());
+    Ok(UsageRollups {
+        daily: daily
+            .results::<DayRow>()?
+            .into_iter()
+            .map(|r| {
+                let day = r.day.parse().map_err(|_| bad_day())?;
+                Ok((day, Credits::from_units(r.credits_units), r.entries))
+            })
+            .collect::<worker::Result<_>>()?,
+        by_feature: by_feature
+            .results::<KeyRow>()?
+            .into_iter()
+            .map(KeyRow::into_line)
+            .collect(),
+        by_member: by_member
+            .results::<KeyRow>()?
+            .into_iter()
+            .map(KeyRow::into_line)
+            .collect(),
+        trailing: Credits::from_units(
+            window
+                .results::<SumRow>()?
+                .first()
+                .map_or(0, |r| r.credits_units),
+        ),
+    })
+}
