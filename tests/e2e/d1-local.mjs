@@ -66,5 +66,36 @@ export function d1Execute(persistTo, sql, { timeoutMs = 600_000, shard = 'DB' } 
   });
 }
 
+/** Runs one query against a local shard; resolves to its result rows. */
+export async function d1Query(persistTo, sql, { shard = 'DB', timeoutMs = 120_000 } = {}) {
+  const { execFile } = await import('node:child_process');
+  return new Promise((resolve, reject) => {
+    execFile(
+      path.join(BIN, 'wrangler'),
+      ['d1', 'execute', shard, '--local', '--persist-to', persistTo, '--json', '--command', sql],
+      {
+        cwd: ROOT,
+        timeout: timeoutMs,
+        maxBuffer: 64 * 1024 * 1024,
+        env: {
+          ...process.env,
+          PATH: `${BIN}${path.delimiter}${process.env.PATH ?? ''}`,
+          WRANGLER_SEND_METRICS: 'false',
+          CLOUDFLARE_CF_FETCH_ENABLED: 'false',
+        },
+      },
+      (err, stdout, stderr) => {
+        if (err) return reject(new Error(`wrangler d1 execute ${shard} failed: ${err.message}\n${stderr}`));
+        try {
+          const parsed = JSON.parse(stdout);
+          resolve(parsed.flatMap((r) => r.results ?? []));
+        } catch (parseErr) {
+          reject(new Error(`unreadable wrangler output (${parseErr.message}): ${stdout.slice(0, 500)}`));
+        }
+      },
+    );
+  });
+}
+
 /** A SQL string literal. */
 export const sqlText = (value) => (value === null || value === undefined ? 'NULL' : `'${String(value).replaceAll("'", "''")}'`);

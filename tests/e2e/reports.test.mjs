@@ -282,7 +282,9 @@ describe('transactions', () => {
 
     test('running balances agree with the ledger', async () => {
       await assertRunningBalances(org, await allTransactions(org, 100),
-        ledger.map((e) => ({ ...e, amount: fromUnits(e.amount), balance_after: fromUnits(e.balance_after) })).reverse());
+        ledger.map((e) => ({
+          ...e, amount: fromUnits(e.amount), balance_after: fromUnits(e.balance_after), created_at: new Date(e.created_at_ms).toISOString(),
+        })).reverse());
     });
 
     test('the CSV export streams the whole history and matches the JSON', async () => {
