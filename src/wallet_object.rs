@@ -99,11 +99,14 @@ impl DurableObject for WalletObject {
         match envelope.command {
             Command::Ping => return Response::ok("{}"),
             Command::StorageStats => {
+                self.ensure_loaded()?;
+                let shard = self.replica_target().map(|(_, shard)| shard);
                 return Response::from_json(&serde_json::json!({
+                    "ledger_shard": shard,
                     "do_rows_written": self.replica.do_rows_written.get(),
                     "d1_rows_written": self.replica.d1_rows_written.get(),
                     "d1_batches": self.replica.d1_batches.get(),
-                }))
+                }));
             }
             _ => {}
         }
