@@ -13,7 +13,7 @@
 //! a shard refuses fails the whole batch, which is retried.
 
 use serde::Deserialize;
-use wallet_core::ledger::ReplicaBatch;
+use wallet_core::ledger::{EntryRow, ReplicaBatch};
 use wallet_core::reports::{self, DateRange, Transaction, UsageLine, UsageRollups};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::EntryKind;
@@ -90,6 +90,97 @@ pub struct Sent {
     /// Whether the batch applied (the shard stood where the object thought).
     pub applied: bool,
     pub d1_rows_written: u64,
+}
+
+/// The organization's watermark in the shard (0 when it has none).
+pub async fn progress(db: &D1Database, org_id: &str) -> worker::Result<u64> {
+    let rows: Vec<ProgressRow> = db
+        .prepare(READ_PROGRESS)
+        .bind(&[JsValue::from_str(org_id)])?
+        .all()
+        .await?
+        .results()?;
+    Ok(rows.first().map_or(0, |p| p.flushed_seq.max(0) as u64))
+}
+
+/// A D1 ledger row as the stored entry format reads it.
+#[derive(Deserialize)]
+struct LedgerRow {
+    seq: i64,
+    id: String,
+    kind: String,
+    amount: i64,
+    balance_after: i64,
+    created_at_ms: i64,
+    usage_day: String,
+    feature: Option<String>,
+    user_id: Option<String>,
+    project_id: Option<String>,
+    hold_id: Option<String>,
+    pack_id: Option<String>,
+    amount_cents: Option<i64>,
+    currency: Option<String>,
+    payment_intent_id: Option<String>,
+    purchase_id: Option<String>,
+    metadata: Option<String>,
+}
+
+/// Up to `limit` entries of `org_id` below `below_seq`, newest first, from a
+/// shard that still holds every entry: organizations created before the
+/// Durable Object kept them all replicated debits here too (`DB`), and their
+/// objects copy back what they pruned.
+pub async fn entries_below(
+    db: &D1Database,
+    org_id: &str,
+    below_seq: u64,
+    limit: u32,
+) -> worker::Result<Vec<EntryRow>> {
+    let rows: Vec<LedgerRow> = db
+        .prepare(
+            "SELECT seq, id, kind, amount_units AS amount, balance_after_units AS balance_after,
+               created_at_ms, usage_day, feature, user_id, project_id, hold_id, pack_id,
+               amount_cents, currency, payment_intent_id, purchase_id, metadata
+             FROM ledger_entries WHERE org_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        )
+        .bind(&[
+            JsValue::from_str(org_id),
+            JsValue::from_f64(below_seq as f64),
+            JsValue::from_f64(limit as f64),
+        ])?
+        .all()
+        .await?
+        .results()?;
+    rows.into_iter()
+        .map(|r| {
+            let metadata = match r.metadata {
+                None => None,
+                Some(text) => Some(serde_json::from_str(&text).map_err(|_| {
+                    worker::Error::RustError(format!("ledger row {} has bad metadata", r.id))
+                })?),
+            };
+            Ok(EntryRow {
+                seq: u64::try_from(r.seq).map_err(|_| {
+                    worker::Error::RustError(format!("ledger row {} has a bad seq", r.id))
+                })?,
+                id: r.id,
+                kind: r.kind,
+                amount: r.amount,
+                balance_after: r.balance_after,
+                created_at_ms: r.created_at_ms,
+                usage_day: r.usage_day,
+                feature: r.feature,
+                user_id: r.user_id,
+                project_id: r.project_id,
+                hold_id: r.hold_id,
+                pack_id: r.pack_id,
+                amount_cents: r.amount_cents,
+                currency: r.currency,
+                payment_intent_id: r.payment_intent_id,
+                purchase_id: r.purchase_id,
+                metadata,
+            })
+        })
+        .collect()
 }
 
 /// The JSON parameters of a batch: credit rows and rollups.

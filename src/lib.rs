@@ -222,6 +222,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 "wallet" | "daily-cap" | "debits" | "holds" | "ledger" | "transactions" | "usage"
             ]
             | ["v1", "orgs", _, "debits", "batch"]
+            | ["v1", "orgs", _, "ledger", "refill"]
             | ["v1", "orgs", _, "holds", _, "capture" | "release"]
     );
     if !known {
@@ -349,6 +350,17 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         query("format").as_deref(),
                     )?;
                     reports::ledger(env, org, now_ms, ledger_query, csv).await
+                }
+                (["ledger", "refill"], Method::Post) => {
+                    // An operator's tool (service token): after a shard was
+                    // restored or emptied, refill this organization now rather
+                    // than at its next credit movement.
+                    authorize(&claims, org, SERVICE)?;
+                    let bytes = read_body(&mut req).await?;
+                    if !bytes.iter().all(u8::is_ascii_whitespace) {
+                        parse_body::<ReleaseBody>(&bytes)?;
+                    }
+                    call_wallet(env, org, now_ms, Command::RefillShard).await
                 }
                 (["transactions"], Method::Get) => {
                     authorize(&claims, org, ANY_ROLE)?;

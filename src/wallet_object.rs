@@ -63,6 +63,10 @@ struct ReplicaState {
     alarm_set: Cell<bool>,
     /// Flushes failed in a row, for the backoff.
     failures: Cell<u32>,
+    /// The shard's own watermark was read since this instance started (or
+    /// since a refill was asked for): until then the next flush reads it
+    /// first, so an emptied or restored shard is refilled.
+    probed: Cell<bool>,
     /// Rows written and batches sent, as the storage APIs count them (`make bench`).
     do_rows_written: Cell<u64>,
     d1_rows_written: Cell<u64>,
@@ -127,7 +131,12 @@ impl DurableObject for WalletObject {
         let sql = self.state.storage().sql();
         let mut next_alarm = None;
         if let Some((org_id, shard)) = self.replica_target() {
-            match self.flush(&org_id, &shard).await {
+            let replicated = match self.restore_legacy_entries(&org_id).await {
+                Ok(true) => self.flush(&org_id, &shard).await,
+                Ok(false) => Ok(false),
+                Err(err) => Err(err),
+            };
+            match replicated {
                 Ok(true) => self.replica.failures.set(0),
                 Ok(false) => {
                     self.replica.failures.set(0);
@@ -172,12 +181,57 @@ impl WalletObject {
         })
     }
 
+    /// An organization created before the Durable Object kept every entry
+    /// pruned its old ones once they were in D1 (`DB`); they are copied back
+    /// here, newest first, a page per call, before anything else replicates.
+    /// `Ok(true)`: nothing (more) to restore.
+    async fn restore_legacy_entries(&self, org_id: &str) -> Result<bool> {
+        const PAGE: u32 = 1000;
+        let next_seq = match self.wallet.borrow().as_ref() {
+            Some(w) if w.ledger_shard().is_none() => w.next_seq(),
+            _ => return Ok(true),
+        };
+        let sql = self.state.storage().sql();
+        let Some(below) = wallet_store::legacy_entries_below(&sql, next_seq)? else {
+            return Ok(true);
+        };
+        let db = ledger_shards::shard(&self.env, LEGACY_LEDGER_SHARD)?;
+        let entries = ledger_shards::entries_below(&db, org_id, below, PAGE).await?;
+        let done = entries.len() < PAGE as usize;
+        let written = wallet_store::restore_legacy_entries(&sql, &entries, done)?;
+        add(&self.replica.do_rows_written, written);
+        console_log!(
+            "restored {} earlier ledger entries of {org_id} from D1{}",
+            entries.len(),
+            if done {
+                "; its history is complete"
+            } else {
+                ""
+            }
+        );
+        Ok(done)
+    }
+
     /// Sends the entries past the watermark to the shard, in batches bounded
     /// in entries and bytes. `Ok(true)`: nothing is left; `Ok(false)`: this
     /// alarm's share is done and more remains.
     async fn flush(&self, org_id: &str, shard_name: &str) -> Result<bool> {
         let sql = self.state.storage().sql();
         let db = ledger_shards::shard(&self.env, shard_name)?;
+        if !self.replica.probed.get() {
+            let shard_seq = ledger_shards::progress(&db, org_id).await?;
+            let from = wallet_store::flushed_seq(&sql)?;
+            if shard_seq != from {
+                console_log!(
+                    "shard {shard_name} holds {org_id} through seq {shard_seq}, not {from}; replicating from there"
+                );
+                add(
+                    &self.replica.do_rows_written,
+                    wallet_store::set_flushed_seq(&sql, shard_seq)?,
+                );
+            }
+            self.replica.probed.set(true);
+        }
         for _ in 0..FLUSH_MAX_BATCHES {
             let from = wallet_store::flushed_seq(&sql)?;
             let entries = wallet_store::outbox(&sql, from, FLUSH_MAX_ENTRIES)?;
@@ -277,6 +331,11 @@ impl WalletObject {
         if self.replica.alarm_set.get() {
             return;
         }
+        self.set_alarm(delay_ms);
+    }
+
+    /// Sets the alarm `delay_ms` from now, replacing a later one.
+    fn set_alarm(&self, delay_ms: f64) {
         let storage = self.state.storage();
         match Self::raw_storage(&storage).set_alarm_at(Date::now().as_millis() as f64 + delay_ms) {
             Ok(_) => self.replica.alarm_set.set(true),
@@ -290,8 +349,10 @@ impl WalletObject {
             .ok_or_else(|| Error::RustError("bad request time".into()))?;
         self.ensure_loaded()?;
         let sql = self.state.storage().sql();
-        if let Command::Ledger(query) = &envelope.command {
-            return self.ledger(&sql, query, now);
+        match &envelope.command {
+            Command::Ledger(query) => return self.ledger(&sql, query, now),
+            Command::RefillShard => return self.refill_shard(now),
+            _ => {}
         }
         // Decided on a copy: until the commit succeeds, the wallet in memory
         // stays exactly what storage holds.
@@ -322,6 +383,21 @@ impl WalletObject {
             self.arm_alarm(FLUSH_DELAY_MS);
         }
         Ok(decision.reply)
+    }
+
+    /// Has the next alarm, due now, read the shard's watermark and send
+    /// whatever it lacks.
+    fn refill_shard(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Reply> {
+        let Some((_, shard)) = self.replica_target() else {
+            return Ok(Reply::error(&ApiError::WalletNotFound, now));
+        };
+        self.replica.probed.set(false);
+        self.replica.failures.set(0);
+        self.set_alarm(0.0);
+        Ok(Reply::json(
+            202,
+            &serde_json::json!({ "ledger_shard": shard, "status": "scheduled" }),
+        ))
     }
 
     /// A ledger page from this object's own entries: exact, read-only.

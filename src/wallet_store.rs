@@ -91,8 +91,12 @@ const MIGRATIONS: &[&str] = &[
     // 2: the ledger shard assigned at signup (NULL: created before shards,
     // replicated to `DB`); the prune cursor (ops rows at or below it have
     // had their idempotency fields pruned).
+    // legacy_restored: for an organization created before the Durable Object
+    // kept every entry, whether the entries it had pruned were copied back
+    // from its D1 ledger (`DB`).
     "ALTER TABLE wallet ADD COLUMN ledger_shard TEXT;
-     ALTER TABLE replica ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;",
+     ALTER TABLE replica ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE replica ADD COLUMN legacy_restored INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Deserialize)]
@@ -600,4 +604,59 @@ pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
         vec![int(older_than_ms), int(PER_CALL)],
     )?;
     Ok((written + holds.rows_written()) as u64)
+}
+
+#[derive(Deserialize)]
+struct LegacyState {
+    legacy_restored: i64,
+    lowest: Option<i64>,
+}
+
+/// For an organization older than this storage layout: the seq below which
+/// its entries must still be copied back from D1, or `None` when done.
+pub fn legacy_entries_below(sql: &SqlStorage, next_seq: u64) -> worker::Result<Option<u64>> {
+    let rows: Vec<LegacyState> = sql
+        .exec(
+            "SELECT legacy_restored, (SELECT min(seq) FROM ops WHERE entry IS NOT NULL) AS lowest
+             FROM replica WHERE id = 1",
+            None,
+        )?
+        .to_array()?;
+    let Some(state) = rows.first() else {
+        return Ok(None);
+    };
+    if state.legacy_restored != 0 {
+        return Ok(None);
+    }
+    let lowest = state.lowest.map_or(next_seq, |s| s.max(0) as u64);
+    Ok((lowest > 1).then_some(lowest))
+}
+
+/// Copies entries back into `ops` (where a hold's row holds the seq, the
+/// entry is added to it); `done` marks the restore finished. Returns the
+/// rows written.
+pub fn restore_legacy_entries(
+    sql: &SqlStorage,
+    entries: &[EntryRow],
+    done: bool,
+) -> worker::Result<u64> {
+    let mut written = 0;
+    for entry in entries {
+        let cursor = sql.exec(
+            "INSERT INTO ops (seq, entry, created_at_ms) VALUES (?, ?, ?)
+             ON CONFLICT (seq) DO UPDATE SET entry = excluded.entry WHERE ops.entry IS NULL",
+            vec![
+                int(entry.seq as i64),
+                text(serde_json::to_string(entry).expect("entries serialize")),
+                int(entry.created_at_ms),
+            ],
+        )?;
+        written += cursor.rows_written();
+    }
+    if done {
+        written += sql
+            .exec("UPDATE replica SET legacy_restored = 1 WHERE id = 1", None)?
+            .rows_written();
+    }
+    Ok(written as u64)
 }

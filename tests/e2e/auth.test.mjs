@@ -88,6 +88,12 @@ const ROUTES = [
     status: 200,
     send: (role, own) => w.ledgerPage(orgA, { tok: token({ org: own ? orgA : orgB, role }) }),
   },
+  {
+    route: 'POST /v1/orgs/{org}/ledger/refill',
+    allowed: ['service'],
+    status: 202,
+    send: (role, own) => w.call('POST', '/v1/orgs/{org}/ledger/refill', { org: orgA }, { token: token({ org: own ? orgA : orgB, role }) }),
+  },
 ];
 
 describe('role matrix', () => {

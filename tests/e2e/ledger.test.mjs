@@ -295,6 +295,21 @@ describe('D1 shards', () => {
       assert.deepEqual({ ...bob(afterRefill) }, { ...bob(before), credits_units: bob(before).credits_units + 2500, entries: bob(before).entries + 1 });
       assert.deepEqual(await transactionIds(w, org), ['le_000000000001']);
 
+      // Emptied again, and this time nothing moves: the operator's refill
+      // (service token) brings the shard back without a new entry.
+      await d1Execute(persistTo, 'DELETE FROM ledger_entries; DELETE FROM usage_daily; DELETE FROM replica_progress;', { shard: 'DB_1' });
+      const refill = await w.req('POST', `/v1/orgs/${org}/ledger/refill`, { token: serviceToken(org) });
+      assert.equal(refill.status, 202, refill.summary);
+      assert.deepEqual(refill.json, { ledger_shard: 'DB_1', status: 'scheduled' });
+      await waitFor(async () => {
+        const rows = await d1Query(persistTo, `SELECT sum(credits_units) AS u FROM usage_daily WHERE org_id = '${org}'`, { shard: 'DB_1' });
+        return BigInt(rows[0].u ?? 0) === sumUnits(spent);
+      }, 15_000, 500);
+      assert.deepEqual(await transactionIds(w, org), ['le_000000000001']);
+      assertError(await w.req('POST', `/v1/orgs/${randomId('org_')}/ledger/refill`, { token: serviceToken('x') }), 403, 'forbidden');
+      const unknown = randomId('org_');
+      assertError(await w.req('POST', `/v1/orgs/${unknown}/ledger/refill`, { token: serviceToken(unknown) }), 404, 'wallet_not_found');
+
       // A crash between the commit and the flush: debits acknowledged, the
       // runtime killed before its alarm, restarted on the same state.
       for (let i = 0; i < 8; i++) {

@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/orgs/{org}/holds/{hold_id}/capture"),
     ("post", "/v1/orgs/{org}/holds/{hold_id}/release"),
     ("get", "/v1/orgs/{org}/ledger"),
+    ("post", "/v1/orgs/{org}/ledger/refill"),
     ("get", "/v1/packs"),
     ("get", "/v1/orgs/{org}/payment-method"),
     ("post", "/v1/orgs/{org}/purchases"),
@@ -807,6 +808,9 @@ pub enum Command {
     Ledger(crate::ledger::LedgerQuery),
     /// The D1 shard that holds this organization's reports: `{"ledger_shard": …}`.
     LedgerShard,
+    /// Checks the shard's watermark at once and sends it whatever it lacks
+    /// (an operator refilling a restored or emptied shard).
+    RefillShard,
 }
 
 /// The Durable Object's answer to `PurchaseStart` and `PurchaseOpen`.

@@ -188,7 +188,8 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         | Command::Ping
         | Command::StorageStats
         | Command::Ledger(_)
-        | Command::LedgerShard => {}
+        | Command::LedgerShard
+        | Command::RefillShard => {}
     }
     reads
 }
@@ -284,9 +285,12 @@ pub fn decide(
     };
 
     d.reply = match command {
-        Command::Open(_) | Command::Ping | Command::StorageStats | Command::Ledger(_) => {
-            Reply::error(&ApiError::Internal, now)
-        }
+        // Answered by the shell before any decision.
+        Command::Open(_)
+        | Command::Ping
+        | Command::StorageStats
+        | Command::Ledger(_)
+        | Command::RefillShard => Reply::error(&ApiError::Internal, now),
         Command::View => Reply::json(200, &wallet.view(config)),
         Command::LedgerShard => Reply::json(
             200,
