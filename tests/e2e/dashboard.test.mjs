@@ -327,7 +327,15 @@ describe('usage view', () => {
       const res = await w.debit(org, amount, { feature, user_id, now: `${day(n)}T06:00:00Z` });
       assert.equal(res.status, 201, res.text);
     }
-    await waitFor(async () => (await w.ledger(org)).length === 1 + plan.length, 10_000);
+    assert.equal((await w.ledger(org)).length, 1 + plan.length, 'the ledger is exact at once');
+    // Usage comes from the D1 shard, replicated within 5 s: wait until all of it is there.
+    await waitFor(async () => {
+      const res = await fetch(`${worker.base}/v1/orgs/${org}/usage?from=${day(40)}&to=${day(0)}`, {
+        headers: { authorization: `Bearer ${ownerToken(org)}` },
+      });
+      const usage = await res.json();
+      return res.status === 200 && usage.by_feature.reduce((n, f) => n + f.count, 0) === plan.length;
+    }, 10_000);
 
     const page = await openPage();
     await signIn(page, { org, sub: 'alice', role: 'admin', tab: 'usage' });

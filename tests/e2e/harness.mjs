@@ -478,7 +478,7 @@ export function futureDate(days) {
 
 export const addSeconds = (iso, seconds) => new Date(Date.parse(iso) + seconds * 1000).toISOString();
 
-/** The organization's D1 ledger once it holds `count` entries (D1 trails the wallet). */
+/** The organization's ledger once it holds `count` entries (for effects that arrive later, such as webhooks). */
 export function ledgerOf(client, org, count) {
   return waitFor(async () => {
     const entries = await client.ledger(org);
