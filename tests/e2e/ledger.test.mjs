@@ -5,14 +5,19 @@
 // converges after a shard without tables, a refused row, an emptied shard
 // and a crash between the commit and the flush.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, assertAmount, assertError, assertRunningBalance, migrateShard, ownerToken, randomId, serviceToken,
+  DEV_SECRET, api, assertAmount, assertError, assertRunningBalance, migrateShard, ownerToken, randomId, serviceToken,
   startWorker, sumUnits, tempDir, token, units, waitFor,
 } from './harness.mjs';
 import { d1Execute, d1Query, shardOf } from './d1-local.mjs';
 
 const DAY_MS = 86_400_000;
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 /** An organization id the local configuration assigns to `shard`. */
 function orgOn(shard) {
@@ -296,8 +301,16 @@ describe('D1 shards', () => {
       assert.deepEqual(await transactionIds(w, org), ['le_000000000001']);
 
       // Emptied again, and this time nothing moves: the operator's refill
-      // (service token) brings the shard back without a new entry.
+      // (scripts/refill-shard.mjs, the README's procedure) brings the shard
+      // back without a new entry.
       await d1Execute(persistTo, 'DELETE FROM ledger_entries; DELETE FROM usage_daily; DELETE FROM replica_progress;', { shard: 'DB_1' });
+      const list = path.join(persistTo, 'orgs.txt');
+      fs.writeFileSync(list, `${org}\n`);
+      const out = execFileSync(process.execPath, [path.join(ROOT, 'scripts/refill-shard.mjs'), '--base', worker.base, list], {
+        env: { ...process.env, AUTH_JWT_SECRET: DEV_SECRET },
+        encoding: 'utf8',
+      });
+      assert.match(out, /scheduled 1 \(DB_1: 1\), failed 0/);
       const refill = await w.req('POST', `/v1/orgs/${org}/ledger/refill`, { token: serviceToken(org) });
       assert.equal(refill.status, 202, refill.summary);
       assert.deepEqual(refill.json, { ledger_shard: 'DB_1', status: 'scheduled' });
