@@ -194,9 +194,29 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         clock: from_millis(row.clock_ms).ok_or_else(|| corrupt("clock"))?,
         created_at: from_millis(row.created_at_ms).ok_or_else(|| corrupt("created_at"))?,
     };
-    Wallet::restore(stored, holds)
-        .map(Some)
-        .map_err(|e| worker::Error::RustError(e.to_string()))
+    let wallet =
+        Wallet::restore(stored, holds).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    // The balance is the running sum of the ledger: the newest entry's
+    // balance_after must be the stored balance.
+    let newest: Vec<EntryText> = sql
+        .exec(
+            "SELECT seq, entry FROM ops WHERE entry IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            None,
+        )?
+        .to_array()?;
+    if let Some(row) = newest.first() {
+        let entry: EntryRow =
+            serde_json::from_str(&row.entry).map_err(|_| corrupt("ledger entry"))?;
+        if entry.balance_after != wallet.balance().units() {
+            return Err(worker::Error::RustError(format!(
+                "stored wallet is inconsistent: balance {} but entry {} ends at {}",
+                wallet.balance(),
+                entry.id,
+                Credits::from_units(entry.balance_after)
+            )));
+        }
+    }
+    Ok(Some(wallet))
 }
 
 /// The statements that persist a decision: its rows, then the wallet row.

@@ -434,6 +434,26 @@ describe('holds', () => {
     assertAmount((await getWallet(org, { now: addSeconds(t0, 64) })).balance, '200');
   });
 
+  test('a capture or release of a hold that expires in the same request answers hold_status expired', async () => {
+    for (const action of ['capture', 'release']) {
+      const org = await w.newOrg();
+      const t0 = `${futureDate(40)}T12:00:00.000Z`;
+      const hold = await createHold(org, '50', { ttl_seconds: 60, now: t0 });
+      // No request in between: this one expires the hold and is refused by it.
+      const late = addSeconds(t0, 90);
+      const res = action === 'capture'
+        ? await w.capture(org, hold.id, '10', { now: late })
+        : await w.release(org, hold.id, { now: late });
+      assertError(res, 409, 'hold_not_active', { hold_status: 'expired' });
+      const after = await getWallet(org, { now: late });
+      assertAmount(after.held, '0');
+      assertAmount(after.balance, '200');
+      // The expiry was stored: a repeat answers the same, nothing was captured.
+      assertError(await w.capture(org, hold.id, '10', { now: addSeconds(late, 1) }), 409, 'hold_not_active', { hold_status: 'expired' });
+      assert.deepEqual((await w.ledger(org)).map((e) => e.kind), ['trial_grant']);
+    }
+  });
+
   test('a capture counts on the day its hold was made', async () => {
     const org = await w.newOrg();
     const day = futureDate(500);
