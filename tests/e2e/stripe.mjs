@@ -13,6 +13,8 @@ import { after } from 'node:test';
 import { freePort, groupAlive, killGroup, randomId, startWorker, tempDir } from './harness.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+// scripts/setup.sh installs localstripe into the checkout's virtual environment.
+const PYTHON = path.join(ROOT, '.venv/bin/python');
 
 export const WEBHOOK_SECRET = 'whsec_local_dev';
 const STRIPE_KEY = 'sk_test_e2e';
@@ -46,10 +48,11 @@ after(async () => {
 
 /** Starts localstripe on a free loopback port; resolves once it answers. */
 export async function startLocalstripe() {
+  assert.ok(fs.existsSync(PYTHON), `${PYTHON} is missing: run scripts/setup.sh`);
   const port = await freePort();
   const logFile = path.join(tempDir(), `localstripe-${port}.log`);
   const out = fs.openSync(logFile, 'a');
-  const child = spawn('python3', [path.join(ROOT, 'scripts/stripe-emulator.py'), '--port', String(port), '--from-scratch'], {
+  const child = spawn(PYTHON, [path.join(ROOT, 'scripts/stripe-emulator.py'), '--port', String(port), '--from-scratch'], {
     cwd: ROOT,
     stdio: ['ignore', out, out],
     detached: true,
