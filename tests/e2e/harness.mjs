@@ -134,11 +134,12 @@ function run(args, logFile, timeoutMs) {
  * port in its own process group; resolves once GET /healthz answers 200.
  * `vars` override the worker's variables (`wrangler dev --var NAME:VALUE`).
  */
-export async function startWorker({ persistTo, vars = {} } = {}) {
+export async function startWorker({ persistTo, vars = {}, migrate = true } = {}) {
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
-  await run(['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', dir], logFile, MIGRATE_TIMEOUT_MS);
+  // migrate: false restarts on a persist dir that is already migrated (saves a wrangler run).
+  if (migrate) await run(['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', dir], logFile, MIGRATE_TIMEOUT_MS);
 
   const out = fs.openSync(logFile, 'a');
   const child = spawn(
