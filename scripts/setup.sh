@@ -3,7 +3,8 @@
 # skipping what is already present at the pinned version. Safe to run
 # repeatedly; when everything is present it only checks (a few seconds).
 #
-#   Debian packages  curl, python3 + python3-venv, chromium (apt, sudo if not root)
+#   Debian packages  curl, make, gcc, git, nodejs + npm, python3 + python3-venv,
+#                    chromium (apt, sudo if not root), each only when missing
 #   Rust             the toolchain pinned in rust-toolchain.toml (rustfmt, clippy,
 #                    wasm32-unknown-unknown), worker-build, wasm-bindgen-cli
 #   npm              wrangler, Node 22, esbuild, binaryen, ... (package-lock.json)
@@ -34,12 +35,19 @@ apt_install() {
 }
 
 # --- Debian packages --------------------------------------------------------
-if command -v curl >/dev/null 2>&1; then
-  ok "curl"
-else
-  step "installing curl (apt)"
-  apt_install curl ca-certificates
-fi
+# command → the Debian packages that provide it. cc links cargo's build
+# scripts; Debian's node and npm only bootstrap npm install, which brings the
+# pinned Node 22 into node_modules.
+for pair in curl:"curl ca-certificates" make:make cc:"gcc libc6-dev" git:git node:nodejs npm:npm; do
+  command=${pair%%:*}
+  if command -v "$command" >/dev/null 2>&1; then
+    ok "$command"
+  else
+    step "installing ${pair#*:} (apt) for $command"
+    # shellcheck disable=SC2086 # the package list splits on purpose
+    apt_install ${pair#*:}
+  fi
+done
 
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 if [ -x /usr/bin/chromium ]; then
@@ -57,7 +65,12 @@ fi
 # rust-toolchain.toml pins the toolchain, its components and the wasm target:
 # rustup installs whatever of it is missing when cargo first runs here. The
 # explicit adds cover rustups that do not read the components list.
-toolchain=$(rustup show active-toolchain | awk '{print $1}')
+toolchain=$(rustup show active-toolchain 2>/dev/null | awk '{print $1}' || true)
+if [ -z "$toolchain" ] || ! rustup toolchain list | grep -q "^$toolchain"; then
+  step "installing the Rust toolchain pinned in rust-toolchain.toml"
+  rustup toolchain install # no argument: the one rust-toolchain.toml names
+  toolchain=$(rustup show active-toolchain | awk '{print $1}')
+fi
 installed=$(rustup component list --installed --toolchain "$toolchain")
 for component in rustfmt clippy; do
   if grep -q "^$component" <<<"$installed"; then
