@@ -33,8 +33,10 @@ build/index.js: $(RUST_SOURCES)
 	worker-build --release
 	@touch $@
 
+# exec: make's child is dev.sh itself, which stops the stack and waits for it
+# on INT/TERM; make waits for it in turn (no shell in between to die first).
 dev: setup worker
-	scripts/dev.sh
+	exec scripts/dev.sh
 
 test: setup
 	$(MAKE) lint test-unit worker test-e2e

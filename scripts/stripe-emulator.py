@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs localstripe (PyPI localstripe==1.15.10), the local Stripe emulator.
 
-Usage: python3 scripts/stripe-emulator.py --port 8420 --from-scratch
+Usage: .venv/bin/python scripts/stripe-emulator.py --port 8420 --from-scratch
 
 Same app and API as the `localstripe` command, with two differences that
 matter on a shared machine: it listens on 127.0.0.1 only (the stock command

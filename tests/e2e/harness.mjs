@@ -147,7 +147,10 @@ export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARD
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
-  for (const shard of migrate) await migrateShard(dir, shard, logFile);
+  // migrate: the shards to migrate (every shard by default); false or [] restarts
+  // on a persist dir that is already migrated (saves the wrangler runs).
+  const shards = migrate === true ? LEDGER_SHARDS : migrate || [];
+  for (const shard of shards) await migrateShard(dir, shard, logFile);
 
   const out = fs.openSync(logFile, 'a');
   const child = spawn(

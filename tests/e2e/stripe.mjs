@@ -11,8 +11,11 @@ import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
 import { freePort, groupAlive, killGroup, randomId, startWorker, tempDir } from './harness.mjs';
+import { startRelay } from './relay.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+// scripts/setup.sh installs localstripe into the checkout's virtual environment.
+const PYTHON = path.join(ROOT, '.venv/bin/python');
 
 export const WEBHOOK_SECRET = 'whsec_local_dev';
 const STRIPE_KEY = 'sk_test_e2e';
@@ -46,10 +49,11 @@ after(async () => {
 
 /** Starts localstripe on a free loopback port; resolves once it answers. */
 export async function startLocalstripe() {
+  assert.ok(fs.existsSync(PYTHON), `${PYTHON} is missing: run scripts/setup.sh`);
   const port = await freePort();
   const logFile = path.join(tempDir(), `localstripe-${port}.log`);
   const out = fs.openSync(logFile, 'a');
-  const child = spawn('python3', [path.join(ROOT, 'scripts/stripe-emulator.py'), '--port', String(port), '--from-scratch'], {
+  const child = spawn(PYTHON, [path.join(ROOT, 'scripts/stripe-emulator.py'), '--port', String(port), '--from-scratch'], {
     cwd: ROOT,
     stdio: ['ignore', out, out],
     detached: true,
@@ -84,22 +88,37 @@ export async function startLocalstripe() {
  * localstripe, then a worker whose Stripe is that localstripe and whose webhook
  * secrets are `webhookSecrets`; localstripe's own events go to the worker
  * signed with the first secret.
+ *
+ * `apiRelay`: the worker reaches localstripe's API through a relay the test
+ * can switch off (`stack.apiRelay`), e.g. so that a purchase lookup cannot
+ * refresh from Stripe. `webhooks`: `'direct'` (localstripe posts to the
+ * worker), `'relay'` (through a recording relay, `stack.webhookRelay`, which
+ * keeps the worker's answer to each delivery) or `'none'` (only the test's
+ * own deliveries reach the worker).
  */
-export async function startStack({ webhookSecrets = [WEBHOOK_SECRET] } = {}) {
+export async function startStack({ webhookSecrets = [WEBHOOK_SECRET], apiRelay = false, webhooks = 'direct' } = {}) {
   const stripe = await startLocalstripe();
+  const stripeApi = apiRelay ? await startRelay(stripe.base) : undefined;
   const worker = await startWorker({
-    vars: { STRIPE_API_BASE: stripe.base, STRIPE_WEBHOOK_SECRETS: webhookSecrets.join(',') },
+    vars: { STRIPE_API_BASE: (stripeApi ?? stripe).base, STRIPE_WEBHOOK_SECRETS: webhookSecrets.join(',') },
   });
-  const res = await stripe.post(`/_config/webhooks/${randomId('wh_')}`, {
-    url: `${worker.base}/stripe/webhook`,
-    secret: webhookSecrets[0],
-  });
-  assert.equal(res.status, 200, `webhook registration: ${res.text}`);
+  const webhookRelay = webhooks === 'relay' ? await startRelay(worker.base) : undefined;
+  if (webhooks !== 'none') {
+    const res = await stripe.post(`/_config/webhooks/${randomId('wh_')}`, {
+      url: `${(webhookRelay ?? worker).base}/stripe/webhook`,
+      secret: webhookSecrets[0],
+    });
+    assert.equal(res.status, 200, `webhook registration: ${res.text}`);
+  }
   return {
     stripe,
     worker,
+    apiRelay: stripeApi,
+    webhookRelay,
     stop: async () => {
+      await webhookRelay?.stop();
       await worker.stop();
+      await stripeApi?.stop();
       await stripe.stop();
     },
   };

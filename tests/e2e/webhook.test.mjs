@@ -133,27 +133,6 @@ describe('crediting exactly once', () => {
     assertRunningBalance(await ledgerOf(w, org, 2), '1200');
   });
 
-  test('3-D Secure: the webhook beats the purchase lookup; only one of them credits', async () => {
-    const org = await w.newOrg();
-    await putCardOnFile(w, org, await stack.stripe.cardPaymentMethod(THREE_D_SECURE_CARD));
-    const res = await buy(w, org, 'team');
-    assert.equal(res.json.status, 'requires_action', res.text);
-    const auth = await stack.stripe.authenticate(res.json.payment_intent_id, res.json.client_secret);
-    assert.equal(auth.status, 200, auth.text);
-    const payload = eventPayload('payment_intent.succeeded', await stack.stripe.paymentIntent(res.json.payment_intent_id));
-    const [first, second] = await Promise.all([
-      send(payload, signatureHeader(payload)),
-      send(payload, signatureHeader(payload)),
-    ]);
-    assert.equal(first.status, 200, first.text);
-    assert.equal(second.status, 200, second.text);
-    const looked = await getPurchase(w, org, res.json.id);
-    assert.equal(looked.json.status, 'succeeded', looked.text);
-    await sleep(WEBHOOK_SETTLE_MS);
-    assertAmount(await w.balance(org), '5450');
-    assertRunningBalance(await ledgerOf(w, org, 2), '5450');
-  });
-
   test('credits come from the catalogue and what Stripe received, not from the event', async () => {
     const org = await w.newOrg();
     // Metadata says "scale" ($1,000 for 120,000) but Stripe received $10: 1,200 credits.
@@ -181,23 +160,6 @@ describe('crediting exactly once', () => {
       ['scale', '1200', 1000],
       [undefined, TRIAL, undefined],
     ]);
-  });
-
-  test('payment_intent.payment_failed marks the purchase failed', async () => {
-    const org = await w.newOrg();
-    await putCardOnFile(w, org, await stack.stripe.cardPaymentMethod(THREE_D_SECURE_CARD));
-    const res = await buy(w, org, 'starter');
-    assert.equal(res.json.status, 'requires_action', res.text);
-    const auth = await stack.stripe.authenticate(res.json.payment_intent_id, res.json.client_secret, false);
-    assert.equal(auth.status, 200, auth.text);
-    const failed = await stack.stripe.paymentIntent(res.json.payment_intent_id);
-    assert.equal(failed.status, 'requires_payment_method');
-    const payload = eventPayload('payment_intent.payment_failed', failed);
-    assert.equal((await send(payload, signatureHeader(payload))).status, 200);
-    const got = await getPurchase(w, org, res.json.id);
-    assert.equal(got.json.status, 'failed', got.text);
-    assert.equal(got.json.decline_code, 'payment_intent_authentication_failure');
-    assertAmount(await w.balance(org), TRIAL);
   });
 });
 
@@ -367,5 +329,126 @@ describe('two webhook secrets (rotation)', () => {
     const both = `t=${t},v1=${v1Signature(payload, OLD, t)},v1=${v1Signature(payload, NEW, t)}`;
     assert.equal((await send(payload, both, rotating.worker)).status, 200);
     assertAmount(await client.balance(org), '3200');
+  });
+});
+
+// A purchase lookup (GET .../purchases/{id}) refreshes an unsettled purchase
+// from Stripe, so it would settle a purchase even if the webhook did nothing.
+// Here the worker reaches Stripe through a relay the test switches off before
+// the webhook arrives: only the webhook can change the purchase, and the
+// lookup shows what the Durable Object stored.
+describe('webhooks settle purchases with Stripe out of reach', () => {
+  let relayed;
+  let client;
+
+  before(async () => {
+    relayed = await startStack({ apiRelay: true, webhooks: 'relay' });
+    client = api(relayed.worker.base);
+  }, { timeout: 180_000 });
+
+  after(() => relayed?.stop());
+
+  /** A purchase of `pack` on a 3-D Secure card: requires_action, nothing credited yet. */
+  async function purchaseNeedingAuthentication(org, pack) {
+    await putCardOnFile(client, org, await relayed.stripe.cardPaymentMethod(THREE_D_SECURE_CARD));
+    const res = await buy(client, org, pack);
+    assert.equal(res.status, 201, res.text);
+    assert.equal(res.json.status, 'requires_action', res.text);
+    return res.json;
+  }
+
+  /** Cuts the worker off from Stripe; the lookup that follows proves it tried and was refused. */
+  async function cutStripeOff(org, purchase) {
+    relayed.apiRelay.setOnline(false);
+    const from = relayed.apiRelay.exchanges.length;
+    const stored = await getPurchase(client, org, purchase.id);
+    assert.equal(stored.status, 200, stored.text);
+    assert.equal(stored.json.status, 'requires_action', `not refreshed: ${stored.text}`);
+    const tried = relayed.apiRelay.exchanges.slice(from);
+    assert.ok(tried.some((e) => e.path.includes(purchase.payment_intent_id) && !e.forwarded),
+      `the lookup should have tried Stripe: ${JSON.stringify(tried.map((e) => e.path))}`);
+  }
+
+  test("3-D Secure: the webhook credits (twice delivered, once credited); the lookup that follows does not credit again", async () => {
+    relayed.webhookRelay.setOnline(false); // only this test's deliveries reach the worker
+    const org = await client.newOrg();
+    const purchase = await purchaseNeedingAuthentication(org, 'team');
+    const auth = await relayed.stripe.authenticate(purchase.payment_intent_id, purchase.client_secret);
+    assert.equal(auth.status, 200, auth.text);
+    await cutStripeOff(org, purchase);
+
+    const payload = eventPayload('payment_intent.succeeded', await relayed.stripe.paymentIntent(purchase.payment_intent_id));
+    const [first, second] = await Promise.all([
+      send(payload, signatureHeader(payload), relayed.worker),
+      send(payload, signatureHeader(payload), relayed.worker),
+    ]);
+    assert.equal(first.status, 200, first.text);
+    assert.equal(second.status, 200, second.text);
+    assertAmount(await client.balance(org), '5450');
+    const settled = await getPurchase(client, org, purchase.id);
+    assert.equal(settled.json.status, 'succeeded', settled.text);
+    assertAmount(settled.json.credits_granted, '5250');
+
+    // Stripe reachable again: the lookup finds the purchase settled and credits nothing more.
+    relayed.apiRelay.setOnline(true);
+    const looked = await getPurchase(client, org, purchase.id);
+    assert.equal(looked.json.status, 'succeeded', looked.text);
+    assertAmount(await client.balance(org), '5450');
+    const entries = await ledgerOf(client, org, 2);
+    assert.equal(entries[0].payment_intent_id, purchase.payment_intent_id);
+    assertRunningBalance(entries, '5450');
+  });
+
+  test('payment_intent.payment_failed marks the purchase failed', async () => {
+    relayed.webhookRelay.setOnline(false);
+    const org = await client.newOrg();
+    const purchase = await purchaseNeedingAuthentication(org, 'starter');
+    const auth = await relayed.stripe.authenticate(purchase.payment_intent_id, purchase.client_secret, false);
+    assert.equal(auth.status, 200, auth.text);
+    const failed = await relayed.stripe.paymentIntent(purchase.payment_intent_id);
+    assert.equal(failed.status, 'requires_payment_method');
+    await cutStripeOff(org, purchase);
+
+    const payload = eventPayload('payment_intent.payment_failed', failed);
+    assert.equal((await send(payload, signatureHeader(payload), relayed.worker)).status, 200);
+    const got = await getPurchase(client, org, purchase.id);
+    assert.equal(got.json.status, 'failed', got.text);
+    assert.equal(got.json.decline_code, 'payment_intent_authentication_failure');
+    assertAmount(await client.balance(org), TRIAL);
+    relayed.apiRelay.setOnline(true);
+    const later = await getPurchase(client, org, purchase.id);
+    assert.equal(later.json.status, 'failed', later.text);
+  });
+
+  test("localstripe's own payment_intent.succeeded delivery alone credits the purchase, answered 200", async () => {
+    relayed.webhookRelay.setOnline(true);
+    const org = await client.newOrg();
+    const purchase = await purchaseNeedingAuthentication(org, 'starter');
+    await cutStripeOff(org, purchase);
+    const from = relayed.webhookRelay.exchanges.length;
+    // The owner authenticates in Stripe.js; Stripe tells the worker by webhook.
+    const auth = await relayed.stripe.authenticate(purchase.payment_intent_id, purchase.client_secret);
+    assert.equal(auth.status, 200, auth.text);
+
+    const delivery = await waitFor(() => relayed.webhookRelay.exchanges.slice(from).find((e) => {
+      const event = JSON.parse(e.requestBody);
+      return event.type === 'payment_intent.succeeded' && event.data.object.id === purchase.payment_intent_id &&
+        e.status !== undefined; // answered
+    }), 10_000);
+    assert.equal(delivery.method, 'POST');
+    assert.equal(delivery.path, '/stripe/webhook');
+    assert.ok(delivery.forwarded, 'delivered to the worker');
+    assert.equal(delivery.status, 200, `the worker's answer to localstripe: ${delivery.responseBody}`);
+    assert.deepEqual(JSON.parse(delivery.responseBody), { received: true });
+
+    assertAmount(await client.balance(org), '1200');
+    const entries = await ledgerOf(client, org, 2);
+    assert.equal(entries[0].kind, 'purchase');
+    assert.equal(entries[0].payment_intent_id, purchase.payment_intent_id);
+    assert.equal(entries[0].purchase_id, purchase.id);
+    assertRunningBalance(entries, '1200');
+    const stored = await getPurchase(client, org, purchase.id);
+    assert.equal(stored.json.status, 'succeeded', stored.text);
+    relayed.apiRelay.setOnline(true);
   });
 });
