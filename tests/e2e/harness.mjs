@@ -132,9 +132,11 @@ function run(args, logFile, timeoutMs) {
 /**
  * Applies the D1 migrations to a persist dir and starts `wrangler dev` on a free
  * port in its own process group; resolves once GET /healthz answers 200.
- * `vars` override the worker's variables (`wrangler dev --var NAME:VALUE`).
+ * `vars` override the worker's variables and the secrets of .dev.vars
+ * (`wrangler dev --var NAME:VALUE`). `readyStatus`: the /healthz status that
+ * means it is up (500 for a deployment that must refuse to serve).
  */
-export async function startWorker({ persistTo, vars = {} } = {}) {
+export async function startWorker({ persistTo, vars = {}, readyStatus = 200 } = {}) {
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
@@ -176,7 +178,7 @@ export async function startWorker({ persistTo, vars = {} } = {}) {
     try {
       const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(2000) });
       await res.arrayBuffer();
-      if (res.status === 200) break;
+      if (res.status === readyStatus) break;
     } catch {
       // not listening yet
     }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod deployment;
 pub mod money;
 pub mod purchase;
 pub mod reports;
