@@ -236,7 +236,9 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
     }
     // The route table knows every path: another method is a 405 (with `Allow`).
     let routes = routes_of(&parts);
-    let method_name = method.as_ref().to_ascii_lowercase();
+    // The request's own method: worker::Method reads any method it does not
+    // know (QUERY, PROPFIND…) as GET.
+    let method_name = req.inner().method().to_ascii_lowercase();
     let Some(this_route) = routes.iter().find(|r| r.method == method_name) else {
         return Err(if routes.is_empty() {
             ApiError::NotFound
