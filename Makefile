@@ -13,12 +13,13 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e lint migrate demo-data bench-reports bench bench-smoke bench-tools
+.PHONY: help setup worker dev test test-unit test-e2e schemathesis lint migrate demo-data bench-reports bench bench-smoke bench-tools
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
 	@echo "            and localstripe on http://127.0.0.1:8420 (test card: scripts/test-card.sh ORG)"
-	@echo "make test   run every test (native unit/property tests, lint, end-to-end)"
+	@echo "make test   run every test (native unit/property tests, lint, end-to-end, schemathesis)"
+	@echo "make schemathesis  schemathesis over /openapi.json of a fresh worker, once per role (about 4 minutes)"
 	@echo "make demo-data   fill organization ORG (default demo) with 60 days of AI usage"
 	@echo "                 through the running worker at BASE (default http://127.0.0.1:8787)"
 	@echo "make bench  measure throughput, latency and storage work (DURATION=10s CONNECTIONS=16)"
@@ -39,7 +40,7 @@ dev: setup worker
 	exec scripts/dev.sh
 
 test: setup
-	$(MAKE) lint test-unit worker test-e2e
+	$(MAKE) lint test-unit worker test-e2e schemathesis
 
 lint:
 	cargo fmt --all --check
@@ -51,6 +52,12 @@ test-unit:
 
 test-e2e: worker
 	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'
+
+# schemathesis (from .venv, installed by scripts/setup.sh) against a fresh
+# `wrangler dev` and localstripe: every phase, every check but
+# positive_data_acceptance, a token per role; fails on any failure or 5xx.
+schemathesis: worker
+	scripts/schemathesis.sh
 
 # Fills a demo organization through the real API of a running `make dev`
 # (never run implicitly). ORG=, BASE=, DAYS= override the defaults.

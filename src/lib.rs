@@ -17,12 +17,13 @@ mod webhook;
 
 pub use wallet_object::WalletObject;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
-    check_idempotency_key, fingerprint, parse_batch, parse_body, ApiError, CaptureBody, Command,
-    DailyCapBody, DebitBody, DevPaymentMethodBody, HoldBody, PurchaseBody, ReleaseBody, SignupBody,
-    MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
+    allow_header, check_idempotency_key, fingerprint, parse_batch, parse_body, routes_of, ApiError,
+    CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, HoldBody, PurchaseBody,
+    ReleaseBody, SignupBody,
 };
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
@@ -43,22 +44,46 @@ const SERVICE: &[Role] = &[Role::Service];
 
 #[event(fetch, respond_with_errors)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    let settings = match settings(&env) {
-        Ok(s) => s,
+    let path = req.path();
+    let response = match settings(&env) {
+        Ok(settings) => match route(req, &env, &settings).await {
+            Ok(response) | Err(Failure::Answered(response)) => response,
+            Err(Failure::Api(ApiError::MethodNotAllowed)) => {
+                let response = error_response(&ApiError::MethodNotAllowed, None)?;
+                let segments = path_segments(&path);
+                response
+                    .headers()
+                    .set("allow", &allow_header(&routes_of(&segments)))?;
+                response
+            }
+            Err(Failure::Api(err)) => error_response(&err, None)?,
+            Err(Failure::Worker(err)) => {
+                console_error!("request failed: {err}");
+                error_response(&ApiError::Internal, None)?
+            }
+        },
         Err(problem) => {
             console_error!("refusing to serve: {problem}");
-            return error_response(&ApiError::Internal, None);
+            error_response(&ApiError::Internal, None)?
         }
     };
-    match route(req, &env, &settings).await {
-        Ok(response) => Ok(response),
-        Err(Failure::Api(err)) => error_response(&err, None),
-        Err(Failure::Answered(response)) => Ok(response),
-        Err(Failure::Worker(err)) => {
-            console_error!("request failed: {err}");
-            error_response(&ApiError::Internal, None)
-        }
+    with_standard_headers(response)
+}
+
+/// Headers every answer carries (static assets get theirs from
+/// public/_headers). A Durable Object's answer has immutable headers, so
+/// they are copied onto the response sent.
+fn with_standard_headers(response: Response) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in response.headers().entries() {
+        headers.append(&name, &value)?;
     }
+    headers.set("x-content-type-options", "nosniff")?;
+    Ok(response.with_headers(headers))
+}
+
+fn path_segments(path: &str) -> Vec<&str> {
+    path.trim_start_matches('/').split('/').collect()
 }
 
 /// A request that could not be answered normally.
@@ -133,14 +158,15 @@ fn authorize(claims: &Claims, org: &str, allowed: &[Role]) -> std::result::Resul
     Ok(())
 }
 
-async fn read_body(req: &mut Request) -> std::result::Result<Vec<u8>, Failure> {
-    read_body_within(req, MAX_BODY_BYTES).await
-}
-
-async fn read_body_within(
+/// Reads a request body of at most `limit` bytes (the route's
+/// `body_limit`). A declared `Content-Length` over it is refused before
+/// reading; a body without one (chunked) is read chunk by chunk and refused
+/// (413) as soon as it passes the limit, never buffered whole first.
+pub(crate) async fn read_body(
     req: &mut Request,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, Failure> {
+    let too_large = ApiError::PayloadTooLarge { limit_bytes: limit };
     let declared = req
         .headers()
         .get("content-length")
@@ -148,13 +174,21 @@ async fn read_body_within(
         .flatten()
         .and_then(|l| l.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::PayloadTooLarge.into());
+        return Err(too_large.into());
     }
-    let bytes = req.bytes().await?;
-    if bytes.len() > limit {
-        return Err(ApiError::PayloadTooLarge.into());
+    if req.inner().body().is_none() {
+        return Ok(Vec::new());
     }
-    Ok(bytes)
+    let mut stream = req.stream()?;
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large.into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Sends `command` to the organization's Durable Object; its answer is final.
@@ -176,28 +210,11 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
             .map(|(_, v)| v.into_owned())
     };
 
+    // Development and benchmark routes do not exist outside development.
+    if matches!(parts.first(), Some(&("dev" | "bench"))) && !settings.development {
+        return Err(ApiError::NotFound.into());
+    }
     match (parts.as_slice(), method.clone()) {
-        (["healthz"], Method::Get) => return Ok(json_response(200, &json!({"status": "ok"}))?),
-        (["openapi.json"], Method::Get) => {
-            let response = Response::ok(wallet_core::api::OPENAPI_JSON)?;
-            response.headers().set("content-type", "application/json")?;
-            return Ok(response);
-        }
-        (["dev", "token"], Method::Post) if settings.development => {
-            let body = read_body(&mut req).await?;
-            return Ok(dev_token(&body, settings)?);
-        }
-        (["dev", "orgs", org, "payment-method"], Method::Post) if settings.development => {
-            if !wallet_core::api::is_org_id(org) {
-                return Err(ApiError::invalid("org", "must be a valid organization id").into());
-            }
-            let body: DevPaymentMethodBody = parse_body(&read_body(&mut req).await?)?;
-            let now_ms = request_now(&req, settings)?;
-            return purchases::dev_payment_method(env, settings, org, body, now_ms).await;
-        }
-        (["stripe", "webhook"], Method::Post) => return webhook::receive(req, env, settings).await,
-        (["stripe", "webhook"], _) => return Err(ApiError::MethodNotAllowed.into()),
-        (["dev", ..], _) => return Err(ApiError::NotFound.into()),
         // Benchmark floor and counters, only when configured for `make bench`.
         (["bench", "floor", org], Method::Post) if settings.bench_routes => {
             return call_wallet(env, org, 0, Command::Ping).await;
@@ -207,28 +224,45 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
         }
         _ => {}
     }
-    let known = matches!(
-        parts.as_slice(),
-        ["healthz"]
-            | ["openapi.json"]
-            | ["v1", "orgs"]
-            | ["v1", "packs"]
-            | ["v1", "orgs", _, "payment-method" | "purchases"]
-            | ["v1", "orgs", _, "purchases", _]
-            | [
-                "v1",
-                "orgs",
-                _,
-                "wallet" | "daily-cap" | "debits" | "holds" | "ledger" | "transactions" | "usage"
-            ]
-            | ["v1", "orgs", _, "debits", "batch"]
-            | ["v1", "orgs", _, "ledger", "refill"]
-            | ["v1", "orgs", _, "holds", _, "capture" | "release"]
-    );
-    if !known {
-        return Err(ApiError::NotFound.into());
-    }
+    // The route table knows every path: another method is a 405 (with `Allow`).
+    let routes = routes_of(&parts);
+    // The request's own method: worker::Method reads any method it does not
+    // know (QUERY, PROPFIND…) as GET.
+    let method_name = req.inner().method().to_ascii_lowercase();
+    let Some(this_route) = routes.iter().find(|r| r.method == method_name) else {
+        return Err(if routes.is_empty() {
+            ApiError::NotFound
+        } else {
+            ApiError::MethodNotAllowed
+        }
+        .into());
+    };
+    let limit = this_route.body_limit;
 
+    match (parts.as_slice(), method.clone()) {
+        (["healthz"], Method::Get) => return Ok(json_response(200, &json!({"status": "ok"}))?),
+        (["openapi.json"], Method::Get) => {
+            let response = Response::ok(wallet_core::api::OPENAPI_JSON)?;
+            response.headers().set("content-type", "application/json")?;
+            return Ok(response);
+        }
+        (["dev", "token"], Method::Post) => {
+            let body = read_body(&mut req, limit).await?;
+            return Ok(dev_token(&body, settings)?);
+        }
+        (["dev", "orgs", org, "payment-method"], Method::Post) => {
+            if !wallet_core::api::is_org_id(org) {
+                return Err(ApiError::invalid("org", "must be a valid organization id").into());
+            }
+            let body: DevPaymentMethodBody = parse_body(&read_body(&mut req, limit).await?)?;
+            let now_ms = request_now(&req, settings)?;
+            return purchases::dev_payment_method(env, settings, org, body, now_ms).await;
+        }
+        (["stripe", "webhook"], Method::Post) => {
+            return webhook::receive(req, env, settings, limit).await
+        }
+        _ => {}
+    }
     let claims = authenticate(&req, settings)?;
     let now_ms = request_now(&req, settings)?;
     let config = &settings.config;
@@ -236,7 +270,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
     match (parts.as_slice(), method) {
         (["v1", "packs"], Method::Get) => purchases::packs(config),
         (["v1", "orgs"], Method::Post) => {
-            let body: SignupBody = parse_body(&read_body(&mut req).await?)?;
+            let body: SignupBody = parse_body(&read_body(&mut req, limit).await?)?;
             body.validate()?;
             authorize(&claims, &body.org_id, SERVICE)?;
             let org = body.org_id.clone();
@@ -257,7 +291,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["daily-cap"], Method::Put) => {
                     authorize(&claims, org, OWNER)?;
-                    let body: DailyCapBody = parse_body(&read_body(&mut req).await?)?;
+                    let body: DailyCapBody = parse_body(&read_body(&mut req, limit).await?)?;
                     body.validate(config)?;
                     call_wallet(env, org, now_ms, Command::SetDailyCap(body)).await
                 }
@@ -265,7 +299,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     authorize(&claims, org, SERVICE)?;
                     let key =
                         check_idempotency_key(req.headers().get("idempotency-key")?.as_deref())?;
-                    let body: DebitBody = parse_body(&read_body(&mut req).await?)?;
+                    let body: DebitBody = parse_body(&read_body(&mut req, limit).await?)?;
                     body.validate(config)?;
                     let fingerprint = fingerprint("debit", &body);
                     call_wallet(
@@ -282,7 +316,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["debits", "batch"], Method::Post) => {
                     authorize(&claims, org, SERVICE)?;
-                    let bytes = read_body_within(&mut req, MAX_BATCH_BODY_BYTES).await?;
+                    let bytes = read_body(&mut req, limit).await?;
                     let items = parse_batch(&bytes, config)?;
                     call_wallet(env, org, now_ms, Command::DebitBatch { items }).await
                 }
@@ -290,7 +324,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     authorize(&claims, org, SERVICE)?;
                     let key =
                         check_idempotency_key(req.headers().get("idempotency-key")?.as_deref())?;
-                    let body: HoldBody = parse_body(&read_body(&mut req).await?)?;
+                    let body: HoldBody = parse_body(&read_body(&mut req, limit).await?)?;
                     body.validate(config)?;
                     let fingerprint = fingerprint("hold", &body);
                     call_wallet(
@@ -307,7 +341,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["holds", hold_id, action @ ("capture" | "release")], Method::Post) => {
                     authorize(&claims, org, SERVICE)?;
-                    let bytes = read_body(&mut req).await?;
+                    let bytes = read_body(&mut req, limit).await?;
                     let hold_id = hold_id.to_string();
                     if hold_id.len() > 64 {
                         return Err(ApiError::invalid("hold_id", "is too long").into());
@@ -333,7 +367,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     authorize(&claims, org, OWNER)?;
                     let key =
                         check_idempotency_key(req.headers().get("idempotency-key")?.as_deref())?;
-                    let body: PurchaseBody = parse_body(&read_body(&mut req).await?)?;
+                    let body: PurchaseBody = parse_body(&read_body(&mut req, limit).await?)?;
                     purchases::create(env, settings, org, key, body, now_ms).await
                 }
                 (["purchases", id], Method::Get) => {
@@ -356,7 +390,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     // restored or emptied, refill this organization now rather
                     // than at its next credit movement.
                     authorize(&claims, org, SERVICE)?;
-                    let bytes = read_body(&mut req).await?;
+                    let bytes = read_body(&mut req, limit).await?;
                     if !bytes.iter().all(u8::is_ascii_whitespace) {
                         parse_body::<ReleaseBody>(&bytes)?;
                     }
@@ -375,11 +409,17 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     authorize(&claims, org, ANY_ROLE)?;
                     reports::usage(env, org, now_ms, query("from"), query("to")).await
                 }
-                _ => Err(ApiError::MethodNotAllowed.into()),
+                _ => Err(unrouted(this_route)),
             }
         }
-        _ => Err(ApiError::MethodNotAllowed.into()),
+        _ => Err(unrouted(this_route)),
     }
+}
+
+/// A route of the table that no arm above handles: a bug, answered 500.
+fn unrouted(route: &wallet_core::api::Route) -> Failure {
+    console_error!("no handler for {} {}", route.method, route.path);
+    ApiError::Internal.into()
 }
 
 /// Development login: mints a token for any organization and role.

@@ -4,17 +4,16 @@
 
 use std::cell::OnceCell;
 use std::rc::Rc;
+use wallet_core::deployment::{self, Mode};
 use wallet_core::stripe::StripeConfig;
 use wallet_core::WalletConfig;
 use worker::Env;
 
-pub const DEV_JWT_SECRET: &str = "local-dev-jwt-secret";
-/// Production secrets must be at least this long (HS256 keys of 256 bits).
-const MIN_SECRET_BYTES: usize = 32;
-
 pub struct Settings {
     pub config: WalletConfig,
-    /// `ENVIRONMENT = "development"`: enables `/dev/*` and `X-Dev-Now`.
+    /// Development mode (`wallet_core::deployment`): `ENVIRONMENT =
+    /// "development"` with the development JWT secret. Enables `/dev/*`,
+    /// `/bench/*` (with `bench_routes`) and `X-Dev-Now`.
     pub development: bool,
     pub jwt_secret: Vec<u8>,
     /// Checked apart from the rest: a Stripe misconfiguration stops purchases
@@ -39,13 +38,15 @@ pub fn env_text(env: &Env, name: &str) -> Option<String> {
 
 fn read(env: &Env) -> Result<Settings, String> {
     let config = WalletConfig::from_vars(|name| env_text(env, name)).map_err(|e| e.to_string())?;
-    let development = env_text(env, "ENVIRONMENT").as_deref() == Some("development");
-    let secret = env_text(env, "AUTH_JWT_SECRET").ok_or("AUTH_JWT_SECRET is not set")?;
-    if !development && (secret == DEV_JWT_SECRET || secret.len() < MIN_SECRET_BYTES) {
-        return Err(format!(
-            "AUTH_JWT_SECRET must be a secret of at least {MIN_SECRET_BYTES} bytes outside development"
-        ));
-    }
+    let secret = env_text(env, "AUTH_JWT_SECRET");
+    let mode = deployment::decide(
+        env_text(env, "ENVIRONMENT").as_deref(),
+        secret.as_deref(),
+        env_text(env, "STRIPE_WEBHOOK_SECRETS").as_deref(),
+    )
+    .map_err(|refusal| refusal.to_string())?;
+    let development = mode == Mode::Development;
+    let secret = secret.unwrap_or_default();
     let stripe =
         StripeConfig::from_vars(|name| env_text(env, name), development).map_err(|e| e.to_string());
     let bench_routes = env_text(env, "BENCH_ROUTES").as_deref() == Some("enabled");

@@ -9,16 +9,18 @@
 //! Stripe retries.
 
 use crate::stripe_api::{Stripe, StripeError};
-use crate::{call_wallet, json_response, Answer, Failure};
+use crate::{call_wallet, json_response, read_body, Answer, Failure};
 use serde_json::json;
-use wallet_core::api::{is_org_id, ApiError, Command, MAX_WEBHOOK_BODY_BYTES};
+use wallet_core::api::{is_org_id, ApiError, Command};
 use wallet_core::purchase::{is_purchase_id, ChargeOutcome};
 use wallet_core::stripe::{parse_event, verify_signature, StripeEvent};
 use worker::{console_error, console_log, Date, Env, Request};
 
 use crate::settings::Settings;
 
-pub async fn receive(mut req: Request, env: &Env, settings: &Settings) -> Answer {
+/// `limit`: the route's body limit (`MAX_WEBHOOK_BODY_BYTES`), enforced while
+/// the body streams in, with or without a `Content-Length`.
+pub async fn receive(mut req: Request, env: &Env, settings: &Settings, limit: usize) -> Answer {
     let stripe_config = match &settings.stripe {
         Ok(config) => config,
         Err(problem) => {
@@ -26,21 +28,9 @@ pub async fn receive(mut req: Request, env: &Env, settings: &Settings) -> Answer
             return Err(ApiError::Internal.into());
         }
     };
-    let declared = req
-        .headers()
-        .get("content-length")?
-        .and_then(|l| l.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_WEBHOOK_BODY_BYTES) {
-        return Err(ApiError::PayloadTooLarge.into());
-    }
-    let signature = req
-        .headers()
-        .get("stripe-signature")?
-        .ok_or(ApiError::InvalidSignature)?;
-    let body = req.bytes().await?;
-    if body.len() > MAX_WEBHOOK_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge.into());
-    }
+    let signature = req.headers().get("stripe-signature")?;
+    let body = read_body(&mut req, limit).await?;
+    let signature = signature.ok_or(ApiError::InvalidSignature)?;
     let now_ms = Date::now().as_millis() as i64;
     verify_signature(
         &body,

@@ -141,9 +141,11 @@ export function migrateShard(dir, shard, logFile = path.join(dir, `migrate-${sha
  * Applies the D1 migrations to every shard of a persist dir (`migrate` names
  * the shards to migrate, for tests of a shard without its tables) and starts `wrangler dev` on a free
  * port in its own process group; resolves once GET /healthz answers 200.
- * `vars` override the worker's variables (`wrangler dev --var NAME:VALUE`).
+ * `vars` override the worker's variables and the secrets of .dev.vars
+ * (`wrangler dev --var NAME:VALUE`). `readyStatus`: the /healthz status that
+ * means it is up (500 for a deployment that must refuse to serve).
  */
-export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARDS } = {}) {
+export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARDS, readyStatus = 200 } = {}) {
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
@@ -188,7 +190,7 @@ export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARD
     try {
       const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(2000) });
       await res.arrayBuffer();
-      if (res.status === 200) break;
+      if (res.status === readyStatus) break;
     } catch {
       // not listening yet
     }

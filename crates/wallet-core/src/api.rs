@@ -16,31 +16,143 @@ use sha2::{Digest, Sha256};
 /// The OpenAPI 3.1 description served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
-/// Every route the Worker answers, as (method, OpenAPI path template).
-/// The OpenAPI document must describe exactly these (checked by a test).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("get", "/openapi.json"),
-    ("post", "/dev/token"),
-    ("post", "/v1/orgs"),
-    ("get", "/v1/orgs/{org}/wallet"),
-    ("put", "/v1/orgs/{org}/daily-cap"),
-    ("post", "/v1/orgs/{org}/debits"),
-    ("post", "/v1/orgs/{org}/debits/batch"),
-    ("post", "/v1/orgs/{org}/holds"),
-    ("post", "/v1/orgs/{org}/holds/{hold_id}/capture"),
-    ("post", "/v1/orgs/{org}/holds/{hold_id}/release"),
-    ("get", "/v1/orgs/{org}/ledger"),
-    ("post", "/v1/orgs/{org}/ledger/refill"),
-    ("get", "/v1/packs"),
-    ("get", "/v1/orgs/{org}/payment-method"),
-    ("post", "/v1/orgs/{org}/purchases"),
-    ("get", "/v1/orgs/{org}/purchases/{purchase_id}"),
-    ("post", "/stripe/webhook"),
-    ("post", "/dev/orgs/{org}/payment-method"),
-    ("get", "/v1/orgs/{org}/transactions"),
-    ("get", "/v1/orgs/{org}/usage"),
+/// One route of the HTTP surface: the home of what the Worker and the
+/// OpenAPI document must agree on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Lower case, as OpenAPI spells it.
+    pub method: &'static str,
+    /// OpenAPI path template.
+    pub path: &'static str,
+    /// Largest request body read; 0 for routes that read none.
+    pub body_limit: usize,
+    /// Every status the route can answer (the document lists exactly these).
+    /// A method the path does not take answers 405 with `Allow` instead.
+    pub statuses: &'static [u16],
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    body_limit: usize,
+    statuses: &'static [u16],
+) -> Route {
+    Route {
+        method,
+        path,
+        body_limit,
+        statuses,
+    }
+}
+
+/// Answers of a route with no body and no token.
+const PUBLIC_READ: &[u16] = &[200, 500];
+/// Answers of a development route (404 outside development).
+const DEV_TOKEN: &[u16] = &[200, 400, 404, 413, 422, 500];
+/// An organization's read route: 422 names a bad `org`, query or `X-Dev-Now`.
+const ORG_READ: &[u16] = &[200, 401, 403, 404, 422, 500];
+/// An organization's route with a JSON body.
+const ORG_WRITE: &[u16] = &[200, 400, 401, 403, 404, 413, 422, 500];
+/// Debits and holds: ORG_WRITE answering 201, plus 402, 409 and 429.
+const ORG_SPEND: &[u16] = &[201, 400, 401, 402, 403, 404, 409, 413, 422, 429, 500];
+const HOLD_CLOSE: &[u16] = &[200, 400, 401, 403, 404, 409, 413, 422, 500];
+
+/// Every route the Worker answers. The OpenAPI document must describe
+/// exactly these, each with exactly its statuses (checked by a test).
+pub const ROUTES: &[Route] = &[
+    route("get", "/healthz", 0, PUBLIC_READ),
+    route("get", "/openapi.json", 0, PUBLIC_READ),
+    route("post", "/dev/token", MAX_BODY_BYTES, DEV_TOKEN),
+    route(
+        "post",
+        "/dev/orgs/{org}/payment-method",
+        MAX_BODY_BYTES,
+        &[200, 400, 404, 413, 422, 500, 503],
+    ),
+    route(
+        "post",
+        "/v1/orgs",
+        MAX_BODY_BYTES,
+        &[200, 201, 400, 401, 403, 409, 413, 422, 500],
+    ),
+    route("get", "/v1/orgs/{org}/wallet", 0, ORG_READ),
+    route("put", "/v1/orgs/{org}/daily-cap", MAX_BODY_BYTES, ORG_WRITE),
+    route("post", "/v1/orgs/{org}/debits", MAX_BODY_BYTES, ORG_SPEND),
+    route(
+        "post",
+        "/v1/orgs/{org}/debits/batch",
+        MAX_BATCH_BODY_BYTES,
+        ORG_WRITE,
+    ),
+    route("post", "/v1/orgs/{org}/holds", MAX_BODY_BYTES, ORG_SPEND),
+    route(
+        "post",
+        "/v1/orgs/{org}/holds/{hold_id}/capture",
+        MAX_BODY_BYTES,
+        HOLD_CLOSE,
+    ),
+    route(
+        "post",
+        "/v1/orgs/{org}/holds/{hold_id}/release",
+        MAX_BODY_BYTES,
+        HOLD_CLOSE,
+    ),
+    route("get", "/v1/orgs/{org}/ledger", 0, ORG_READ),
+    route(
+        "post",
+        "/v1/orgs/{org}/ledger/refill",
+        MAX_BODY_BYTES,
+        &[202, 400, 401, 403, 404, 413, 422, 500],
+    ),
+    // 422: only an `X-Dev-Now` that is not a time (development).
+    route("get", "/v1/packs", 0, &[200, 401, 422, 500]),
+    route(
+        "get",
+        "/v1/orgs/{org}/payment-method",
+        0,
+        &[200, 401, 403, 404, 422, 500, 503],
+    ),
+    route(
+        "post",
+        "/v1/orgs/{org}/purchases",
+        MAX_BODY_BYTES,
+        &[201, 400, 401, 403, 404, 409, 413, 422, 500, 503],
+    ),
+    route("get", "/v1/orgs/{org}/purchases/{purchase_id}", 0, ORG_READ),
+    // Unauthenticated: a bad or stale signature is 400; 5xx makes Stripe retry.
+    route(
+        "post",
+        "/stripe/webhook",
+        MAX_WEBHOOK_BODY_BYTES,
+        &[200, 400, 413, 500, 503],
+    ),
+    route("get", "/v1/orgs/{org}/transactions", 0, ORG_READ),
+    route("get", "/v1/orgs/{org}/usage", 0, ORG_READ),
 ];
+
+fn template_matches(template: &str, segments: &[&str]) -> bool {
+    let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+    parts.len() == segments.len()
+        && parts
+            .iter()
+            .zip(segments)
+            .all(|(part, segment)| part.starts_with('{') || part == segment)
+}
+
+/// The routes of a request path (its segments), one per method it takes;
+/// none for a path that is not the API's.
+pub fn routes_of(segments: &[&str]) -> Vec<&'static Route> {
+    ROUTES
+        .iter()
+        .filter(|r| template_matches(r.path, segments))
+        .collect()
+}
+
+/// The `Allow` header of a path's 405: its methods, upper case.
+pub fn allow_header(routes: &[&Route]) -> String {
+    let methods: Vec<String> = routes.iter().map(|r| r.method.to_uppercase()).collect();
+    methods.join(", ")
+}
 
 /// Most debits in one batch.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -72,7 +184,10 @@ pub enum ApiError {
         field: String,
         message: String,
     },
-    PayloadTooLarge,
+    /// The body passed the route's limit (`Route::body_limit`).
+    PayloadTooLarge {
+        limit_bytes: usize,
+    },
     IdempotencyKeyReused,
     /// A signup repeated for an existing organization with another owner.
     WalletOwnerConflict,
@@ -104,7 +219,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::InvalidJson(_) | ApiError::InvalidSignature => 400,
             ApiError::InvalidRequest { .. } => 422,
-            ApiError::PayloadTooLarge => 413,
+            ApiError::PayloadTooLarge { .. } => 413,
             ApiError::IdempotencyKeyReused
             | ApiError::WalletOwnerConflict
             | ApiError::PaymentMethodRequired => 409,
@@ -135,7 +250,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::WalletOwnerConflict => "wallet_owner_conflict",
             ApiError::PaymentMethodRequired => "payment_method_required",
@@ -188,9 +303,9 @@ impl ApiError {
                 error.insert("field".into(), json!(field));
                 format!("{field} {message}")
             }
-            ApiError::PayloadTooLarge => {
-                error.insert("limit_bytes".into(), json!(MAX_BODY_BYTES));
-                format!("The body is larger than {MAX_BODY_BYTES} bytes.")
+            ApiError::PayloadTooLarge { limit_bytes } => {
+                error.insert("limit_bytes".into(), json!(limit_bytes));
+                format!("The body is larger than this route's limit of {limit_bytes} bytes.")
             }
             ApiError::IdempotencyKeyReused => {
                 "This Idempotency-Key was already used with a different request.".into()
@@ -277,7 +392,7 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// `parse_body` with a route-specific size limit.
 pub fn parse_body_within<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, ApiError> {
     if bytes.len() > limit {
-        return Err(ApiError::PayloadTooLarge);
+        return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
     }
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
@@ -968,9 +1083,20 @@ mod tests {
             Err(ApiError::InvalidJson(_))
         ));
         let big = vec![b' '; MAX_BODY_BYTES + 1];
+        let err = parse_body::<DebitBody>(&big).unwrap_err();
         assert_eq!(
-            parse_body::<DebitBody>(&big),
-            Err(ApiError::PayloadTooLarge)
+            err,
+            ApiError::PayloadTooLarge {
+                limit_bytes: MAX_BODY_BYTES
+            }
+        );
+        assert_eq!(err.body()["error"]["limit_bytes"], 16 * 1024);
+        let batch = vec![b' '; MAX_BATCH_BODY_BYTES + 1];
+        assert_eq!(
+            parse_batch(&batch, &WalletConfig::defaults())
+                .unwrap_err()
+                .body()["error"]["limit_bytes"],
+            512 * 1024
         );
     }
 
@@ -987,7 +1113,7 @@ mod tests {
         described.sort();
         let mut routes: Vec<(String, String)> = ROUTES
             .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .map(|r| (r.method.to_string(), r.path.to_string()))
             .collect();
         routes.sort();
         assert_eq!(described, routes);
@@ -999,6 +1125,93 @@ mod tests {
                 doc["components"]["schemas"].get(name).is_some(),
                 "missing schema {name}"
             );
+        }
+    }
+
+    /// Each operation documents exactly the statuses its route answers, every
+    /// error with the error schema; a route with a body can answer 400 and
+    /// 413 (naming the route's limit), one with a token 401, one of an
+    /// organization 422 (and 403 with a token).
+    #[test]
+    fn openapi_documents_every_status_of_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for route in ROUTES {
+            let op = &doc["paths"][route.path][route.method];
+            let name = format!("{} {}", route.method, route.path);
+            let responses = op["responses"].as_object().expect(&name);
+            let mut documented: Vec<u16> = responses
+                .keys()
+                .map(|k| k.parse().unwrap_or_else(|_| panic!("{name}: status {k}")))
+                .collect();
+            documented.sort();
+            let mut answered = route.statuses.to_vec();
+            answered.sort();
+            assert_eq!(documented, answered, "{name}: documented statuses");
+            for (status, response) in responses {
+                let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                if status.as_str() >= "400" {
+                    assert_eq!(
+                        schema, "#/components/schemas/Error",
+                        "{name}: {status} must use the error schema"
+                    );
+                }
+            }
+            assert!(
+                route.statuses.contains(&500),
+                "{name}: every route can fail"
+            );
+            let takes_body = op.get("requestBody").is_some();
+            assert_eq!(takes_body, route.body_limit > 0, "{name}: body limit");
+            if takes_body {
+                for status in [400, 413] {
+                    assert!(route.statuses.contains(&status), "{name}: {status}");
+                }
+                let described = responses["413"]["description"].as_str().unwrap_or("");
+                assert!(
+                    described.contains(&route.body_limit.to_string()),
+                    "{name}: the 413 names the limit {}",
+                    route.body_limit
+                );
+            }
+            let public = op["security"].as_array().is_some_and(Vec::is_empty);
+            assert_eq!(
+                route.statuses.contains(&401),
+                !public,
+                "{name}: 401 exactly when a token is required"
+            );
+            if route.path.contains("{org}") {
+                // A bad organization id is a 422 naming `org`.
+                assert!(route.statuses.contains(&422), "{name}: 422");
+                assert_eq!(route.statuses.contains(&403), !public, "{name}: 403");
+            }
+        }
+    }
+
+    #[test]
+    fn paths_resolve_to_their_routes_and_methods() {
+        let allow = |path: &str| {
+            let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            allow_header(&routes_of(&segments))
+        };
+        assert_eq!(allow("/healthz"), "GET");
+        assert_eq!(allow("/v1/orgs"), "POST");
+        assert_eq!(allow("/v1/orgs/acme/debits/batch"), "POST");
+        assert_eq!(allow("/v1/orgs/acme/holds/h_1/capture"), "POST");
+        assert_eq!(allow("/v1/orgs/acme/purchases"), "POST");
+        assert_eq!(allow("/v1/orgs/acme/purchases/pur_1"), "GET");
+        assert_eq!(allow("/v1/orgs/acme/wallet"), "GET");
+        assert_eq!(allow("/v1/orgs/acme/nothing"), "");
+        assert_eq!(allow("/v1/orgs/acme/holds/h_1"), "");
+        // No path has two routes of one method.
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {} twice",
+                    a.method,
+                    a.path
+                );
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod decision;
+pub mod deployment;
 pub mod ledger;
 pub mod money;
 pub mod purchase;
