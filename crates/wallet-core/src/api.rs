@@ -25,6 +25,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/orgs"),
     ("get", "/v1/orgs/{org}/wallet"),
     ("put", "/v1/orgs/{org}/daily-cap"),
+    ("put", "/v1/orgs/{org}/feature-caps"),
+    ("get", "/v1/orgs/{org}/audit"),
     ("post", "/v1/orgs/{org}/debits"),
     ("post", "/v1/orgs/{org}/debits/batch"),
     ("post", "/v1/orgs/{org}/holds"),
