@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
     allow_header, check_idempotency_key, fingerprint, parse_batch, parse_body, routes_of, ApiError,
-    CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, HoldBody, PurchaseBody,
-    ReleaseBody, SignupBody,
+    CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, FeatureCapsBody, HoldBody,
+    PurchaseBody, ReleaseBody, SignupBody,
 };
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
@@ -149,6 +149,14 @@ fn authenticate(req: &Request, settings: &Settings) -> std::result::Result<Claim
     let now_seconds = (Date::now().as_millis() / 1000) as i64;
     token::verify(token.trim(), &settings.jwt_secret, now_seconds)
         .map_err(|_| ApiError::Unauthorized)
+}
+
+/// Who makes a settings change, for the audit trail.
+fn actor(claims: &Claims) -> wallet_core::audit::Actor {
+    wallet_core::audit::Actor {
+        sub: claims.sub.clone(),
+        role: claims.role,
+    }
 }
 
 fn authorize(claims: &Claims, org: &str, allowed: &[Role]) -> std::result::Result<(), ApiError> {
@@ -293,7 +301,24 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     authorize(&claims, org, OWNER)?;
                     let body: DailyCapBody = parse_body(&read_body(&mut req, limit).await?)?;
                     body.validate(config)?;
-                    call_wallet(env, org, now_ms, Command::SetDailyCap(body)).await
+                    let actor = actor(&claims);
+                    call_wallet(env, org, now_ms, Command::SetDailyCap { body, actor }).await
+                }
+                (["feature-caps"], Method::Put) => {
+                    authorize(&claims, org, OWNER)?;
+                    let body: FeatureCapsBody = parse_body(&read_body(&mut req, limit).await?)?;
+                    body.validate(config)?;
+                    let actor = actor(&claims);
+                    call_wallet(env, org, now_ms, Command::SetFeatureCaps { body, actor }).await
+                }
+                (["audit"], Method::Get) => {
+                    authorize(&claims, org, OWNER_OR_ADMIN)?;
+                    let (audit_query, csv) = wallet_core::audit::audit_query(
+                        query("limit").as_deref(),
+                        query("starting_after").as_deref(),
+                        query("format").as_deref(),
+                    )?;
+                    reports::audit(env, org, now_ms, audit_query, csv).await
                 }
                 (["debits"], Method::Post) => {
                     authorize(&claims, org, SERVICE)?;

@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use wallet_core::api::{entry_json, list_params, ApiError, Command};
+use wallet_core::audit::{AuditQuery, AuditRecord, AUDIT_CSV_HEADER};
 use wallet_core::ledger::{self, EntryRow, LedgerQuery, LEDGER_CSV_HEADER};
 use wallet_core::reports::{self, Transaction, CSV_HEADER, CSV_PAGE_ROWS};
 use wallet_core::time::from_millis;
@@ -80,6 +81,84 @@ async fn ledger_page(
         .collect::<Result<Vec<_>, String>>()
         .map_err(worker::Error::RustError)?;
     Ok((entries, page.has_more))
+}
+
+/// An audit page as the Durable Object answers it.
+#[derive(Deserialize)]
+struct AuditPage {
+    records: Vec<(u64, AuditRecord)>,
+    has_more: bool,
+}
+
+async fn audit_page(
+    env: &Env,
+    org: &str,
+    now_ms: i64,
+    query: AuditQuery,
+) -> Result<(Vec<(u64, AuditRecord)>, bool), Failure> {
+    let mut answer = call_wallet(env, org, now_ms, Command::Audit(query)).await?;
+    if answer.status_code() != 200 {
+        return Err(Failure::Answered(answer));
+    }
+    let page: AuditPage = answer.json().await?;
+    Ok((page.records, page.has_more))
+}
+
+/// `GET /v1/orgs/{org}/audit`: settings changes newest first, cursor pages,
+/// or `format=csv` for the whole trail, streamed a page at a time.
+pub async fn audit(env: &Env, org: &str, now_ms: i64, query: AuditQuery, csv: bool) -> Answer {
+    let (first, has_more) = audit_page(env, org, now_ms, query.clone()).await?;
+    if !csv {
+        let data: Vec<Value> = first.iter().map(|(seq, r)| r.to_json(*seq)).collect();
+        return Ok(json_response(
+            200,
+            &json!({ "data": data, "has_more": has_more }),
+        )?);
+    }
+    let today = from_millis(now_ms).ok_or(ApiError::Internal)?.date_naive();
+    let filename = wallet_core::audit::audit_csv_filename(org, today);
+    let env = Rc::new(env.clone());
+    let org: Rc<str> = org.into();
+    let start = (Some((first, has_more)), None::<u64>, true);
+    let chunks = stream::try_unfold(start, move |(page, before_seq, header)| {
+        let (env, org, query) = (Rc::clone(&env), Rc::clone(&org), query.clone());
+        async move {
+            let (records, more) = match page {
+                Some(page) => page,
+                None if before_seq.is_none() => return Ok(None),
+                None => {
+                    let next = AuditQuery {
+                        before_seq,
+                        ..query
+                    };
+                    audit_page(&env, &org, now_ms, next).await.map_err(|_| {
+                        worker::Error::RustError("the wallet refused an audit page".into())
+                    })?
+                }
+            };
+            let mut chunk = String::with_capacity(records.len() * 160 + AUDIT_CSV_HEADER.len());
+            if header {
+                chunk.push_str(AUDIT_CSV_HEADER);
+            }
+            for (seq, record) in &records {
+                chunk.push_str(&record.csv_row(*seq));
+            }
+            let next_before = records.last().filter(|_| more).map(|(seq, _)| *seq);
+            Ok::<_, worker::Error>(Some((chunk.into_bytes(), (None, next_before, false))))
+        }
+    })
+    .map_err(|err| {
+        worker::console_error!("audit CSV export failed mid-stream: {err}");
+        err
+    });
+    let headers = Headers::new();
+    headers.set("content-type", "text/csv; charset=utf-8")?;
+    headers.set(
+        "content-disposition",
+        &format!("attachment; filename=\"{filename}\""),
+    )?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::from_stream(chunks)?.with_headers(headers))
 }
 
 /// `GET /v1/orgs/{org}/ledger`: exact (read from the Durable Object), cursor

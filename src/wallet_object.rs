@@ -351,6 +351,7 @@ impl WalletObject {
         let sql = self.state.storage().sql();
         match &envelope.command {
             Command::Ledger(query) => return self.ledger(&sql, query, now),
+            Command::Audit(query) => return self.audit(&sql, query, now),
             Command::RefillShard => return self.refill_shard(now),
             _ => {}
         }
@@ -397,6 +398,23 @@ impl WalletObject {
         Ok(Reply::json(
             202,
             &serde_json::json!({ "ledger_shard": shard, "status": "scheduled" }),
+        ))
+    }
+
+    /// A page of the audit trail: `{"records": [[seq, record], …], "has_more": …}`.
+    fn audit(
+        &self,
+        sql: &SqlStorage,
+        query: &wallet_core::audit::AuditQuery,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Reply> {
+        if self.wallet.borrow().is_none() {
+            return Ok(Reply::error(&ApiError::WalletNotFound, now));
+        }
+        let (records, has_more) = wallet_store::audit_page(sql, query)?;
+        Ok(Reply::json(
+            200,
+            &serde_json::json!({ "records": records, "has_more": has_more }),
         ))
     }
 

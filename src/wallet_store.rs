@@ -5,8 +5,9 @@
 //! `StoredState`), the ledger route and the replica flush; a decision's
 //! writes become [`Statement`]s the object commits in one `transactionSync`.
 
-use serde::Deserialize;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use wallet_core::audit::{AuditQuery, AuditRecord};
 use wallet_core::decision::{Loaded, OpRow, Reads, StoredReply, StoredState, WalletWrite, Write};
 use wallet_core::ledger::{row_json, EntryRow, LedgerQuery};
 use wallet_core::purchase::{CreditedPayment, Purchase};
@@ -97,6 +98,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE wallet ADD COLUMN ledger_shard TEXT;
      ALTER TABLE replica ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE replica ADD COLUMN legacy_restored INTEGER NOT NULL DEFAULT 0;",
+    // 3: feature caps and today's spend per feature (JSON), and the audit
+    // trail of settings changes (kept forever, like the ledger).
+    "ALTER TABLE wallet ADD COLUMN features TEXT;
+     CREATE TABLE audit (
+       seq INTEGER PRIMARY KEY AUTOINCREMENT,
+       record TEXT NOT NULL
+     );",
 ];
 
 #[derive(Deserialize)]
@@ -146,6 +154,7 @@ struct WalletRow {
     owner_id: String,
     stripe_customer_id: Option<String>,
     ledger_shard: Option<String>,
+    features: Option<String>,
     balance: i64,
     held: i64,
     daily_cap: i64,
@@ -179,6 +188,10 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         .into_iter()
         .map(|r| serde_json::from_str::<Hold>(&r.record).map_err(|_| corrupt("hold")))
         .collect::<worker::Result<Vec<Hold>>>()?;
+    let features: FeatureState = match row.features.as_deref() {
+        None => FeatureState::default(),
+        Some(text) => serde_json::from_str(text).map_err(|_| corrupt("features"))?,
+    };
     let stored = StoredWallet {
         org_id: row.org_id,
         owner_id: row.owner_id,
@@ -193,6 +206,8 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         next_seq: u64::try_from(row.next_seq).map_err(|_| corrupt("next_seq"))?,
         clock: from_millis(row.clock_ms).ok_or_else(|| corrupt("clock"))?,
         created_at: from_millis(row.created_at_ms).ok_or_else(|| corrupt("created_at"))?,
+        feature_caps: features.caps,
+        feature_spent_today: features.spent_today,
     };
     let wallet =
         Wallet::restore(stored, holds).map_err(|e| worker::Error::RustError(e.to_string()))?;
@@ -228,6 +243,7 @@ pub fn statements(writes: &[Write], wallet: Option<&(Wallet, WalletWrite)>) -> V
             Write::Hold(hold) => upsert_hold(hold),
             Write::Purchase(purchase) => upsert_purchase(purchase),
             Write::CreditedPayment(payment) => upsert_credited_payment(payment),
+            Write::Audit(record) => insert_audit(record),
         })
         .collect();
     if let Some((wallet, how)) = wallet {
@@ -239,16 +255,37 @@ pub fn statements(writes: &[Write], wallet: Option<&(Wallet, WalletWrite)>) -> V
     out
 }
 
+/// The wallet's `features` column: caps and today's spend per feature.
+#[derive(Default, Serialize, Deserialize)]
+struct FeatureState {
+    caps: BTreeMap<String, Credits>,
+    spent_today: BTreeMap<String, Credits>,
+}
+
+fn features_json(w: &StoredWallet) -> SqlStorageValue {
+    if w.feature_caps.is_empty() && w.feature_spent_today.is_empty() {
+        return SqlStorageValue::Null;
+    }
+    text(
+        serde_json::to_string(&FeatureState {
+            caps: w.feature_caps.clone(),
+            spent_today: w.feature_spent_today.clone(),
+        })
+        .expect("features serialize"),
+    )
+}
+
 fn insert_wallet(w: &StoredWallet) -> Statement {
     (
-        "INSERT INTO wallet (id, org_id, owner_id, stripe_customer_id, ledger_shard, balance, held,
-           daily_cap, day, spent_today, held_today, next_seq, clock_ms, created_at_ms)
-         VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO wallet (id, org_id, owner_id, stripe_customer_id, ledger_shard, features,
+           balance, held, daily_cap, day, spent_today, held_today, next_seq, clock_ms, created_at_ms)
+         VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             text(&w.org_id),
             text(&w.owner_id),
             opt_text(w.stripe_customer_id.as_deref()),
             opt_text(w.ledger_shard.as_deref()),
+            features_json(w),
             int(w.balance.units()),
             int(w.held.units()),
             int(w.daily_cap.units()),
@@ -264,10 +301,12 @@ fn insert_wallet(w: &StoredWallet) -> Statement {
 
 fn update_wallet(w: &StoredWallet) -> Statement {
     (
-        "UPDATE wallet SET stripe_customer_id = ?, balance = ?, held = ?, daily_cap = ?, day = ?,
-           spent_today = ?, held_today = ?, next_seq = ?, clock_ms = ? WHERE id = 1",
+        "UPDATE wallet SET stripe_customer_id = ?, features = ?, balance = ?, held = ?,
+           daily_cap = ?, day = ?, spent_today = ?, held_today = ?, next_seq = ?, clock_ms = ?
+         WHERE id = 1",
         vec![
             opt_text(w.stripe_customer_id.as_deref()),
+            features_json(w),
             int(w.balance.units()),
             int(w.held.units()),
             int(w.daily_cap.units()),
@@ -311,6 +350,46 @@ fn insert_op(op: &OpRow) -> Statement {
             int(op.created_at_ms),
         ],
     )
+}
+
+fn insert_audit(record: &AuditRecord) -> Statement {
+    (
+        "INSERT INTO audit (record) VALUES (?)",
+        vec![text(
+            serde_json::to_string(record).expect("audit records serialize"),
+        )],
+    )
+}
+
+#[derive(Deserialize)]
+struct AuditRow {
+    seq: i64,
+    record: String,
+}
+
+/// One page of the audit trail, newest first: `(seq, record)` pairs and
+/// whether older ones follow.
+pub fn audit_page(
+    sql: &SqlStorage,
+    query: &AuditQuery,
+) -> worker::Result<(Vec<(u64, AuditRecord)>, bool)> {
+    let below = query.before_seq.map_or(i64::MAX, |s| s as i64);
+    let rows: Vec<AuditRow> = sql
+        .exec(
+            "SELECT seq, record FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+            vec![int(below), int(query.limit as i64 + 1)],
+        )?
+        .to_array()?;
+    let has_more = rows.len() > query.limit as usize;
+    let records = rows
+        .into_iter()
+        .take(query.limit as usize)
+        .map(|r| {
+            let record = serde_json::from_str(&r.record).map_err(|_| corrupt("audit record"))?;
+            Ok((r.seq.max(0) as u64, record))
+        })
+        .collect::<worker::Result<Vec<_>>>()?;
+    Ok((records, has_more))
 }
 
 fn upsert_purchase(purchase: &Purchase) -> Statement {

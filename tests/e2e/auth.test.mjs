@@ -89,6 +89,20 @@ const ROUTES = [
     send: (role, own) => w.ledgerPage(orgA, { tok: token({ org: own ? orgA : orgB, role }) }),
   },
   {
+    route: 'PUT /v1/orgs/{org}/feature-caps',
+    allowed: ['owner'],
+    status: 200,
+    send: (role, own) => w.call('PUT', '/v1/orgs/{org}/feature-caps', { org: orgA }, {
+      token: token({ org: own ? orgA : orgB, role }), body: { caps: { nl_alerts: role === 'owner' && own ? '40' : '3' } },
+    }),
+  },
+  {
+    route: 'GET /v1/orgs/{org}/audit',
+    allowed: ['owner', 'admin'],
+    status: 200,
+    send: (role, own) => w.call('GET', '/v1/orgs/{org}/audit', { org: orgA }, { token: token({ org: own ? orgA : orgB, role }) }),
+  },
+  {
     route: 'POST /v1/orgs/{org}/ledger/refill',
     allowed: ['service'],
     status: 202,
@@ -120,9 +134,14 @@ describe('role matrix', () => {
     assert.equal(a.status, 200, a.summary);
     assert.equal(units(a.json.balance), expectedBalanceA, `balance ${a.json.balance}`);
     assertAmount(a.json.daily_cap, '400');
+    // Only the owner's feature cap stuck; the audit trail names only the owner.
+    assert.deepEqual(a.json.feature_caps.map((c) => [c.feature, c.daily_cap]), [['nl_alerts', '40']]);
+    const trail = await w.call('GET', '/v1/orgs/{org}/audit', { org: orgA }, { token: token({ org: orgA, role: 'owner' }) });
+    assert.ok(trail.json.data.length > 0 && trail.json.data.every((r) => r.role === 'owner'), trail.summary);
     const b = await w.wallet(orgB);
     assertAmount(b.json.balance, '200');
     assertAmount(b.json.daily_cap, '500');
+    assert.deepEqual(b.json.feature_caps, []);
   });
 });
 

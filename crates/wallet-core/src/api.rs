@@ -77,6 +77,13 @@ pub const ROUTES: &[Route] = &[
     ),
     route("get", "/v1/orgs/{org}/wallet", 0, ORG_READ),
     route("put", "/v1/orgs/{org}/daily-cap", MAX_BODY_BYTES, ORG_WRITE),
+    route(
+        "put",
+        "/v1/orgs/{org}/feature-caps",
+        MAX_BODY_BYTES,
+        ORG_WRITE,
+    ),
+    route("get", "/v1/orgs/{org}/audit", 0, ORG_READ),
     route("post", "/v1/orgs/{org}/debits", MAX_BODY_BYTES, ORG_SPEND),
     route(
         "post",
@@ -227,9 +234,10 @@ impl ApiError {
             ApiError::Internal => 500,
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientCredits { .. } => 402,
-                Rejection::DailyCapReached { .. } => 429,
+                Rejection::DailyCapReached { .. } | Rejection::FeatureCapReached { .. } => 429,
                 Rejection::AmountOutOfRange { .. }
                 | Rejection::DailyCapOutOfRange { .. }
+                | Rejection::FeatureCapOutOfRange { .. }
                 | Rejection::HoldTtlOutOfRange { .. }
                 | Rejection::CaptureExceedsHold { .. } => 422,
                 Rejection::HoldNotFound => 404,
@@ -261,8 +269,10 @@ impl ApiError {
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientCredits { .. } => "insufficient_credits",
                 Rejection::DailyCapReached { .. } => "daily_cap_reached",
+                Rejection::FeatureCapReached { .. } => "feature_cap_reached",
                 Rejection::AmountOutOfRange { .. }
                 | Rejection::DailyCapOutOfRange { .. }
+                | Rejection::FeatureCapOutOfRange { .. }
                 | Rejection::HoldTtlOutOfRange { .. }
                 | Rejection::CaptureExceedsHold { .. } => "invalid_request",
                 Rejection::TooManyActiveHolds { .. } => "too_many_active_holds",
@@ -278,7 +288,10 @@ impl ApiError {
     /// Seconds a client should wait before retrying, for `Retry-After`.
     pub fn retry_after_seconds(&self, now: DateTime<Utc>) -> Option<i64> {
         match self {
-            ApiError::Rejected(Rejection::DailyCapReached { resumes_at, .. }) => {
+            ApiError::Rejected(
+                Rejection::DailyCapReached { resumes_at, .. }
+                | Rejection::FeatureCapReached { resumes_at, .. },
+            ) => {
                 let ms = (*resumes_at - now).num_milliseconds().max(0);
                 Some((ms + 999) / 1000)
             }
@@ -346,6 +359,31 @@ impl ApiError {
                     error.insert("cap_remaining".into(), json!(cap_remaining));
                     error.insert("requested".into(), json!(requested));
                     "The daily spend cap is reached; AI features resume at 00:00 UTC.".into()
+                }
+                Rejection::FeatureCapReached {
+                    feature,
+                    resumes_at,
+                    feature_cap,
+                    cap_remaining,
+                    requested,
+                } => {
+                    error.insert("feature".into(), json!(feature));
+                    error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
+                    error.insert("feature_cap".into(), json!(feature_cap));
+                    error.insert("cap_remaining".into(), json!(cap_remaining));
+                    error.insert("requested".into(), json!(requested));
+                    format!(
+                        "The daily cap of {feature} is reached; it resumes at 00:00 UTC, other features go on."
+                    )
+                }
+                Rejection::FeatureCapOutOfRange { feature, max } => {
+                    let field = format!("caps.{feature}");
+                    error.insert("field".into(), json!(field));
+                    if max.is_positive() {
+                        format!("{field} must be greater than 0 and at most the daily cap, {max}")
+                    } else {
+                        format!("{field} is not a feature")
+                    }
                 }
                 Rejection::AmountOutOfRange { max } => {
                     error.insert("field".into(), json!("amount"));
@@ -810,6 +848,41 @@ impl DailyCapBody {
     }
 }
 
+/// `PUT …/feature-caps`: `{"caps": {"auto_triage": "200", "chat": null}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureCapsBody {
+    pub caps: std::collections::BTreeMap<String, Option<Credits>>,
+}
+
+impl FeatureCapsBody {
+    /// Features must be configured ones; caps positive and at most the
+    /// largest daily cap (the wallet checks them against its own cap).
+    pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
+        if self.caps.is_empty() {
+            return Err(ApiError::invalid("caps", "must name at least one feature"));
+        }
+        for (feature, cap) in &self.caps {
+            let field = format!("caps.{feature}");
+            if !config.is_feature(feature) {
+                return Err(ApiError::invalid(&field, "is not a feature"));
+            }
+            if let Some(cap) = cap {
+                if !cap.is_positive() || *cap > config.daily_cap_max {
+                    return Err(ApiError::invalid(
+                        &field,
+                        format!(
+                            "must be greater than 0 and at most the daily cap (at most {})",
+                            config.daily_cap_max
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parses `limit` and `starting_after` of a list route.
 pub fn list_params(
     limit: Option<&str>,
@@ -856,7 +929,16 @@ pub fn fingerprint(route: &str, body: &impl Serialize) -> String {
 pub enum Command {
     Open(SignupBody),
     View,
-    SetDailyCap(DailyCapBody),
+    SetDailyCap {
+        body: DailyCapBody,
+        actor: crate::audit::Actor,
+    },
+    SetFeatureCaps {
+        body: FeatureCapsBody,
+        actor: crate::audit::Actor,
+    },
+    /// A page of the audit trail.
+    Audit(crate::audit::AuditQuery),
     Debit {
         idempotency_key: String,
         fingerprint: String,

@@ -11,6 +11,7 @@ use crate::api::{
     entry_json, hold_json, ApiError, BatchSlot, Command, CustomerReply, DebitBody, PurchaseReply,
     PurchaseStartReply, SignupBody,
 };
+use crate::audit::{AuditRecord, Setting};
 use crate::config::WalletConfig;
 use crate::purchase::{
     self, is_purchase_id, ChargeOutcome, CreditedPayment, Purchase, Settlement, Start,
@@ -103,6 +104,8 @@ pub enum Write {
     Hold(Hold),
     Purchase(Purchase),
     CreditedPayment(CreditedPayment),
+    /// A settings change for the audit trail.
+    Audit(AuditRecord),
 }
 
 /// How the wallet row changes.
@@ -182,7 +185,9 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         } => reads.payment_intent_id = Some(payment_intent_id.clone()),
         Command::Open(_)
         | Command::View
-        | Command::SetDailyCap(_)
+        | Command::SetDailyCap { .. }
+        | Command::SetFeatureCaps { .. }
+        | Command::Audit(_)
         | Command::StripeCustomer
         | Command::SetStripeCustomer { .. }
         | Command::Ping
@@ -290,6 +295,7 @@ pub fn decide(
         | Command::Ping
         | Command::StorageStats
         | Command::Ledger(_)
+        | Command::Audit(_)
         | Command::RefillShard => Reply::error(&ApiError::Internal, now),
         Command::View => Reply::json(200, &wallet.view(config)),
         Command::LedgerShard => Reply::json(
@@ -298,13 +304,45 @@ pub fn decide(
                 "ledger_shard": wallet.ledger_shard().unwrap_or(crate::config::LEGACY_LEDGER_SHARD)
             }),
         ),
-        Command::SetDailyCap(body) => match wallet.set_daily_cap(body.daily_cap, config) {
-            Ok(()) => {
-                changed = true;
-                Reply::json(200, &wallet.view(config))
+        Command::SetDailyCap { body, actor } => {
+            let before = wallet.daily_cap();
+            match wallet.set_daily_cap(body.daily_cap, config) {
+                Ok(()) => {
+                    changed = true;
+                    if wallet.daily_cap() != before {
+                        d.writes.push(Write::Audit(AuditRecord {
+                            setting: Setting::DailyCap,
+                            actor: actor.clone(),
+                            at: now,
+                            before: serde_json::json!(before),
+                            after: serde_json::json!(wallet.daily_cap()),
+                        }));
+                    }
+                    Reply::json(200, &wallet.view(config))
+                }
+                Err(r) => Reply::rejected(r, now),
             }
-            Err(r) => Reply::rejected(r, now),
-        },
+        }
+        Command::SetFeatureCaps { body, actor } => {
+            let before = serde_json::json!(wallet.feature_caps());
+            match wallet.set_feature_caps(&body.caps, config) {
+                Ok(()) => {
+                    let after = serde_json::json!(wallet.feature_caps());
+                    if after != before {
+                        changed = true;
+                        d.writes.push(Write::Audit(AuditRecord {
+                            setting: Setting::FeatureCaps,
+                            actor: actor.clone(),
+                            at: now,
+                            before,
+                            after,
+                        }));
+                    }
+                    Reply::json(200, &wallet.view(config))
+                }
+                Err(r) => Reply::rejected(r, now),
+            }
+        }
         Command::Debit {
             idempotency_key,
             fingerprint,

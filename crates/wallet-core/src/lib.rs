@@ -5,6 +5,7 @@
 //! back. Everything here runs under native `cargo test`.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod decision;
 pub mod deployment;

@@ -81,6 +81,12 @@ impl Credits {
             .map(Credits)
     }
 
+    /// Sum capped at the largest storable amount, for totals of amounts that
+    /// are each bounded far below it (held credits of one feature).
+    pub fn saturating_add(self, other: Credits) -> Credits {
+        self.checked_add(other).unwrap_or(Credits(MAX_SAFE_UNITS))
+    }
+
     /// Difference floored at zero, for "remaining" figures shown to users.
     pub fn saturating_sub(self, other: Credits) -> Credits {
         Credits((self.0 - other.0).max(0))

@@ -198,6 +198,11 @@ pub struct Wallet {
     /// The D1 shard that replicates this organization's ledger; `None` for
     /// organizations created before shards existed (they live on `DB`).
     pub(crate) ledger_shard: Option<String>,
+    /// Daily caps of single features (each within the organization's cap).
+    pub(crate) feature_caps: BTreeMap<String, Credits>,
+    /// Credits spent today per feature (every feature, capped or not, so a
+    /// cap set during the day counts what was already spent).
+    pub(crate) feature_spent_today: BTreeMap<String, Credits>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +273,19 @@ pub enum Rejection {
         status: HoldStatus,
     },
     BalanceOverflow,
+    /// The feature's own daily cap would be crossed; other features go on.
+    FeatureCapReached {
+        feature: String,
+        resumes_at: DateTime<Utc>,
+        feature_cap: Credits,
+        cap_remaining: Credits,
+        requested: Credits,
+    },
+    /// A feature cap outside 0 < cap <= the organization's daily cap.
+    FeatureCapOutOfRange {
+        feature: String,
+        max: Credits,
+    },
 }
 
 /// What `advance` changed, for the caller to persist.
@@ -310,6 +328,8 @@ impl Wallet {
             created_at: now,
             holds: BTreeMap::new(),
             ledger_shard: None,
+            feature_caps: BTreeMap::new(),
+            feature_spent_today: BTreeMap::new(),
         };
         let grant = config.trial_credits.is_positive().then(|| {
             wallet.balance = config.trial_credits;
@@ -362,6 +382,7 @@ impl Wallet {
             self.spent_today = Credits::ZERO;
             // Holds made on earlier days no longer count against the new day's cap.
             self.held_today = Credits::ZERO;
+            self.feature_spent_today.clear();
             advanced.day_changed = true;
         }
         advanced
@@ -377,7 +398,11 @@ impl Wallet {
         request: &DebitRequest,
         config: &WalletConfig,
     ) -> Result<LedgerEntry, Rejection> {
-        self.check_spend(request.amount, config)?;
+        self.check_spend(request.amount, &request.feature, config)?;
+        let feature_spent = self
+            .feature_spent_today(&request.feature)
+            .checked_add(request.amount)
+            .ok_or(Rejection::BalanceOverflow)?;
         self.balance = self
             .balance
             .checked_sub(request.amount)
@@ -386,6 +411,8 @@ impl Wallet {
             .spent_today
             .checked_add(request.amount)
             .ok_or(Rejection::BalanceOverflow)?;
+        self.feature_spent_today
+            .insert(request.feature.clone(), feature_spent);
         let mut entry = self.new_entry(EntryKind::Debit, request.amount, self.clock, self.day);
         entry.feature = Some(request.feature.clone());
         entry.user_id = request.user_id.clone();
@@ -409,7 +436,7 @@ impl Wallet {
                 limit: config.max_active_holds,
             });
         }
-        self.check_spend(request.amount, config)?;
+        self.check_spend(request.amount, &request.feature, config)?;
         let now = self.clock;
         let hold = Hold {
             id: hold_id(self.take_seq()),
@@ -483,6 +510,12 @@ impl Wallet {
                     .spent_today
                     .checked_add(amount)
                     .ok_or(Rejection::BalanceOverflow)?;
+                let feature_spent = self
+                    .feature_spent_today(&hold.feature)
+                    .checked_add(amount)
+                    .ok_or(Rejection::BalanceOverflow)?;
+                self.feature_spent_today
+                    .insert(hold.feature.clone(), feature_spent);
             }
             let mut entry = self.new_entry(EntryKind::Capture, amount, now, hold.day);
             entry.feature = Some(hold.feature.clone());
@@ -565,9 +598,77 @@ impl Wallet {
         Some(self.new_entry(EntryKind::DisputeReversal, taken, self.clock, self.day))
     }
 
-    /// Checks a new spend of `amount` against limits, available credits and
-    /// today's cap, in that order.
-    fn check_spend(&self, amount: Credits, config: &WalletConfig) -> Result<(), Rejection> {
+    /// Replaces the caps named in `changes` (`None` removes one). Each must be
+    /// positive and at most the organization's daily cap; all or none apply.
+    /// A cap below what the feature already used today pauses it until
+    /// midnight, as the organization's cap does.
+    pub fn set_feature_caps(
+        &mut self,
+        changes: &BTreeMap<String, Option<Credits>>,
+        config: &WalletConfig,
+    ) -> Result<(), Rejection> {
+        for (feature, cap) in changes {
+            if !config.is_feature(feature) {
+                return Err(Rejection::FeatureCapOutOfRange {
+                    feature: feature.clone(),
+                    max: Credits::ZERO,
+                });
+            }
+            if let Some(cap) = cap {
+                if !cap.is_positive() || *cap > self.daily_cap {
+                    return Err(Rejection::FeatureCapOutOfRange {
+                        feature: feature.clone(),
+                        max: self.daily_cap,
+                    });
+                }
+            }
+        }
+        for (feature, cap) in changes {
+            match cap {
+                Some(cap) => self.feature_caps.insert(feature.clone(), *cap),
+                None => self.feature_caps.remove(feature),
+            };
+        }
+        Ok(())
+    }
+
+    pub fn feature_caps(&self) -> &BTreeMap<String, Credits> {
+        &self.feature_caps
+    }
+
+    /// Credits spent today by `feature` (debits and captures of today's holds).
+    pub fn feature_spent_today(&self, feature: &str) -> Credits {
+        self.feature_spent_today
+            .get(feature)
+            .copied()
+            .unwrap_or(Credits::ZERO)
+    }
+
+    /// Credits held today by active holds of `feature`.
+    pub fn feature_held_today(&self, feature: &str) -> Credits {
+        self.holds
+            .values()
+            .filter(|h| h.feature == feature && h.day == self.day)
+            .fold(Credits::ZERO, |sum, h| sum.saturating_add(h.amount))
+    }
+
+    /// What `feature` may still spend today under its own cap (`None` when uncapped).
+    pub fn feature_cap_remaining(&self, feature: &str) -> Option<Credits> {
+        let cap = *self.feature_caps.get(feature)?;
+        let used = self
+            .feature_spent_today(feature)
+            .saturating_add(self.feature_held_today(feature));
+        Some(cap.saturating_sub(used))
+    }
+
+    /// Checks a new spend of `amount` by `feature` against limits, available
+    /// credits, today's cap and the feature's cap, in that order.
+    fn check_spend(
+        &self,
+        amount: Credits,
+        feature: &str,
+        config: &WalletConfig,
+    ) -> Result<(), Rejection> {
         if !amount.is_positive() || amount > config.max_operation {
             return Err(Rejection::AmountOutOfRange {
                 max: config.max_operation,
@@ -586,6 +687,17 @@ impl Wallet {
                 cap_remaining: self.cap_remaining(),
                 requested: amount,
             });
+        }
+        if let Some(remaining) = self.feature_cap_remaining(feature) {
+            if amount > remaining {
+                return Err(Rejection::FeatureCapReached {
+                    feature: feature.to_string(),
+                    resumes_at: self.resets_at(),
+                    feature_cap: self.feature_caps[feature],
+                    cap_remaining: remaining,
+                    requested: amount,
+                });
+            }
         }
         Ok(())
     }
@@ -650,6 +762,8 @@ pub struct StoredWallet {
     pub next_seq: u64,
     pub clock: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    pub feature_caps: BTreeMap<String, Credits>,
+    pub feature_spent_today: BTreeMap<String, Credits>,
 }
 
 /// Why a stored wallet was refused at load: serving it would decide on
@@ -691,6 +805,20 @@ impl Wallet {
                 stored.held, stored.held_today
             )));
         }
+        let feature_spent = stored
+            .feature_spent_today
+            .values()
+            .try_fold(Credits::ZERO, |sum, c| sum.checked_add(*c))
+            .ok_or_else(|| Inconsistent("feature spend overflows".into()))?;
+        if feature_spent > stored.spent_today {
+            return Err(Inconsistent(format!(
+                "features spent {feature_spent} today, more than spent_today {}",
+                stored.spent_today
+            )));
+        }
+        if let Some((feature, cap)) = stored.feature_caps.iter().find(|(_, c)| !c.is_positive()) {
+            return Err(Inconsistent(format!("feature cap {feature} is {cap}")));
+        }
         if stored.balance.units() < 0 || stored.held > stored.balance {
             return Err(Inconsistent(format!(
                 "balance {} does not cover held {}",
@@ -712,6 +840,8 @@ impl Wallet {
             created_at: stored.created_at,
             holds: by_id,
             ledger_shard: stored.ledger_shard,
+            feature_caps: stored.feature_caps,
+            feature_spent_today: stored.feature_spent_today,
         })
     }
 
@@ -731,6 +861,8 @@ impl Wallet {
             next_seq: self.next_seq,
             clock: self.clock,
             created_at: self.created_at,
+            feature_caps: self.feature_caps.clone(),
+            feature_spent_today: self.feature_spent_today.clone(),
         }
     }
 
@@ -810,6 +942,17 @@ pub struct WalletView {
     pub resets_at: String,
     pub status: &'static str,
     pub resumes_at: Option<String>,
+    pub feature_caps: Vec<FeatureCapView>,
+}
+
+/// One capped feature in the wallet view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeatureCapView {
+    pub feature: String,
+    pub daily_cap: Credits,
+    pub spent_today: Credits,
+    pub held_today: Credits,
+    pub cap_remaining: Credits,
 }
 
 impl Wallet {
@@ -839,6 +982,17 @@ impl Wallet {
             resets_at: crate::time::rfc3339(self.resets_at()),
             status,
             resumes_at,
+            feature_caps: self
+                .feature_caps
+                .iter()
+                .map(|(feature, cap)| FeatureCapView {
+                    feature: feature.clone(),
+                    daily_cap: *cap,
+                    spent_today: self.feature_spent_today(feature),
+                    held_today: self.feature_held_today(feature),
+                    cap_remaining: self.feature_cap_remaining(feature).unwrap_or(*cap),
+                })
+                .collect(),
         }
     }
 }
@@ -1155,5 +1309,107 @@ mod tests {
         wallet.debit(&debit("200"), &config).unwrap();
         let view = wallet.view(&config);
         assert_eq!((view.status, view.resumes_at), ("paused_no_credits", None));
+    }
+
+    fn caps(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<Credits>> {
+        pairs
+            .iter()
+            .map(|(f, c)| (f.to_string(), c.map(|c| Credits::parse(c).unwrap())))
+            .collect()
+    }
+
+    fn spend(feature: &str, amount: &str) -> DebitRequest {
+        DebitRequest {
+            feature: feature.into(),
+            ..debit(amount)
+        }
+    }
+
+    #[test]
+    fn a_feature_cap_stops_that_feature_only_and_resets_at_midnight() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        wallet
+            .set_feature_caps(&caps(&[("auto_triage", Some("10"))]), &config)
+            .unwrap();
+        for _ in 0..4 {
+            wallet.debit(&spend("auto_triage", "2.5"), &config).unwrap();
+        }
+        match wallet.debit(&spend("auto_triage", "0.0001"), &config) {
+            Err(Rejection::FeatureCapReached {
+                feature,
+                cap_remaining,
+                resumes_at,
+                ..
+            }) => {
+                assert_eq!(feature, "auto_triage");
+                assert_eq!(cap_remaining, Credits::ZERO);
+                assert_eq!(resumes_at, at("2030-01-02T00:00:00Z"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Other features go on; the organization cap still applies on top.
+        wallet.debit(&spend("chat", "50"), &config).unwrap();
+        assert_eq!(wallet.feature_spent_today("chat"), c("50"));
+        assert_eq!(wallet.spent_today(), c("60"));
+        // Midnight UTC: the feature starts from zero again.
+        wallet.advance(at("2030-01-02T00:00:00Z"));
+        assert_eq!(wallet.feature_cap_remaining("auto_triage"), Some(c("10")));
+        wallet.debit(&spend("auto_triage", "10"), &config).unwrap();
+    }
+
+    #[test]
+    fn holds_count_against_their_feature_on_the_day_they_were_made() {
+        let (mut wallet, config) = new_wallet("2030-01-01T23:30:00Z");
+        wallet
+            .set_feature_caps(&caps(&[("chat", Some("10"))]), &config)
+            .unwrap();
+        let request = HoldRequest {
+            feature: "chat".into(),
+            ..hold("8", 3600)
+        };
+        let held = wallet.place_hold(&request, &config).unwrap();
+        assert_eq!(wallet.feature_cap_remaining("chat"), Some(c("2")));
+        assert!(matches!(
+            wallet.debit(&spend("chat", "3"), &config),
+            Err(Rejection::FeatureCapReached { .. })
+        ));
+        // Captured the next day, it counts on the day the hold was made.
+        wallet.advance(at("2030-01-02T00:10:00Z"));
+        assert_eq!(wallet.feature_cap_remaining("chat"), Some(c("10")));
+        wallet.capture(&held.id, c("8"), None).unwrap();
+        assert_eq!(wallet.feature_spent_today("chat"), Credits::ZERO);
+        assert_eq!(wallet.feature_cap_remaining("chat"), Some(c("10")));
+    }
+
+    #[test]
+    fn feature_caps_are_checked_whole_and_the_lower_cap_rules() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        let before = wallet.clone();
+        for bad in [
+            caps(&[("chat", Some("20")), ("auto_triage", Some("501"))]),
+            caps(&[("chat", Some("0"))]),
+            caps(&[("chat", Some("20")), ("poetry", Some("1"))]),
+        ] {
+            assert!(matches!(
+                wallet.set_feature_caps(&bad, &config),
+                Err(Rejection::FeatureCapOutOfRange { .. })
+            ));
+            assert_eq!(wallet, before, "a refused change changes nothing");
+        }
+        wallet
+            .set_feature_caps(&caps(&[("chat", Some("400"))]), &config)
+            .unwrap();
+        // The organization's cap may drop below a feature cap: the lower rules.
+        wallet.set_daily_cap(c("5"), &config).unwrap();
+        assert!(matches!(
+            wallet.debit(&spend("chat", "6"), &config),
+            Err(Rejection::DailyCapReached { .. })
+        ));
+        wallet.debit(&spend("chat", "5"), &config).unwrap();
+        wallet
+            .set_feature_caps(&caps(&[("chat", None)]), &config)
+            .unwrap();
+        assert!(wallet.feature_caps().is_empty());
+        assert_eq!(wallet.view(&config).feature_caps, vec![]);
     }
 }

@@ -2,7 +2,8 @@
 //! releases, expiries, purchases, dispute reversals, cap changes and day changes, run against
 //! the wallet and against a deliberately simple reference model that
 //! recomputes everything from the ledger and the hold list. After every step
-//! the SPEC §3 invariants are checked.
+//! the SPEC §3 invariants are checked, and, for feature caps (SPEC §9), that a
+//! decision never takes a feature past its own cap.
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
@@ -11,12 +12,24 @@ use wallet_core::{
     Credits, DebitRequest, EntryKind, HoldRequest, LedgerEntry, Rejection, Wallet, WalletConfig,
 };
 
+/// The features the steps spend on; caps are set on some of them.
+const FEATURES: [&str; 3] = ["chat", "auto_triage", "error_analysis"];
+
 #[derive(Clone, Debug)]
 enum Step {
-    Debit(i64),
+    Debit {
+        feature: usize,
+        units: i64,
+    },
     Hold {
+        feature: usize,
         units: i64,
         ttl_seconds: i64,
+    },
+    /// A feature cap in units, or `None` to remove it.
+    SetFeatureCap {
+        feature: usize,
+        units: Option<i64>,
     },
     Capture {
         pick: usize,
@@ -34,15 +47,31 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    // Amounts in units (1/10,000 credit): small enough that caps and balances bind often.
+    // Amounts in units (1/10,000 credit): mostly small enough that caps and
+    // balances bind often, sometimes up to the real limits (10,000 credits a
+    // debit, 50,000 a cap).
+    let amount = prop_oneof![
+        6 => 1i64..=400_000,
+        1 => 1i64..=100_000_000,
+        1 => 99_000_000i64..=100_010_000,
+    ];
+    let cap = prop_oneof![
+        3 => 1i64..=1_000_000,
+        1 => 1i64..=500_000_000,
+        1 => -10_000i64..=0,
+        1 => 499_990_000i64..=500_010_000,
+    ];
     prop_oneof![
-        4 => (1i64..=400_000).prop_map(Step::Debit),
-        2 => (1i64..=400_000, 1i64..=3_600).prop_map(|(units, ttl_seconds)| Step::Hold { units, ttl_seconds }),
+        4 => (0usize..3, amount.clone()).prop_map(|(feature, units)| Step::Debit { feature, units }),
+        2 => (0usize..3, amount, 1i64..=3_600)
+            .prop_map(|(feature, units, ttl_seconds)| Step::Hold { feature, units, ttl_seconds }),
+        1 => (0usize..3, proptest::option::weighted(0.8, cap))
+            .prop_map(|(feature, units)| Step::SetFeatureCap { feature, units }),
         2 => (0usize..8, 0i64..=1_100).prop_map(|(pick, per_mille)| Step::Capture { pick, per_mille }),
         1 => (0usize..8).prop_map(|pick| Step::Release { pick }),
-        1 => (1i64..=2_000_000).prop_map(Step::Purchase),
+        1 => prop_oneof![3 => 1i64..=2_000_000, 1 => 1i64..=1_200_000_000].prop_map(Step::Purchase),
         1 => (1i64..=2_000_000).prop_map(Step::Reverse),
-        1 => (-10_000i64..=6_000_000).prop_map(Step::SetCap),
+        1 => prop_oneof![3 => -10_000i64..=6_000_000, 1 => 1i64..=500_010_000].prop_map(Step::SetCap),
         // Mostly short waits, so holds outlive midnight; sometimes whole days.
         3 => (0i64..=600).prop_map(Step::Wait),
         1 => (0i64..=90_000).prop_map(Step::Wait),
@@ -56,6 +85,7 @@ struct Model {
     entries: Vec<LedgerEntry>,
     holds: Vec<wallet_core::Hold>,
     cap: i64,
+    feature_caps: std::collections::BTreeMap<&'static str, i64>,
     now: DateTime<Utc>,
 }
 
@@ -87,12 +117,29 @@ impl Model {
             .map(|h| h.amount.units())
             .sum()
     }
-    /// Whether a new spend of `units` should be accepted.
-    fn allows(&self, units: i64, config: &WalletConfig) -> bool {
+    fn feature_spent_today(&self, feature: &str) -> i64 {
+        self.entries
+            .iter()
+            .filter(|e| e.kind.is_usage() && e.usage_day == self.today())
+            .filter(|e| e.feature.as_deref() == Some(feature))
+            .map(|e| e.amount.units())
+            .sum()
+    }
+    fn feature_held_today(&self, feature: &str) -> i64 {
+        self.active()
+            .filter(|h| h.day == self.today() && h.feature == feature)
+            .map(|h| h.amount.units())
+            .sum()
+    }
+    /// Whether a new spend of `units` by `feature` should be accepted.
+    fn allows(&self, feature: &str, units: i64, config: &WalletConfig) -> bool {
         units > 0
             && units <= config.max_operation.units()
             && units <= self.balance() - self.held()
             && units <= self.cap - self.spent_today() - self.held_today()
+            && self.feature_caps.get(feature).is_none_or(|cap| {
+                units <= cap - self.feature_spent_today(feature) - self.feature_held_today(feature)
+            })
     }
 }
 
@@ -133,6 +180,22 @@ fn check_invariants(wallet: &Wallet, model: &Model) -> Result<(), TestCaseError>
         "held_today from today's holds"
     );
     prop_assert_eq!(wallet.daily_cap().units(), model.cap);
+    for feature in FEATURES {
+        prop_assert_eq!(
+            wallet.feature_spent_today(feature).units(),
+            model.feature_spent_today(feature),
+            "feature spent today from the ledger"
+        );
+        prop_assert_eq!(
+            wallet.feature_held_today(feature).units(),
+            model.feature_held_today(feature),
+            "feature held today from today's holds"
+        );
+        prop_assert_eq!(
+            wallet.feature_caps().get(feature).map(|c| c.units()),
+            model.feature_caps.get(feature).copied()
+        );
+    }
     let mut running = 0;
     for entry in &model.entries {
         prop_assert!(entry.amount.is_positive(), "entry amounts are positive");
@@ -149,6 +212,15 @@ fn check_invariants(wallet: &Wallet, model: &Model) -> Result<(), TestCaseError>
     Ok(())
 }
 
+/// A capped feature's spent+held today and its cap, right after a decision.
+fn feature_use(wallet: &Wallet, feature: &str) -> Option<(i64, i64)> {
+    let cap = wallet.feature_caps().get(feature)?;
+    Some((
+        wallet.feature_spent_today(feature).units() + wallet.feature_held_today(feature).units(),
+        cap.units(),
+    ))
+}
+
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let config = WalletConfig::defaults();
     let start: DateTime<Utc> = "2030-03-10T23:20:00Z".parse().unwrap();
@@ -157,10 +229,13 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         entries: grant.into_iter().collect(),
         holds: vec![],
         cap: config.daily_cap_default.units(),
+        feature_caps: Default::default(),
         now: start,
     };
     let mut payments = 0u32;
     let mut last_decision: Option<(i64, i64)> = None; // (spent+held after a spend, cap then)
+                                                      // For a spend of a capped feature: (its spent+held after it, its cap then).
+    let mut last_feature_decision: Option<(i64, i64)> = None;
     check_invariants(&wallet, &model)?;
 
     for step in steps {
@@ -179,10 +254,11 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         }
         match step {
             Step::Wait(_) => {}
-            Step::Debit(units) => {
-                let expected = model.allows(units, &config);
+            Step::Debit { feature, units } => {
+                let feature = FEATURES[feature];
+                let expected = model.allows(feature, units, &config);
                 let request = DebitRequest {
-                    feature: "chat".into(),
+                    feature: feature.into(),
                     amount: Credits::from_units(units),
                     user_id: Some("u1".into()),
                     project_id: None,
@@ -197,12 +273,16 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                             wallet.spent_today().units() + wallet.held_today().units(),
                             wallet.daily_cap().units(),
                         ));
+                        last_feature_decision = feature_use(&wallet, feature);
                     }
                     Err(rejection) => {
                         prop_assert!(
                             !expected,
                             "debit refused that the model accepts: {rejection:?}"
                         );
+                        if let Rejection::FeatureCapReached { feature: named, .. } = &rejection {
+                            prop_assert_eq!(named.as_str(), feature);
+                        }
                         if let Rejection::InsufficientCredits {
                             available,
                             requested,
@@ -213,10 +293,15 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Step::Hold { units, ttl_seconds } => {
-                let expected = model.allows(units, &config);
+            Step::Hold {
+                feature,
+                units,
+                ttl_seconds,
+            } => {
+                let feature = FEATURES[feature];
+                let expected = model.allows(feature, units, &config);
                 let request = HoldRequest {
-                    feature: "chat".into(),
+                    feature: feature.into(),
                     amount: Credits::from_units(units),
                     user_id: None,
                     project_id: None,
@@ -234,6 +319,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                             wallet.spent_today().units() + wallet.held_today().units(),
                             wallet.daily_cap().units(),
                         ));
+                        last_feature_decision = feature_use(&wallet, feature);
                     }
                     Err(rejection) => prop_assert!(
                         !expected,
@@ -328,6 +414,27 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Step::SetFeatureCap { feature, units } => {
+                let feature = FEATURES[feature];
+                let valid = units.is_none_or(|u| u > 0 && u <= model.cap);
+                let change = [(feature.to_string(), units.map(Credits::from_units))]
+                    .into_iter()
+                    .collect();
+                let before = wallet.clone();
+                match wallet.set_feature_caps(&change, &config) {
+                    Ok(()) => {
+                        prop_assert!(valid, "feature cap {units:?} accepted above {}", model.cap);
+                        match units {
+                            Some(u) => model.feature_caps.insert(feature, u),
+                            None => model.feature_caps.remove(feature),
+                        };
+                    }
+                    Err(_) => {
+                        prop_assert!(!valid, "feature cap {units:?} refused");
+                        prop_assert_eq!(&wallet, &before, "a refused change changes nothing");
+                    }
+                }
+            }
             Step::SetCap(units) => {
                 let valid = units > 0 && units <= config.daily_cap_max.units();
                 match wallet.set_daily_cap(Credits::from_units(units), &config) {
@@ -347,6 +454,12 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         }
         if let Some((used, cap)) = last_decision.take() {
             prop_assert!(used <= cap, "a decision never crosses the cap");
+        }
+        if let Some((used, cap)) = last_feature_decision.take() {
+            prop_assert!(
+                used <= cap,
+                "spent_today(feature) + held_today(feature) <= feature_cap after a decision"
+            );
         }
         check_invariants(&wallet, &model)?;
     }
