@@ -364,29 +364,33 @@ async function manyOrgs() {
     await wrk({ label: `debits, ${f0(MANY_ORGS)} orgs`, mode: 'debit', orgsFile: writeOrgsFile('many', orgs), settle: orgs }),
   );
   const balancesAfter = await pool(orgs, 16, (org) => balanceUnits(org));
-  const debits = sumOf(orgs.map((_, i) => balancesBefore[i] - balancesAfter[i]), (x) => x) / AMOUNT_UNITS;
 
   const perShard = Object.fromEntries(SHARDS.map((name) => [name, { orgs: 0, batches: 0, d1Rows: 0 }]));
-  const shardOfOrg = {};
-  const total = { doRows: 0, d1Rows: 0, batches: 0 };
-  let backwards = 0;
+  const total = { debits: 0, doRows: 0, d1Rows: 0, batches: 0 };
+  let replaced = 0;
   orgs.forEach((org, i) => {
     const [b, a] = [before[i], run.settled[i]];
     const delta = {
+      debits: (balancesBefore[i] - balancesAfter[i]) / AMOUNT_UNITS,
       doRows: a.do_rows_written - b.do_rows_written,
       d1Rows: a.d1_rows_written - b.d1_rows_written,
       batches: a.d1_batches - b.d1_batches,
     };
-    if (delta.doRows < 0 || delta.d1Rows < 0 || delta.batches < 0) backwards++;
+    // The counters live in the instance's memory: an organization whose
+    // object the runtime replaced (idle too long) is left out of the sums.
+    // Each debit commits rows, so fewer DO rows than debits means a reset.
+    if (delta.doRows < delta.debits || delta.d1Rows < 0 || delta.batches < 0) {
+      replaced++;
+      return;
+    }
     const shard = (perShard[a.ledger_shard] ??= { orgs: 0, batches: 0, d1Rows: 0 });
-    shardOfOrg[org] = a.ledger_shard;
     shard.orgs++;
     shard.batches += delta.batches;
     shard.d1Rows += delta.d1Rows;
     for (const k of Object.keys(total)) total[k] += delta[k];
   });
-  if (backwards) problems.push(`${backwards} organizations' storage counters went backwards (instance replaced mid-run)`);
-  return { run, signupSecs, debits, ...total, perShard, shardOfOrg, loadSecs: seconds(DURATION) };
+  if (replaced) progress(`many organizations: ${replaced} left out (their object was replaced, counters restarted)`);
+  return { run, signupSecs, ...total, counted: MANY_ORGS - replaced, perShard, loadSecs: seconds(DURATION) };
 }
 
 // ---------------------------------------------------------------------------
@@ -545,6 +549,42 @@ async function debitsWhilePaging() {
 }
 
 // ---------------------------------------------------------------------------
+// Pruning: the rows a debit costs later, when its idempotency record expires
+
+const PRUNE_DEBITS = 1000;
+
+/**
+ * Two organizations each get one batch of PRUNE_DEBITS debits: one dated an
+ * hour ago, one two days ago, past the 24 h retention, so the alarm that
+ * flushes it also prunes it. The difference in Durable Object rows written
+ * per debit is what pruning adds to a debit over its life.
+ */
+async function pruneCost() {
+  const rowsPerDebit = async (org, agoMs) => {
+    const at = iso(Date.now() - agoMs);
+    await createOrg(org, at, at);
+    const before = await settledStorage(org);
+    const debits = Array.from({ length: PRUNE_DEBITS }, (_, k) => ({
+      idempotency_key: `${RUN_ID}-${org}-${k}`,
+      feature: FEATURES[k % FEATURES.length],
+      amount: '0.0001',
+      user_id: `user_${(k % 20) + 1}`,
+    }));
+    await expectStatus(
+      `batch ${org}`,
+      api('POST', `/v1/orgs/${org}/debits/batch`, { auth: token(org, 'service'), body: { debits }, headers: { 'x-dev-now': at } }),
+      200,
+    );
+    const after = await settledStorage(org);
+    return (after.do_rows_written - before.do_rows_written) / PRUNE_DEBITS;
+  };
+  progress(`pruning: ${PRUNE_DEBITS} debits dated 1 h ago, ${PRUNE_DEBITS} dated 48 h ago (pruned by their flush's alarm)`);
+  const kept = await rowsPerDebit('bench-prune-recent', 3_600_000);
+  const pruned = await rowsPerDebit('bench-prune-old', 48 * 3_600_000);
+  return { kept, pruned, prune: pruned - kept };
+}
+
+// ---------------------------------------------------------------------------
 // Sizes of the local SQLite files (the capacity model's bytes per row)
 
 /** The .sqlite files under the persist directory's v3/<kind>/ (do or d1). */
@@ -598,12 +638,12 @@ function btreeBytes(db) {
  * entry's row still carries its idempotency record, kept 24 h) and as it
  * will be once pruning has cleared those (applied to the copy, then VACUUM).
  */
-async function doSizes() {
+async function doSizes(org) {
   // The long ledger is among the largest objects: look at the largest files first.
   const bySize = sqliteFiles('do').sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
   for (const file of bySize) {
     const sized = await withCopy(file, (db) => {
-      if (db.prepare('SELECT org_id FROM wallet').get()?.org_id !== LEDGER_ORG) return undefined;
+      if (db.prepare('SELECT org_id FROM wallet').get()?.org_id !== org) return undefined;
       const entries = db.prepare('SELECT count(*) AS n FROM ops WHERE entry IS NOT NULL').get().n;
       const avg = db.prepare('SELECT avg(length(entry)) AS entry, avg(length(response)) AS response FROM ops').get();
       const stored = dbBytes(db);
@@ -613,7 +653,7 @@ async function doSizes() {
     });
     if (sized) return sized;
   }
-  problems.push(`no Durable Object database of ${LEDGER_ORG} under ${STATE}/v3/do`);
+  problems.push(`no Durable Object database of ${org} under ${STATE}/v3/do`);
   return null;
 }
 
@@ -719,7 +759,7 @@ async function main() {
   const many = await manyOrgs();
   const seed = await seedLedger();
   // Sized right after seeding: the long ledger alone, before more debits land.
-  const doSize = await doSizes();
+  const doSize = await doSizes(LEDGER_ORG);
   const reads = await ledgerReads(seed);
   const paging = await debitsWhilePaging();
 
@@ -746,6 +786,7 @@ async function main() {
     isoAfter = await settledStorage(isolatedOrg);
   }
   const isoDebits = (isoBalance - (await balanceUnits(isolatedOrg))) / AMOUNT_UNITS;
+  const prune = await pruneCost();
 
   // The replica alarm: one per D1 batch (a flush), at most one per
   // organization every 2 s; /bench/storage counts the batches.
@@ -763,12 +804,14 @@ async function main() {
   const storageLoad = perDebit(loadBefore, loadAfter, loadDebits);
   const storageIso = perDebit(isoBefore, isoAfter, isoDebits);
   const d1Size = await d1Sizes();
+  // Entries of single debits without metadata or project, for comparison.
+  const doSizePlain = await doSizes(single);
 
   const wasm = fs.readFileSync(args.wasm);
   // wrangler reports the upload's size with zlib.gzipSync at its default level.
   const wasmGzip = zlib.gzipSync(wasm).length;
 
-  const figures = { floor, floorEnd, one, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, many, seed, doSize, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
+  const figures = { floor, floorEnd, one, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
   // Every figure, for docs/performance.md (kept with --keep).
   fs.writeFileSync(path.join(WORK, 'figures.json'), JSON.stringify(figures, null, 2));
   printTable(figures);
@@ -861,18 +904,22 @@ function printTable(r) {
   };
   storageRow(`under load (${CONNECTIONS} conns)`, storageLoad);
   storageRow('sparse, each flushed alone', storageIso);
+  const pr = r.prune;
+  row(`DO rows per debit added by pruning after 24 h (batch of ${f0(PRUNE_DEBITS)})`, `+${f3(pr.prune)} rows`, '-', '-', '-',
+    `batched ${f3(pr.kept)} before, ${f3(pr.pruned)} with pruning`,
+    `lifetime under load: DO ${f3(storageLoad.doRows + pr.prune)} rows/debit`, '-', '');
 
   // Many organizations: debits, then D1 work per shard.
   const m = r.many;
-  row(`debits, ${f0(MANY_ORGS)} orgs (${f1(m.debits / MANY_ORGS)} debits each)`, `${f0(m.run.rps)} req/s`, f1(m.run.p50),
+  row(`debits, ${f0(MANY_ORGS)} orgs (${f1(m.debits / m.counted)} debits each)`, `${f0(m.run.rps)} req/s`, f1(m.run.p50),
     f1(m.run.p99), cpu(m.run), floorRef, vsFloor(m.run), '-', '', errs(m.run));
   const shardText = Object.entries(m.perShard)
     .map(([name, x]) => `${name} ${f1(x.batches / m.loadSecs)}/s (${f0(x.orgs)} orgs)`)
     .join(', ');
-  row(`  D1 batches per shard, ${f0(MANY_ORGS)} orgs`, shardText, '-', '-', '-', `${f0(MANY_ORGS)} signups in ${f1(m.signupSecs)} s`,
+  row(`  D1 batches per shard, ${f0(m.counted)} of ${f0(MANY_ORGS)} orgs counted`, shardText, '-', '-', '-', `${f0(MANY_ORGS)} signups in ${f1(m.signupSecs)} s`,
     `${f3(m.batches / m.debits)} flushes/debit, ${f1(m.d1Rows / Math.max(1, m.batches))} D1 rows/flush`, '-', '');
   const manyStorage = { doRows: m.doRows / m.debits, d1Rows: m.d1Rows / m.debits, alarms: m.batches / m.debits };
-  storageRow(`${f0(MANY_ORGS)} orgs`, { ...manyStorage, debits: m.debits });
+  storageRow(`${f0(m.counted)} of ${f0(MANY_ORGS)} orgs`, { ...manyStorage, debits: m.debits });
 
   // One organization's long ledger.
   const { full, ranges, csv } = r.reads;
@@ -896,9 +943,9 @@ function printTable(r) {
     `${f0(p.pages.n)} pages`, '-', '');
 
   // Sizes for the capacity model.
-  const d = r.doSize;
-  if (d) {
-    row(`DO SQLite, ${f0(d.entries)} entries`, `${f0(d.stored / d.entries)} B/entry stored, ${f0(d.pruned / d.entries)} after pruning`,
+  for (const [d, what] of [[r.doSize, 'with metadata'], [r.doSizePlain, 'plain']]) {
+    if (!d) continue;
+    row(`DO SQLite, ${f0(d.entries)} entries (${what})`, `${f0(d.stored / d.entries)} B/entry stored, ${f0(d.pruned / d.entries)} after pruning`,
       '-', '-', '-', `${(d.stored / 1048576).toFixed(1)} MiB file`,
       `entry ${f0(d.avgEntryChars)} chars, reply ${f0(d.avgResponseChars)}`, '-', '');
   }
