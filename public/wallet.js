@@ -278,6 +278,19 @@ export function createWalletView(session) {
     pending = null;
   });
 
+  /** Waits (until `deadline`) for the Transactions tab's first page to list entry `id`. */
+  async function transactionListed(id, deadline) {
+    while (Date.now() < deadline) {
+      try {
+        const page = await call('GET', `${orgPath(org, 'transactions')}?limit=5`);
+        if (page.data.some((tx) => tx.id === id)) return;
+      } catch {
+        // keep waiting
+      }
+      await new Promise((resolve) => setTimeout(resolve, CREDIT_POLL_MS));
+    }
+  }
+
   /** Tells the buyer what happened and waits for the credits to reach the ledger. */
   async function followPurchase(purchase, pack) {
     const amount = `${formatCredits(purchase.credits ?? pack.credits)} credits`;
@@ -300,6 +313,9 @@ export function createWalletView(session) {
         const credited = page.data.find((e) => e.kind === 'purchase' &&
           (e.payment_intent_id === purchase.payment_intent_id || e.purchase_id === purchase.id));
         if (credited) {
+          // Transactions come from the organization's D1 shard, a few seconds
+          // behind the ledger: say "added" once that tab lists the purchase too.
+          await transactionListed(credited.id, deadline);
           await refresh();
           for (const listener of creditListeners) listener();
           return setPurchaseStatus(`${amount} added. Balance: ${formatCredits(wallet.balance)} credits.`, 'ok');

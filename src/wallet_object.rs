@@ -105,8 +105,12 @@ impl DurableObject for WalletObject {
             Command::StorageStats => {
                 self.ensure_loaded()?;
                 let shard = self.replica_target().map(|(_, shard)| shard);
+                // `pending`: entries still wait for the shard, so `make bench`
+                // can tell a settled flush now that the ledger route is exact.
+                let pending = wallet_store::has_pending(&self.state.storage().sql())?;
                 return Response::from_json(&serde_json::json!({
                     "ledger_shard": shard,
+                    "pending": pending,
                     "do_rows_written": self.replica.do_rows_written.get(),
                     "d1_rows_written": self.replica.d1_rows_written.get(),
                     "d1_batches": self.replica.d1_batches.get(),

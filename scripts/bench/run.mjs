@@ -15,6 +15,7 @@ const LUA = path.join(HERE, 'wallet.lua');
 const DEV_SECRET = 'local-dev-jwt-secret';
 const UNITS_PER_CREDIT = 10_000;
 const AMOUNT_UNITS = 1; // every debit of wallet.lua is "0.0001"
+const FEATURES = ['chat', 'auto_triage', 'error_analysis', 'incident_timeline', 'release_analysis', 'nl_alerts'];
 const MULTI_ORGS = 64;
 const BATCH_SIZES = [10, 100, 1000];
 // With 16 connections a round of 1,000-debit batches takes 2-3 s here; wrk
@@ -51,7 +52,7 @@ const TARGET = {
   batch100VsSingle: 20,
   usageP99Ms: 50,
   doRowsPerDebit: 3,
-  d1RowsPerDebit: 2,
+  d1RowsPerDebit: 0.05,
   wasmGzipKiB: 500,
 };
 
@@ -75,6 +76,10 @@ const CONNECTIONS = Number(args.connections);
 const THREADS = Math.min(2, CONNECTIONS); // as the figures in TOOLCHAIN.md (wrk -t2)
 const SMOKE = args.smoke === '1';
 const USAGE_ORG = args['usage-org'];
+const SHARDS = args.shards.split(',');
+const MANY_ORGS = Number(args['many-orgs']);
+const LEDGER_ENTRIES = Number(args['ledger-entries']);
+const STATE = path.join(WORK, 'state');
 const RUN_ID = `r${Date.now().toString(36)}`;
 
 function seconds(duration) {
@@ -141,7 +146,7 @@ async function pool(items, limit, fn) {
   return results;
 }
 
-async function createOrg(org, devNow) {
+async function signup(org, devNow) {
   await expectStatus(
     `signup ${org}`,
     api('POST', '/v1/orgs', {
@@ -151,11 +156,19 @@ async function createOrg(org, devNow) {
     }),
     201,
   );
+}
+
+async function createOrg(org, devNow, capDevNow) {
+  await signup(org, devNow);
   // The largest cap, so no scenario meets the daily cap (the trial's 200
   // credits are 2,000,000 debits of 0.0001).
   await expectStatus(
     `daily cap ${org}`,
-    api('PUT', `/v1/orgs/${org}/daily-cap`, { auth: token(org, 'owner', `owner_${org}`), body: { daily_cap: '50000' } }),
+    api('PUT', `/v1/orgs/${org}/daily-cap`, {
+      auth: token(org, 'owner', `owner_${org}`),
+      body: { daily_cap: '50000' },
+      headers: capDevNow ? { 'x-dev-now': capDevNow } : {},
+    }),
     200,
   );
 }
@@ -177,40 +190,40 @@ async function storage(org) {
 }
 
 /**
- * Storage counters once the outbox flush has settled: the D1 ledger's newest
- * entry carries the wallet's exact balance (so every entry reached D1,
- * whenever the flush runs), then the counters are unchanged over two polls
- * 300 ms apart (the Durable Object counts its own rows after D1 answers).
- * The balance is read on every poll: requests wrk left in flight when it
- * stopped may still be landing. Reading it also keeps the Durable Object busy,
- * so the runtime does not evict it (and its in-memory counters) meanwhile.
+ * Storage counters of `orgs` once their replica flushes have settled: no
+ * organization has entries waiting for its shard (`pending`, from the Durable
+ * Object itself: the ledger route is exact, so it no longer tells), then every
+ * counter is unchanged over two polls 300 ms apart (requests wrk left in
+ * flight when it stopped may still be landing). Polling also keeps the
+ * objects busy, so the runtime does not evict them (and their in-memory
+ * counters) meanwhile.
  */
-async function settledStorage(org) {
-  const owner = token(org, 'owner', `owner_${org}`);
-  const deadline = Date.now() + 20_000;
+async function settled(orgs, timeoutMs = 30_000 + orgs.length * 30) {
+  const deadline = Date.now() + timeoutMs;
+  let last = null;
+  let stable = 0;
   for (;;) {
-    const balance = await balanceUnits(org);
-    const page = await api('GET', `/v1/orgs/${org}/ledger?limit=1`, { auth: owner });
-    const newest = page.json?.data?.[0];
-    if (page.status === 200 && newest && units(newest.balance_after) === balance) break;
+    const now = await pool(orgs, 16, (org) => storage(org));
+    const waiting = orgs.filter((_, i) => now[i].pending);
+    if (waiting.length === 0 && last && JSON.stringify(now) === JSON.stringify(last)) {
+      if (++stable >= 2) return now;
+    } else {
+      stable = 0;
+    }
     if (Date.now() > deadline) {
       progress(
-        `warning: the D1 ledger of ${org} has not caught up after 20 s (newest entry ${newest?.id} ` +
-          `balance_after ${newest?.balance_after}, wallet ${balance / UNITS_PER_CREDIT}, counters ${JSON.stringify(await storage(org))})`,
+        `warning: replication has not settled after ${timeoutMs / 1000} s (${waiting.length} of ${orgs.length} ` +
+          `organizations still pending, e.g. ${waiting[0]}: ${JSON.stringify(now[orgs.indexOf(waiting[0])] ?? now[0])})`,
       );
-      break;
+      problems.push(`replication did not settle for ${waiting.length || 'some'} organizations`);
+      return now;
     }
-    await sleep(200);
-  }
-  let last = await storage(org);
-  for (let stable = 0; stable < 2 && Date.now() < deadline + 5_000; ) {
-    await sleep(300);
-    const now = await storage(org);
-    stable = JSON.stringify(now) === JSON.stringify(last) ? stable + 1 : 0;
     last = now;
+    await sleep(waiting.length ? 200 : 300);
   }
-  return last;
 }
+
+const settledStorage = async (org) => (await settled([org]))[0];
 
 // ---------------------------------------------------------------------------
 // wrk
@@ -248,7 +261,9 @@ let wrkRuns = 0;
 const TAIL_MS = 2_500;
 
 /** One wrk run; resolves to its figures (rates per second, latencies in ms). */
-function wrk({ label, mode, orgsFile, arg = '', duration = DURATION, connections = CONNECTIONS, settle = [], tail = true }) {
+function wrk({
+  label, mode, orgsFile, arg = '', duration = DURATION, connections = CONNECTIONS, settle = [], tail = true, onStop = () => {},
+}) {
   const threads = Math.min(THREADS, connections);
   const log = path.join(WORK, `wrk-${String(++wrkRuns).padStart(2, '0')}-${mode}.log`);
   const argv = [
@@ -263,6 +278,7 @@ function wrk({ label, mode, orgsFile, arg = '', duration = DURATION, connections
       argv,
       { env: { ...process.env, BENCH_MODE: mode }, timeout: (seconds(duration) + 60) * 1000, killSignal: 'SIGKILL', maxBuffer: 16 << 20 },
       (err, stdout, stderr) => {
+        onStop();
         fs.writeFileSync(log, `wrk ${argv.join(' ')}\n${stdout}${stderr}`);
         const line = stdout.split('\n').find((l) => l.startsWith('BENCH_JSON '));
         if (err || !line) return reject(new Error(`wrk failed (${err?.message ?? 'no result line'}); see ${log}`));
@@ -294,10 +310,10 @@ function wrk({ label, mode, orgsFile, arg = '', duration = DURATION, connections
   return run.then(async (result) => {
     if (settle.length && tail) await sleep(TAIL_MS);
     const cpuMs = devCpuMs() - cpuBefore;
-    const settled = await pool(settle, 8, (org) => settledStorage(org));
+    const counters = settle.length ? await settled(settle) : [];
     return {
       ...result,
-      settled,
+      settled: counters,
       cpuPerRequest: cpuMs / Math.max(1, result.requests),
       cpuPerItem: cpuMs / Math.max(1, result.okItems),
     };
@@ -316,6 +332,352 @@ function check(result, expectItems = false) {
     throw new Error(`${result.label}: no successful request; see ${result.log}`);
   }
   return result;
+}
+
+// ---------------------------------------------------------------------------
+// Many organizations, a few debits each
+
+const sumOf = (xs, f) => xs.reduce((total, x) => total + f(x), 0);
+
+function percentiles(ms) {
+  const sorted = [...ms].sort((a, b) => a - b);
+  const at = (p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? NaN;
+  return { n: sorted.length, p50: at(50), p99: at(99), max: sorted[sorted.length - 1] ?? NaN };
+}
+
+/**
+ * MANY_ORGS organizations signed up through the API, then one wrk run of
+ * single debits over all of them (each connection moves to the next
+ * organization on every request): a few debits per organization, so nearly
+ * every flush carries one or two debits. D1 work is summed over the
+ * organizations' counters and grouped by the shard each one was assigned.
+ */
+async function manyOrgs() {
+  const orgs = Array.from({ length: MANY_ORGS }, (_, i) => `bench-o${String(i).padStart(5, '0')}`);
+  progress(`many organizations: signing up ${f0(MANY_ORGS)} organizations through the API`);
+  const t0 = performance.now();
+  await pool(orgs, 16, (org) => signup(org));
+  const signupSecs = (performance.now() - t0) / 1000;
+  const before = await settled(orgs);
+  const balancesBefore = await pool(orgs, 16, (org) => balanceUnits(org));
+  const run = check(
+    await wrk({ label: `debits, ${f0(MANY_ORGS)} orgs`, mode: 'debit', orgsFile: writeOrgsFile('many', orgs), settle: orgs }),
+  );
+  const balancesAfter = await pool(orgs, 16, (org) => balanceUnits(org));
+
+  const perShard = Object.fromEntries(SHARDS.map((name) => [name, { orgs: 0, batches: 0, d1Rows: 0 }]));
+  const total = { debits: 0, doRows: 0, d1Rows: 0, batches: 0 };
+  let replaced = 0;
+  orgs.forEach((org, i) => {
+    const [b, a] = [before[i], run.settled[i]];
+    const delta = {
+      debits: (balancesBefore[i] - balancesAfter[i]) / AMOUNT_UNITS,
+      doRows: a.do_rows_written - b.do_rows_written,
+      d1Rows: a.d1_rows_written - b.d1_rows_written,
+      batches: a.d1_batches - b.d1_batches,
+    };
+    // The counters live in the instance's memory: an organization whose
+    // object the runtime replaced (idle too long) is left out of the sums.
+    // Each debit commits rows, so fewer DO rows than debits means a reset.
+    if (delta.doRows < delta.debits || delta.d1Rows < 0 || delta.batches < 0) {
+      replaced++;
+      return;
+    }
+    const shard = (perShard[a.ledger_shard] ??= { orgs: 0, batches: 0, d1Rows: 0 });
+    shard.orgs++;
+    shard.batches += delta.batches;
+    shard.d1Rows += delta.d1Rows;
+    for (const k of Object.keys(total)) total[k] += delta[k];
+  });
+  if (replaced) progress(`many organizations: ${replaced} left out (their object was replaced, counters restarted)`);
+  return { run, signupSecs, ...total, counted: MANY_ORGS - replaced, perShard, loadSecs: seconds(DURATION) };
+}
+
+// ---------------------------------------------------------------------------
+// One organization with a long ledger
+
+const LEDGER_ORG = 'bench-ledger';
+// The seeded history spans the last 20 hours: under the 24 h idempotency
+// retention, so no pruning runs during the scenario, and wide enough for
+// hour-long from/to ranges.
+const LEDGER_SPAN_MS = 20 * 3600 * 1000;
+const RANGES = 20;
+const PAGES_PER_RANGE = 5;
+const iso = (ms) => new Date(ms).toISOString();
+
+/** LEDGER_ENTRIES debits through POST /debits/batch (1,000 per request), dated over the span. */
+async function seedLedger() {
+  const startMs = Date.now() - LEDGER_SPAN_MS - 60_000;
+  await createOrg(LEDGER_ORG, iso(startMs), iso(startMs));
+  const service = token(LEDGER_ORG, 'service');
+  const batches = Array.from({ length: Math.ceil(LEDGER_ENTRIES / 1000) }, (_, b) => b);
+  progress(`ledger: ${f0(LEDGER_ENTRIES)} debits into ${LEDGER_ORG} through ${batches.length} batch requests`);
+  const t0 = performance.now();
+  let failed = 0;
+  // Two requests in flight: the Worker parses one while the object applies the other.
+  await pool(batches, 2, async (b) => {
+    const debits = Array.from({ length: Math.min(1000, LEDGER_ENTRIES - b * 1000) }, (_, j) => {
+      const k = b * 1000 + j;
+      // A typical AI call's record: who, which project, the model and tokens, a trace id.
+      return {
+        idempotency_key: `${RUN_ID}-ledger-${k}`,
+        feature: FEATURES[k % FEATURES.length],
+        amount: '0.0001',
+        user_id: `user_${(k % 20) + 1}`,
+        project_id: `proj_${(k % 5) + 1}`,
+        metadata: {
+          model: 'gpt-4o-mini',
+          input_tokens: String(800 + (k % 400)),
+          output_tokens: String(100 + (k % 300)),
+          trace_id: crypto.randomBytes(8).toString('hex'),
+        },
+      };
+    });
+    const res = await expectStatus(
+      'ledger seed batch',
+      api('POST', `/v1/orgs/${LEDGER_ORG}/debits/batch`, {
+        auth: service,
+        body: { debits },
+        headers: { 'x-dev-now': iso(startMs + 60_000 + Math.floor((b * LEDGER_SPAN_MS) / batches.length)) },
+      }),
+      200,
+    );
+    failed += debits.length - (res.text.match(/"status":201/g) ?? []).length;
+  });
+  const secs = (performance.now() - t0) / 1000;
+  if (failed) problems.push(`ledger seed: ${failed} batch items failed`);
+  await settledStorage(LEDGER_ORG);
+  return { startMs, debitsPerSec: LEDGER_ENTRIES / secs, secs };
+}
+
+async function ledgerPage(owner, query) {
+  const t = performance.now();
+  const res = await fetch(`${BASE}/v1/orgs/${LEDGER_ORG}/ledger?${query}`, {
+    headers: { authorization: `Bearer ${owner}` },
+    signal: AbortSignal.timeout(30_000),
+  });
+  const text = await res.text();
+  const ms = performance.now() - t;
+  if (res.status !== 200) throw new Error(`GET ledger?${query}: HTTP ${res.status} ${text.slice(0, 300)}`);
+  const json = JSON.parse(text);
+  return { ms, data: json.data, hasMore: json.has_more };
+}
+
+/** Follows the cursor from the newest entry; stops at the end, after maxPages, or when stop.done. */
+async function walk(owner, query, { maxPages = Infinity, stop = null, ms = [] } = {}) {
+  let after = null;
+  let entries = 0;
+  for (let pages = 0; pages < maxPages && !stop?.done; pages++) {
+    const page = await ledgerPage(owner, after ? `${query}&starting_after=${after}` : query);
+    ms.push(page.ms);
+    entries += page.data.length;
+    if (!page.hasMore || page.data.length === 0) break;
+    after = page.data[page.data.length - 1].id;
+  }
+  return { ms, entries };
+}
+
+async function ledgerReads(seed) {
+  const owner = token(LEDGER_ORG, 'owner', `owner_${LEDGER_ORG}`);
+  await walk(owner, 'limit=100', { maxPages: 5 }); // warm-up, not measured
+  progress(`ledger: walking every page of ${LEDGER_ORG} (limit=100)`);
+  const t0 = performance.now();
+  const full = await walk(owner, 'limit=100');
+  const fullSecs = (performance.now() - t0) / 1000;
+  // Every seeded debit plus the trial grant.
+  if (full.entries !== LEDGER_ENTRIES + 1) {
+    problems.push(`ledger walk saw ${full.entries} entries, expected ${LEDGER_ENTRIES + 1}`);
+  }
+  progress(`ledger: ${RANGES} one-hour from/to ranges, up to ${PAGES_PER_RANGE} pages each`);
+  const rangeMs = [];
+  let rangeEntries = 0;
+  for (let r = 0; r < RANGES; r++) {
+    const from = seed.startMs + 60_000 + Math.floor(((r + 0.5) * (LEDGER_SPAN_MS - 3_600_000)) / RANGES);
+    const q = `limit=100&from=${encodeURIComponent(iso(from))}&to=${encodeURIComponent(iso(from + 3_600_000))}`;
+    rangeEntries += (await walk(owner, q, { maxPages: PAGES_PER_RANGE, ms: rangeMs })).entries;
+  }
+  progress('ledger: the whole history as ?format=csv');
+  const t1 = performance.now();
+  const res = await fetch(`${BASE}/v1/orgs/${LEDGER_ORG}/ledger?format=csv`, {
+    headers: { authorization: `Bearer ${owner}` },
+    signal: AbortSignal.timeout(300_000),
+  });
+  const csv = await res.text();
+  const csvSecs = (performance.now() - t1) / 1000;
+  if (res.status !== 200) problems.push(`ledger csv: HTTP ${res.status}`);
+  const csvRows = csv.split('\r\n').filter(Boolean).length - 1;
+  if (csvRows !== LEDGER_ENTRIES + 1) problems.push(`ledger csv has ${csvRows} rows, expected ${LEDGER_ENTRIES + 1}`);
+  return {
+    full: { ...percentiles(full.ms), entries: full.entries, secs: fullSecs },
+    ranges: { ...percentiles(rangeMs), entries: rangeEntries },
+    csv: { secs: csvSecs, bytes: Buffer.byteLength(csv), rows: csvRows },
+  };
+}
+
+/**
+ * Debits/s of the long-ledger organization alone, then while one client
+ * walks its ledger page after page (from the top again when it reaches the
+ * end), then alone again: the ratio compares the paging run with the mean of
+ * the two runs around it, so drift of a shared machine largely cancels.
+ */
+async function debitsWhilePaging() {
+  const file = writeOrgsFile('ledger', [LEDGER_ORG]);
+  const owner = token(LEDGER_ORG, 'owner', `owner_${LEDGER_ORG}`);
+  const label = `debits, 1 org of ${f0(LEDGER_ENTRIES)} entries`;
+  const before = check(await wrk({ label: `${label}, alone`, mode: 'debit', orgsFile: file, settle: [LEDGER_ORG] }));
+  const stop = { done: false };
+  const pageMs = [];
+  const paging = (async () => {
+    const t = performance.now();
+    while (!stop.done) await walk(owner, 'limit=100', { stop, ms: pageMs });
+    return (performance.now() - t) / 1000;
+  })();
+  const during = check(
+    await wrk({
+      label: `${label}, while a client pages its ledger`,
+      mode: 'debit',
+      orgsFile: file,
+      settle: [LEDGER_ORG],
+      onStop: () => {
+        stop.done = true;
+      },
+    }),
+  );
+  const pagingSecs = await paging;
+  const after = check(await wrk({ label: `${label}, alone again`, mode: 'debit', orgsFile: file, settle: [LEDGER_ORG] }));
+  return { before, during, after, pages: { ...percentiles(pageMs), perSec: pageMs.length / pagingSecs } };
+}
+
+// ---------------------------------------------------------------------------
+// Pruning: the rows a debit costs later, when its idempotency record expires
+
+const PRUNE_DEBITS = 1000;
+
+/**
+ * Two organizations each get one batch of PRUNE_DEBITS debits: one dated an
+ * hour ago, one two days ago, past the 24 h retention, so the alarm that
+ * flushes it also prunes it. The difference in Durable Object rows written
+ * per debit is what pruning adds to a debit over its life.
+ */
+async function pruneCost() {
+  const rowsPerDebit = async (org, agoMs) => {
+    const at = iso(Date.now() - agoMs);
+    await createOrg(org, at, at);
+    const before = await settledStorage(org);
+    const debits = Array.from({ length: PRUNE_DEBITS }, (_, k) => ({
+      idempotency_key: `${RUN_ID}-${org}-${k}`,
+      feature: FEATURES[k % FEATURES.length],
+      amount: '0.0001',
+      user_id: `user_${(k % 20) + 1}`,
+    }));
+    await expectStatus(
+      `batch ${org}`,
+      api('POST', `/v1/orgs/${org}/debits/batch`, { auth: token(org, 'service'), body: { debits }, headers: { 'x-dev-now': at } }),
+      200,
+    );
+    const after = await settledStorage(org);
+    return (after.do_rows_written - before.do_rows_written) / PRUNE_DEBITS;
+  };
+  progress(`pruning: ${PRUNE_DEBITS} debits dated 1 h ago, ${PRUNE_DEBITS} dated 48 h ago (pruned by their flush's alarm)`);
+  const kept = await rowsPerDebit('bench-prune-recent', 3_600_000);
+  const pruned = await rowsPerDebit('bench-prune-old', 48 * 3_600_000);
+  return { kept, pruned, prune: pruned - kept };
+}
+
+// ---------------------------------------------------------------------------
+// Sizes of the local SQLite files (the capacity model's bytes per row)
+
+/** The .sqlite files under the persist directory's v3/<kind>/ (do or d1). */
+function sqliteFiles(kind) {
+  const root = path.join(STATE, 'v3', kind);
+  const out = [];
+  const visit = (dir) => {
+    for (const e of fs.existsSync(dir) ? fs.readdirSync(dir, { withFileTypes: true }) : []) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) visit(p);
+      else if (e.name.endsWith('.sqlite')) out.push(p);
+    }
+  };
+  visit(root);
+  return out;
+}
+
+/**
+ * Runs fn over a copy of a live database (the file and its WAL, so committed
+ * pages not yet checkpointed count): the runtime keeps writing the original.
+ * undefined when fn throws (not a database of the expected kind).
+ */
+async function withCopy(file, fn) {
+  const { DatabaseSync } = await import('node:sqlite');
+  const dir = fs.mkdtempSync(path.join(WORK, 'sizes-'));
+  const copy = path.join(dir, path.basename(file));
+  fs.copyFileSync(file, copy);
+  if (fs.existsSync(`${file}-wal`)) fs.copyFileSync(`${file}-wal`, `${copy}-wal`);
+  const db = new DatabaseSync(copy);
+  try {
+    return fn(db);
+  } catch {
+    return undefined;
+  } finally {
+    db.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const dbBytes = (db) => db.prepare('PRAGMA page_count').get().page_count * db.prepare('PRAGMA page_size').get().page_size;
+
+/** Bytes of each table and index, whole pages (what the file holds, free space in pages included). */
+function btreeBytes(db) {
+  return Object.fromEntries(
+    db.prepare('SELECT name, sum(pgsize) AS bytes FROM dbstat GROUP BY name').all().map((r) => [r.name, r.bytes]),
+  );
+}
+
+/**
+ * The long-ledger organization's Durable Object database, as stored (each
+ * entry's row still carries its idempotency record, kept 24 h) and as it
+ * will be once pruning has cleared those (applied to the copy, then VACUUM).
+ */
+async function doSizes(org) {
+  // The long ledger is among the largest objects: look at the largest files first.
+  const bySize = sqliteFiles('do').sort((a, b) => fs.statSync(b).size - fs.statSync(a).size);
+  for (const file of bySize) {
+    const sized = await withCopy(file, (db) => {
+      if (db.prepare('SELECT org_id FROM wallet').get()?.org_id !== org) return undefined;
+      const entries = db.prepare('SELECT count(*) AS n FROM ops WHERE entry IS NOT NULL').get().n;
+      const avg = db.prepare('SELECT avg(length(entry)) AS entry, avg(length(response)) AS response FROM ops').get();
+      const stored = dbBytes(db);
+      db.exec(`UPDATE ops SET idempotency_key = NULL, fingerprint = NULL, response = NULL;
+               DELETE FROM ops WHERE entry IS NULL; VACUUM;`);
+      return { entries, stored, pruned: dbBytes(db), avgEntryChars: avg.entry, avgResponseChars: avg.response };
+    });
+    if (sized) return sized;
+  }
+  problems.push(`no Durable Object database of ${org} under ${STATE}/v3/do`);
+  return null;
+}
+
+/** Every shard's database: bytes and rows of credit entries (with their indexes), rollups and watermarks. */
+async function d1Sizes() {
+  const out = { files: 0, bytes: 0, credit: { rows: 0, bytes: 0 }, rollup: { rows: 0, bytes: 0 }, progress: { rows: 0, bytes: 0 } };
+  for (const file of sqliteFiles('d1')) {
+    await withCopy(file, (db) => {
+      const count = (table) => db.prepare(`SELECT count(*) AS n FROM ${table}`).get().n;
+      const t = btreeBytes(db);
+      const credit = count('ledger_entries');
+      const rollup = count('usage_daily');
+      const progressRows = count('replica_progress');
+      out.files++;
+      out.bytes += dbBytes(db);
+      out.credit.rows += credit;
+      out.credit.bytes += (t.ledger_entries ?? 0) + (t.ledger_entries_by_time ?? 0) + (t.ledger_entries_credits ?? 0);
+      out.rollup.rows += rollup;
+      out.rollup.bytes += t.usage_daily ?? 0;
+      out.progress.rows += progressRows;
+      out.progress.bytes += t.replica_progress ?? 0;
+    });
+  }
+  return out;
 }
 
 const loadAtStart = os.loadavg();
@@ -356,7 +718,7 @@ async function main() {
   const loadAfter = one.settled[0];
   const loadDebits = (balanceBefore - (await balanceUnits(single))) / AMOUNT_UNITS;
 
-  const many = check(await wrk({ label: `debits, ${MULTI_ORGS} orgs`, mode: 'debit', orgsFile: files.multi, settle: multi }));
+  const multiRun = check(await wrk({ label: `debits, ${MULTI_ORGS} orgs`, mode: 'debit', orgsFile: files.multi, settle: multi }));
   const holds = check(
     await wrk({ label: 'hold -> capture, 1 org', mode: 'hold_capture', orgsFile: files.hold, settle: [holdOrg] }),
     true,
@@ -394,6 +756,13 @@ async function main() {
     usage = check(await wrk({ label: 'GET usage, 30 days (1 connection)', mode: 'usage', orgsFile: files.usage, arg: usageQuery, connections: 1 }));
   }
 
+  const many = await manyOrgs();
+  const seed = await seedLedger();
+  // Sized right after seeding: the long ledger alone, before more debits land.
+  const doSize = await doSizes(LEDGER_ORG);
+  const reads = await ledgerReads(seed);
+  const paging = await debitsWhilePaging();
+
   // The same floor again: how far the machine drifted during the run.
   const floorEnd = check(await wrk({ label: 'floor again (drift check)', mode: 'floor', orgsFile: files.single }));
 
@@ -417,28 +786,35 @@ async function main() {
     isoAfter = await settledStorage(isolatedOrg);
   }
   const isoDebits = (isoBalance - (await balanceUnits(isolatedOrg))) / AMOUNT_UNITS;
+  const prune = await pruneCost();
 
-  // The replica alarm: one per flush, at most one per organization every 2 s
-  // (both with the flush after the response and with the alarm-only flush).
-  // /bench/storage does not count setAlarm, so alarms are estimated.
-  const perDebit = (before, after, debits, alarms) => {
+  // The replica alarm: one per D1 batch (a flush), at most one per
+  // organization every 2 s; /bench/storage counts the batches.
+  const perDebit = (before, after, debits) => {
     const doRows = after.do_rows_written - before.do_rows_written;
     const d1Rows = after.d1_rows_written - before.d1_rows_written;
+    const alarms = after.d1_batches - before.d1_batches;
     // The counters live in the instance's memory: if the runtime replaced the
     // instance in between, they started again from zero.
     if (doRows < 0 || d1Rows < 0) {
       problems.push('a storage counter went backwards: the Durable Object instance was replaced mid-measurement');
     }
-    return { debits, doRows: doRows / debits, d1Rows: d1Rows / debits, alarms: alarms / debits };
+    return { debits, doRows: doRows / debits, d1Rows: d1Rows / debits, alarms: alarms / debits, d1RowsPerFlush: d1Rows / alarms };
   };
-  const storageLoad = perDebit(loadBefore, loadAfter, loadDebits, Math.ceil(seconds(DURATION) / 2));
-  const storageIso = perDebit(isoBefore, isoAfter, isoDebits, sparseCount);
+  const storageLoad = perDebit(loadBefore, loadAfter, loadDebits);
+  const storageIso = perDebit(isoBefore, isoAfter, isoDebits);
+  const d1Size = await d1Sizes();
+  // Entries of single debits without metadata or project, for comparison.
+  const doSizePlain = await doSizes(single);
 
   const wasm = fs.readFileSync(args.wasm);
   // wrangler reports the upload's size with zlib.gzipSync at its default level.
   const wasmGzip = zlib.gzipSync(wasm).length;
 
-  printTable({ floor, floorEnd, one, many, holds, batches, wallet, usage, storageLoad, storageIso, wasm: wasm.length, wasmGzip });
+  const figures = { floor, floorEnd, one, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
+  // Every figure, for docs/performance.md (kept with --keep).
+  fs.writeFileSync(path.join(WORK, 'figures.json'), JSON.stringify(figures, null, 2));
+  printTable(figures);
 
   if (problems.length) {
     process.stderr.write(`\nerror responses during the run:\n  ${problems.join('\n  ')}\n`);
@@ -469,7 +845,7 @@ function costPerMillion(s) {
 }
 
 function printTable(r) {
-  const { floor, floorEnd, one, many, holds, batches, wallet, usage, storageLoad, storageIso } = r;
+  const { floor, floorEnd, one, multi, holds, batches, wallet, usage, storageLoad, storageIso } = r;
   const vsFloor = (x) => `${ratio(x.rps / floor.rps)} / ${ratio(x.p50 / floor.p50)} / ${ratio(x.p99 / floor.p99)}`;
   const floorRef = `floor ${f0(floor.rps)} req/s, ${f1(floor.p50)}/${f1(floor.p99)} ms`;
   const errs = (x) => String(x.errors + (x.badItems ?? 0));
@@ -488,9 +864,9 @@ function printTable(r) {
     `>= ${TARGET.singleVsFloorRps}x req/s; p99 <= ${TARGET.singleVsFloorP99}x`,
     `${verdict(oneRps >= TARGET.singleVsFloorRps)} req/s, ${verdict(oneP99 <= TARGET.singleVsFloorP99)} p99`, errs(one));
 
-  const manyRps = many.rps / floor.rps;
-  row(`debits, ${MULTI_ORGS} orgs`, `${f0(many.rps)} req/s`, f1(many.p50), f1(many.p99), cpu(many), floorRef, vsFloor(many),
-    `>= ${TARGET.multiVsFloorRps}x req/s`, verdict(manyRps >= TARGET.multiVsFloorRps), errs(many));
+  const multiRps = multi.rps / floor.rps;
+  row(`debits, ${MULTI_ORGS} orgs`, `${f0(multi.rps)} req/s`, f1(multi.p50), f1(multi.p99), cpu(multi), floorRef, vsFloor(multi),
+    `>= ${TARGET.multiVsFloorRps}x req/s`, verdict(multiRps >= TARGET.multiVsFloorRps), errs(multi));
 
   row('hold -> capture cycles, 1 org', `${f0(holds.itemsPerSec)} captures/s (${f0(holds.rps)} req/s)`,
     f1(holds.p50), f1(holds.p99), cpu(holds), floorRef, `${ratio(holds.itemsPerSec / floor.rps)} captures/s per floor req/s`,
@@ -528,9 +904,61 @@ function printTable(r) {
   };
   storageRow(`under load (${CONNECTIONS} conns)`, storageLoad);
   storageRow('sparse, each flushed alone', storageIso);
+  const pr = r.prune;
+  row(`DO rows per debit added by pruning after 24 h (batch of ${f0(PRUNE_DEBITS)})`, `+${f3(pr.prune)} rows`, '-', '-', '-',
+    `batched ${f3(pr.kept)} before, ${f3(pr.pruned)} with pruning`,
+    `lifetime under load: DO ${f3(storageLoad.doRows + pr.prune)} rows/debit`, '-', '');
+
+  // Many organizations: debits, then D1 work per shard.
+  const m = r.many;
+  row(`debits, ${f0(MANY_ORGS)} orgs (${f1(m.debits / m.counted)} debits each)`, `${f0(m.run.rps)} req/s`, f1(m.run.p50),
+    f1(m.run.p99), cpu(m.run), floorRef, vsFloor(m.run), '-', '', errs(m.run));
+  const shardText = Object.entries(m.perShard)
+    .map(([name, x]) => `${name} ${f1(x.batches / m.loadSecs)}/s (${f0(x.orgs)} orgs)`)
+    .join(', ');
+  row(`  D1 batches per shard, ${f0(m.counted)} of ${f0(MANY_ORGS)} orgs counted`, shardText, '-', '-', '-', `${f0(MANY_ORGS)} signups in ${f1(m.signupSecs)} s`,
+    `${f3(m.batches / m.debits)} flushes/debit, ${f1(m.d1Rows / Math.max(1, m.batches))} D1 rows/flush`, '-', '');
+  const manyStorage = { doRows: m.doRows / m.debits, d1Rows: m.d1Rows / m.debits, alarms: m.batches / m.debits };
+  storageRow(`${f0(m.counted)} of ${f0(MANY_ORGS)} orgs`, { ...manyStorage, debits: m.debits });
+
+  // One organization's long ledger.
+  const { full, ranges, csv } = r.reads;
+  const entriesText = f0(LEDGER_ENTRIES + 1);
+  row(`seed: ${f0(LEDGER_ENTRIES)} debits with metadata, POST /debits/batch x1000`, `${f0(r.seed.debitsPerSec)} debits/s`,
+    '-', '-', '-', '-', '-', '-', '');
+  row(`GET ledger ?limit=100, every page of ${entriesText} entries`, `${f0(full.n / full.secs)} pages/s`, f1(full.p50),
+    f1(full.p99), '-', floorRef, `${ratio(full.p50 / floor.p50)} p50 / ${ratio(full.p99 / floor.p99)} p99`, '-', '', '0');
+  row(`GET ledger ?limit=100&from=&to= (${RANGES} 1-hour ranges, ${f0(ranges.n)} pages)`, `${f0(ranges.entries)} entries`,
+    f1(ranges.p50), f1(ranges.p99), '-', floorRef, `${ratio(ranges.p50 / floor.p50)} p50 / ${ratio(ranges.p99 / floor.p99)} p99`, '-', '');
+  row(`GET ledger ?format=csv, all ${entriesText} entries`, `${f1(csv.secs)} s (${f0(csv.rows / csv.secs)} rows/s)`, '-', '-', '-', '-',
+    `${(csv.bytes / 1048576).toFixed(1)} MiB`, '-', '');
+  const p = r.paging;
+  const aloneRps = (p.before.rps + p.after.rps) / 2;
+  row(`debits, the org of ${entriesText} entries, alone (mean of 2 runs)`, `${f0(aloneRps)} req/s`,
+    f1((p.before.p50 + p.after.p50) / 2), f1((p.before.p99 + p.after.p99) / 2), f2((p.before.cpuPerRequest + p.after.cpuPerRequest) / 2),
+    `runs: ${f0(p.before.rps)}, ${f0(p.after.rps)} req/s`, '-', '-', '', String(p.before.errors + p.after.errors));
+  row(`debits, same org, while 1 client pages its ledger`, `${f0(p.during.rps)} req/s`, f1(p.during.p50), f1(p.during.p99),
+    cpu(p.during), `alone ${f0(aloneRps)} req/s`, `${ratio(p.during.rps / aloneRps)} debits/s`, '-', '', errs(p.during));
+  row(`  its pages meanwhile (limit=100)`, `${f1(p.pages.perSec)} pages/s`, f1(p.pages.p50), f1(p.pages.p99), '-', '-',
+    `${f0(p.pages.n)} pages`, '-', '');
+
+  // Sizes for the capacity model.
+  for (const [d, what] of [[r.doSize, 'with metadata'], [r.doSizePlain, 'plain']]) {
+    if (!d) continue;
+    row(`DO SQLite, ${f0(d.entries)} entries (${what})`, `${f0(d.stored / d.entries)} B/entry stored, ${f0(d.pruned / d.entries)} after pruning`,
+      '-', '-', '-', `${(d.stored / 1048576).toFixed(1)} MiB file`,
+      `entry ${f0(d.avgEntryChars)} chars, reply ${f0(d.avgResponseChars)}`, '-', '');
+  }
+  const s1 = r.d1Size;
+  const per = (x) => (x.rows ? f0(x.bytes / x.rows) : 'n/a');
+  row(`D1 shards (${s1.files} files)`, `credit row ${per(s1.credit)} B, rollup ${per(s1.rollup)} B, progress ${per(s1.progress)} B`,
+    '-', '-', '-', `${(s1.bytes / 1048576).toFixed(1)} MiB in all`,
+    `${f0(s1.credit.rows)} credit, ${f0(s1.rollup.rows)} rollup rows`, '-', '');
 
   row('release wasm (build/index_bg.wasm)', `${kib(r.wasm)} raw, ${kib(r.wasmGzip)} gzip`, '-', '-', '-', '-', '-',
     `gzip < ${TARGET.wasmGzipKiB} KiB`, verdict(r.wasmGzip / 1024 < TARGET.wasmGzipKiB));
+  row(`D1 flush under load (1 org, ${CONNECTIONS} conns)`, `${f1(storageLoad.d1RowsPerFlush)} rows/flush (4 statements)`, '-', '-', '-',
+    '-', `${f3(storageLoad.alarms)} flushes/debit`, '-', '');
   row('start: wrangler dev -> first /healthz answer', `${f0(Number(args['startup-ms']))} ms`, '-', '-', '-', '-', '-', '-', '');
 
   const header = ['scenario', 'throughput', 'p50 ms', 'p99 ms', 'CPU ms/req', 'compared with', 'ratio (req/s / p50 / p99)', 'target', 'result', 'errors'];
@@ -560,8 +988,11 @@ function printTable(r) {
       `Durable Object requests $${PRICE.doRequest}, DO SQLite rows written $${PRICE.doRowWritten.toFixed(2)} (read $${PRICE.doRowRead}), ` +
       `D1 rows written $${PRICE.d1RowWritten.toFixed(2)} (read $${PRICE.d1RowRead}).`,
     `Cost per 1M debits = 1M Worker requests + 1M DO requests + rows written (counted by /bench/storage) + replica ` +
-      `alarms (one DO request + one setAlarm row each; estimated: one per flush, at most one per organization ` +
-      `every 2 s). Not included: rows read (not counted; $0.001/M), Worker CPU time, DO duration.`,
+      `alarms (one DO request + one setAlarm row each; one per D1 batch, as counted). Not included: rows read ` +
+      `(not counted; $0.001/M), Worker CPU time, DO duration.`,
+    `Sizes: whole SQLite pages (dbstat) of copies of the local files under the persist directory; "after pruning" ` +
+      `clears the idempotency records (kept 24 h) on the copy and VACUUMs it. A credit row counts its two indexes. ` +
+      `A flush is one D1 batch of 4 statements (credit rows, rollups, watermark, read-back; src/ledger_shards.rs).`,
     `Ratios are figure / reference; throughput ratios want >= 1, latency ratios <= 1. Latency from wrk (closed loop).`,
     `CPU ms/req: CPU time of wrangler dev's processes (wrangler, its proxy, workerd with the D1 simulator) per ` +
       `completed request; for scenarios that write, until 2.5 s after wrk stopped, so that the replica flush is ` +

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
-import { freePort, groupAlive, killGroup, randomId, startWorker, tempDir } from './harness.mjs';
+import { freePort, groupAlive, killGroup, randomId, startWorker, tempDir, waitFor } from './harness.mjs';
 import { startRelay } from './relay.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -115,6 +115,29 @@ export async function startStack({ webhookSecrets = [WEBHOOK_SECRET], apiRelay =
     worker,
     apiRelay: stripeApi,
     webhookRelay,
+    /**
+     * localstripe's own delivery of an event of `type` about a PaymentIntent
+     * (by its id, or by the purchase id in its metadata), once the worker has
+     * answered it; localstripe never retries, so the answer must be 200.
+     * Only with `webhooks: 'relay'`.
+     */
+    async delivery(type, { intent, purchase }) {
+      assert.ok(webhookRelay, "delivery() needs startStack({ webhooks: 'relay' })");
+      const exchange = await waitFor(() => webhookRelay.exchanges.find((e) => {
+        if (e.status === undefined) return false;
+        let event;
+        try {
+          event = JSON.parse(e.requestBody);
+        } catch {
+          return false;
+        }
+        const object = event.data?.object ?? {};
+        return event.type === type && (object.id === intent || (purchase !== undefined && object.metadata?.purchase_id === purchase));
+      }), 10_000);
+      assert.equal(exchange.status, 200, `the worker's answer to localstripe's ${type}: ${exchange.responseBody}`);
+      assert.deepEqual(JSON.parse(exchange.responseBody), { received: true });
+      return exchange;
+    },
     stop: async () => {
       await webhookRelay?.stop();
       await worker.stop();
