@@ -151,14 +151,7 @@ pub async fn audit(env: &Env, org: &str, now_ms: i64, query: AuditQuery, csv: bo
         worker::console_error!("audit CSV export failed mid-stream: {err}");
         err
     });
-    let headers = Headers::new();
-    headers.set("content-type", "text/csv; charset=utf-8")?;
-    headers.set(
-        "content-disposition",
-        &format!("attachment; filename=\"{filename}\""),
-    )?;
-    headers.set("cache-control", "no-store")?;
-    Ok(Response::from_stream(chunks)?.with_headers(headers))
+    csv_download(chunks, &filename)
 }
 
 /// `GET /v1/orgs/{org}/ledger`: exact (read from the Durable Object), cursor
@@ -219,6 +212,14 @@ pub async fn ledger(env: &Env, org: &str, now_ms: i64, query: LedgerQuery, csv: 
         worker::console_error!("ledger CSV export failed mid-stream: {err}");
         err
     });
+    csv_download(chunks, &filename)
+}
+
+/// A streamed CSV file download (never cached).
+fn csv_download(
+    chunks: impl futures_util::Stream<Item = worker::Result<Vec<u8>>> + 'static,
+    filename: &str,
+) -> Answer {
     let headers = Headers::new();
     headers.set("content-type", "text/csv; charset=utf-8")?;
     headers.set(
@@ -345,14 +346,7 @@ fn csv_response(
         worker::console_error!("CSV export failed mid-stream: {err}");
         err
     });
-    let headers = Headers::new();
-    headers.set("content-type", "text/csv; charset=utf-8")?;
-    headers.set(
-        "content-disposition",
-        &format!("attachment; filename=\"{filename}\""),
-    )?;
-    headers.set("cache-control", "no-store")?;
-    Ok(Response::from_stream(chunks)?.with_headers(headers))
+    csv_download(chunks, &filename)
 }
 
 /// `GET /v1/orgs/{org}/usage?from=&to=`: the rollups in D1 and the exact

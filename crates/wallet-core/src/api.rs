@@ -883,13 +883,10 @@ impl FeatureCapsBody {
     }
 }
 
-/// Parses `limit` and `starting_after` of a list route.
-pub fn list_params(
-    limit: Option<&str>,
-    starting_after: Option<&str>,
-) -> Result<(u32, Option<u64>), ApiError> {
-    let limit = match limit {
-        None => LIST_LIMIT_DEFAULT,
+/// Parses a list route's `limit` (default 50, at most 100).
+pub fn list_limit(limit: Option<&str>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(LIST_LIMIT_DEFAULT),
         Some(text) => text
             .parse::<u32>()
             .ok()
@@ -899,8 +896,16 @@ pub fn list_params(
                     "limit",
                     format!("must be an integer from 1 to {LIST_LIMIT_MAX}"),
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+/// Parses `limit` and `starting_after` of a list route.
+pub fn list_params(
+    limit: Option<&str>,
+    starting_after: Option<&str>,
+) -> Result<(u32, Option<u64>), ApiError> {
+    let limit = list_limit(limit)?;
     let cursor = match starting_after {
         None => None,
         Some(id) => Some(

@@ -2,8 +2,8 @@
 //! setting, and its value before and after. Written by the decision that made
 //! the change, in the same transaction; a refused change writes nothing.
 
-use crate::api::{ApiError, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
-use crate::reports::push_csv_field;
+use crate::api::{list_limit, ApiError};
+use crate::reports::csv_line;
 use crate::time::rfc3339;
 use crate::token::Role;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -83,15 +83,7 @@ impl AuditRecord {
             self.before.to_string(),
             self.after.to_string(),
         ];
-        let mut line = String::with_capacity(160);
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            push_csv_field(&mut line, field);
-        }
-        line.push_str("\r\n");
-        line
+        csv_line(&fields)
     }
 }
 
@@ -132,19 +124,7 @@ pub fn audit_query(
             "does not apply to format=csv, which exports the whole trail",
         ));
     }
-    let limit = match limit {
-        None => LIST_LIMIT_DEFAULT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=LIST_LIMIT_MAX).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!("must be an integer from 1 to {LIST_LIMIT_MAX}"),
-                )
-            })?,
-    };
+    let limit = list_limit(limit)?;
     let before_seq = starting_after
         .map(|id| {
             audit_seq(id).ok_or_else(|| {

@@ -5,7 +5,7 @@
 
 use crate::api::{list_params, ApiError};
 use crate::money::Credits;
-use crate::reports::push_csv_field;
+use crate::reports::csv_line;
 use crate::time::{parse_utc, rfc3339};
 use crate::wallet::{EntryKind, LedgerEntry, Metadata};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -180,15 +180,7 @@ pub fn ledger_csv_row(entry: &LedgerEntry) -> String {
         entry.currency.as_deref().unwrap_or(""),
         entry.payment_intent_id.as_deref().unwrap_or(""),
     ];
-    let mut line = String::with_capacity(160);
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            line.push(',');
-        }
-        push_csv_field(&mut line, field);
-    }
-    line.push_str("\r\n");
-    line
+    csv_line(&fields)
 }
 
 /// The download name of a ledger export.

@@ -89,15 +89,7 @@ impl Transaction {
             self.currency.as_deref().unwrap_or(""),
             &self.balance_after.to_string(),
         ];
-        let mut line = String::with_capacity(128);
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            push_csv_field(&mut line, field);
-        }
-        line.push_str("\r\n");
-        line
+        csv_line(&fields)
     }
 }
 
@@ -105,10 +97,24 @@ impl Transaction {
 pub const CSV_HEADER: &str =
     "id,created_at,kind,pack_id,credits,amount_cents,currency,balance_after\r\n";
 
+/// One CSV line of `fields` (RFC 4180, CRLF-terminated).
+pub(crate) fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut line =
+        String::with_capacity(fields.iter().map(|f| f.as_ref().len() + 1).sum::<usize>() + 2);
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        push_csv_field(&mut line, field.as_ref());
+    }
+    line.push_str("\r\n");
+    line
+}
+
 /// Appends `text` as one RFC 4180 field. A field a spreadsheet would run as a
 /// formula (leading `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'` and
 /// quoted, as OWASP advises; none of today's columns can start that way.
-pub(crate) fn push_csv_field(out: &mut String, text: &str) {
+fn push_csv_field(out: &mut String, text: &str) {
     let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
     let needs_quotes = formula || text.contains([',', '"', '\r', '\n']);
     if !needs_quotes {
