@@ -52,12 +52,15 @@ export function createAuditView(session) {
       cell(row).append(when);
       cell(row).textContent = `${record.sub} (${ROLE_NAMES[record.role] ?? record.role})`;
       cell(row).textContent = SETTING_NAMES[record.setting] ?? String(record.setting).replaceAll('_', ' ');
-      const change = cell(row, 'change');
+      // One wrapper, so the phone layout keeps the lines under each other beside their label.
+      const lines = document.createElement('div');
+      lines.className = 'change-lines';
       for (const line of describeChange(record)) {
         const div = document.createElement('div');
         div.textContent = line;
-        change.append(div);
+        lines.append(div);
       }
+      cell(row, 'change').append(lines);
       body.append(row);
     }
     $('audit-empty').hidden = page.data.length > 0 || cursors.length > 1;

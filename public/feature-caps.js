@@ -130,6 +130,8 @@ export function createFeatureCapsView(session, walletView) {
     } catch (err) {
       // The server names the refused cap as caps.<feature>; show it on that feature's field.
       const target = rows.get(/^caps\.(.+)$/.exec(err.field ?? '')?.[1]) ?? row;
+      // A refusal may mean the page's figures are old (the daily cap changed elsewhere).
+      if (err.status === 422) walletView.refresh();
       if (target.input) {
         setMessage(target, `Not saved: ${err.message}`, 'error');
         target.input.focus();

@@ -163,6 +163,7 @@ describe('feature caps', () => {
     assert.match(await page.locator('#fcap-chat-message').textContent(), /^Not saved: .+/);
     assert.equal(await chat.getAttribute('aria-invalid'), 'true');
     assert.equal(capOf((await w.wallet(org)).json, 'chat'), undefined, 'the refused cap was not applied');
+    await page.locator('#daily-cap', { hasText: '250' }).waitFor(); // the page caught up with the new daily cap
     await shot(page, 'caps-owner-server-refused');
 
     // Remove the auto-triage cap; the keyboard stays on that feature.
@@ -246,7 +247,7 @@ describe('audit view', () => {
     assert.equal(await rows.count(), 25);
     const first = await rows.first().locator('td').allTextContents();
     assert.deepEqual(first.slice(1), ['alice (Owner)', 'Feature caps', 'Auto-triage: no cap → 12.5 creditsChat: no cap → 20 credits']);
-    assert.deepEqual(await rows.first().locator('td.change div').allTextContents(),
+    assert.deepEqual(await rows.first().locator('td.change .change-lines div').allTextContents(),
       ['Auto-triage: no cap → 12.5 credits', 'Chat: no cap → 20 credits']);
     // The time in the reader's zone (Tokyo), from the record's UTC time.
     const when = rows.first().locator('time');
@@ -295,6 +296,12 @@ describe('audit view', () => {
 
     await page.setViewportSize({ width: 390, height: 844 });
     await shot(page, 'audit-owner-phone', { fullPage: false });
+    // The selected tab is on screen at phone width, not scrolled out of the tab list.
+    const tabBox = await page.getByRole('tab', { name: 'Audit' }).boundingBox();
+    const listBox = await page.getByRole('tablist').boundingBox();
+    assert.ok(tabBox.x >= listBox.x && tabBox.x + tabBox.width <= listBox.x + listBox.width,
+      `Audit tab at ${JSON.stringify(tabBox)} in the tab list at ${JSON.stringify(listBox)}`);
+    assert.equal(await page.getByRole('tablist').evaluate((el) => el.scrollWidth - el.clientWidth), 0, 'the tab list does not scroll');
     await assertNoSidewaysScroll(page);
     assertNoProblems(page);
     await page.close();
