@@ -101,3 +101,22 @@ export async function call(method, path, options = {}) {
 }
 
 export const orgPath = (org, rest) => `/v1/orgs/${encodeURIComponent(org)}/${rest}`;
+
+/**
+ * Fetches a file the API streams (a CSV export) and hands it to the browser
+ * as a download; a plain link cannot send the bearer token. Returns its name.
+ */
+export async function downloadFile(path, fallbackName) {
+  const res = await call('GET', path, { raw: true });
+  const blob = await res.blob();
+  const name = /filename="([^"]+)"/.exec(res.headers.get('content-disposition') ?? '')?.[1] ?? fallbackName;
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  return name;
+}

@@ -4,11 +4,15 @@ import { currentSession, devSignIn, signOut } from './api.js';
 import { createWalletView } from './wallet.js';
 import { createTransactionsView } from './transactions.js';
 import { createUsageView } from './usage.js';
+import { createFeatureCapsView } from './feature-caps.js';
+import { createAuditView } from './audit.js';
 
 const $ = (id) => document.getElementById(id);
 const LAST_LOGIN_KEY = 'ai-wallet.last-login'; // org, user and role only; never the token
 const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', member: 'Member', viewer: 'Viewer', service: 'Service' };
-const TABS = ['wallet', 'transactions', 'usage'];
+const ALL_TABS = ['wallet', 'transactions', 'usage', 'audit'];
+// The server refuses the audit trail to other roles; the page does not offer it to them.
+const AUDIT_ROLES = ['owner', 'admin'];
 
 function showLogin(message) {
   $('boot').hidden = true;
@@ -67,7 +71,9 @@ function setupLogin() {
 
 /** ARIA tabs: arrow keys move between tabs, the hash remembers the current one. */
 function setupTabs(views) {
+  const TABS = ALL_TABS.filter((name) => name in views);
   const tabs = TABS.map((name) => $(`tab-${name}`));
+  for (const tab of tabs) tab.hidden = false;
   const select = (name, { focus = false, updateHash = true } = {}) => {
     if (!TABS.includes(name)) name = 'wallet';
     for (const tab of tabs) {
@@ -116,6 +122,8 @@ function start() {
     transactions: createTransactionsView(session),
     usage: createUsageView(session, wallet),
   };
+  createFeatureCapsView(session, wallet);
+  if (AUDIT_ROLES.includes(session.role)) views.audit = createAuditView(session);
   const select = setupTabs(views);
   select(location.hash.slice(1) || 'wallet', { updateHash: false });
   if (location.hash.slice(1) !== 'wallet') wallet.refresh(); // the banner shows on every tab

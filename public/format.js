@@ -145,6 +145,9 @@ const FEATURE_NAMES = {
   nl_alerts: 'Natural-language alerts',
 };
 
+/** The AI features the wallet is configured with (wrangler.toml FEATURES), in display order. */
+export const FEATURE_IDS = Object.keys(FEATURE_NAMES);
+
 /** A feature id as people read it; unknown ids are shown spelled out. */
 export function featureName(id) {
   return FEATURE_NAMES[id] ?? String(id).replaceAll('_', ' ');

@@ -1,6 +1,6 @@
 // The Transactions tab: purchases and grants with the running balance,
 // paged with the API's cursor, and the CSV export of the whole history.
-import { call, orgPath } from './api.js';
+import { call, downloadFile, orgPath } from './api.js';
 import { formatCredits, formatDateTime, formatMoney, kindName } from './format.js';
 
 const $ = (id) => document.getElementById(id);
@@ -93,18 +93,7 @@ export function createTransactionsView(session) {
     status.className = 'message';
     status.textContent = 'Preparing the CSV file…';
     try {
-      // A plain link cannot send the bearer token, so the file is fetched and handed over as a blob.
-      const res = await call('GET', `${orgPath(org, 'transactions')}?format=csv`, { raw: true });
-      const blob = await res.blob();
-      const name = /filename="([^"]+)"/.exec(res.headers.get('content-disposition') ?? '')?.[1] ?? `transactions-${org}.csv`;
-      const url = URL.createObjectURL(blob);
-      const link = document.createElement('a');
-      link.href = url;
-      link.download = name;
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      const name = await downloadFile(`${orgPath(org, 'transactions')}?format=csv`, `transactions-${org}.csv`);
       status.textContent = `Downloaded ${name}.`;
       status.className = 'message ok';
     } catch (err) {

@@ -97,12 +97,17 @@ export function createWalletView(session) {
     banner.hidden = !banner.dataset.state;
   }
 
+  /** Shows a wallet view the API answered (a GET or a settings change). */
+  function apply(view) {
+    wallet = view;
+    renderWallet();
+    for (const listener of listeners) listener(wallet);
+  }
+
   async function refresh() {
     refreshing ??= (async () => {
       try {
-        wallet = await call('GET', orgPath(org, 'wallet'));
-        renderWallet();
-        for (const listener of listeners) listener(wallet);
+        apply(await call('GET', orgPath(org, 'wallet')));
       } catch (err) {
         const box = $('wallet-error');
         box.textContent = err.code === 'wallet_not_found'
@@ -139,10 +144,8 @@ export function createWalletView(session) {
     const button = event.submitter ?? $('cap-form').querySelector('button');
     button.disabled = true;
     try {
-      wallet = await call('PUT', orgPath(org, 'daily-cap'), { body: { daily_cap: value } });
+      apply(await call('PUT', orgPath(org, 'daily-cap'), { body: { daily_cap: value } }));
       setCapMessage(`Saved: the daily cap is now ${formatCredits(wallet.daily_cap)} credits.`, 'ok');
-      renderWallet();
-      for (const listener of listeners) listener(wallet);
     } catch (err) {
       setCapMessage(`Not saved: ${err.message}`, 'error');
     } finally {
@@ -339,6 +342,7 @@ export function createWalletView(session) {
       if (!catalogueLoaded) loadCatalogue();
     },
     refresh,
+    apply,
     /** Called with each fresh wallet view. */
     onWallet(listener) {
       listeners.add(listener);
