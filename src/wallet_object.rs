@@ -63,10 +63,12 @@ struct ReplicaState {
     alarm_set: Cell<bool>,
     /// Flushes failed in a row, for the backoff.
     failures: Cell<u32>,
-    /// The shard's own watermark was read since this instance started (or
-    /// since a refill was asked for): until then the next flush reads it
-    /// first, so an emptied or restored shard is refilled.
-    probed: Cell<bool>,
+    /// The highest seq the shard holds, as this instance last learned it.
+    /// `None` until the first flush of the instance (or after a refill was
+    /// asked for) reads it from the shard, so an emptied or restored shard is
+    /// refilled. Kept in memory only: the shard's own `replica_progress` is
+    /// the truth, and not writing it here saves a row per flush.
+    watermark: Cell<Option<u64>>,
     /// Rows written and batches sent, as the storage APIs count them (`make bench`).
     do_rows_written: Cell<u64>,
     d1_rows_written: Cell<u64>,
@@ -107,7 +109,7 @@ impl DurableObject for WalletObject {
                 let shard = self.replica_target().map(|(_, shard)| shard);
                 // `pending`: entries still wait for the shard, so `make bench`
                 // can tell a settled flush now that the ledger route is exact.
-                let pending = wallet_store::has_pending(&self.state.storage().sql())?;
+                let pending = self.pending(&self.state.storage().sql())?;
                 return Response::from_json(&serde_json::json!({
                     "ledger_shard": shard,
                     "pending": pending,
@@ -131,6 +133,26 @@ impl DurableObject for WalletObject {
     /// overlap; requests committed meanwhile arm the next alarm themselves.
     async fn alarm(&self) -> Result<Response> {
         self.replica.alarm_set.set(false);
+        // The alarm never fails: an error is logged and the alarm set again,
+        // so replication never stops waiting for a request to re-arm it.
+        let next_alarm = match self.replicate_and_prune().await {
+            Ok(next) => next,
+            Err(err) => {
+                console_error!("replica alarm failed, retrying: {err}");
+                Some(self.backoff_ms())
+            }
+        };
+        if let Some(delay) = next_alarm {
+            self.arm_alarm(delay);
+        }
+        Response::empty()
+    }
+}
+
+impl WalletObject {
+    /// One alarm's work: replicate (restoring a pre-shard organization's
+    /// entries first), then prune. Returns when the next alarm is due.
+    async fn replicate_and_prune(&self) -> Result<Option<f64>> {
         self.ensure_loaded()?;
         let sql = self.state.storage().sql();
         let mut next_alarm = None;
@@ -147,12 +169,10 @@ impl DurableObject for WalletObject {
                     next_alarm = Some(FLUSH_CONTINUE_MS);
                 }
                 Err(err) => {
-                    let failures = self.replica.failures.get().saturating_add(1);
-                    self.replica.failures.set(failures);
-                    let delay = (FLUSH_RETRY_MS * 2f64.powi(failures.min(16) as i32 - 1))
-                        .min(FLUSH_RETRY_MAX_MS);
+                    let delay = self.backoff_ms();
                     console_error!(
-                        "ledger replication of {org_id} to shard {shard} failed (attempt {failures}), retrying in {} s: {err}",
+                        "ledger replication of {org_id} to shard {shard} failed (attempt {}), retrying in {} s: {err}",
+                        self.replica.failures.get(),
                         delay / 1000.0
                     );
                     next_alarm = Some(delay);
@@ -166,17 +186,26 @@ impl DurableObject for WalletObject {
             * 1000;
         let pruned = wallet_store::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
         add(&self.replica.do_rows_written, pruned);
-        if next_alarm.is_none() && wallet_store::has_pending(&sql)? {
+        if next_alarm.is_none() && self.pending(&sql)? {
             next_alarm = Some(FLUSH_DELAY_MS);
         }
-        if let Some(delay) = next_alarm {
-            self.arm_alarm(delay);
-        }
-        Response::empty()
+        Ok(next_alarm)
     }
-}
 
-impl WalletObject {
+    /// Counts one more failure in a row and answers the delay before the next
+    /// attempt: 5 s, doubling, at most 5 min.
+    fn backoff_ms(&self) -> f64 {
+        let failures = self.replica.failures.get().saturating_add(1);
+        self.replica.failures.set(failures);
+        (FLUSH_RETRY_MS * 2f64.powi(failures.min(16) as i32 - 1)).min(FLUSH_RETRY_MAX_MS)
+    }
+
+    /// Whether entries wait for the shard (any entry at all while the
+    /// shard's watermark is not known yet).
+    fn pending(&self, sql: &SqlStorage) -> Result<bool> {
+        wallet_store::has_entries_after(sql, self.replica.watermark.get().unwrap_or(0))
+    }
+
     /// The organization and the D1 shard it replicates to.
     fn replica_target(&self) -> Option<(String, String)> {
         self.wallet.borrow().as_ref().map(|w| {
@@ -222,22 +251,12 @@ impl WalletObject {
     async fn flush(&self, org_id: &str, shard_name: &str) -> Result<bool> {
         let sql = self.state.storage().sql();
         let db = ledger_shards::shard(&self.env, shard_name)?;
-        if !self.replica.probed.get() {
-            let shard_seq = ledger_shards::progress(&db, org_id).await?;
-            let from = wallet_store::flushed_seq(&sql)?;
-            if shard_seq != from {
-                console_log!(
-                    "shard {shard_name} holds {org_id} through seq {shard_seq}, not {from}; replicating from there"
-                );
-                add(
-                    &self.replica.do_rows_written,
-                    wallet_store::set_flushed_seq(&sql, shard_seq)?,
-                );
-            }
-            self.replica.probed.set(true);
-        }
+        let mut from = match self.replica.watermark.get() {
+            Some(seq) => seq,
+            None => ledger_shards::progress(&db, org_id).await?,
+        };
+        self.replica.watermark.set(Some(from));
         for _ in 0..FLUSH_MAX_BATCHES {
-            let from = wallet_store::flushed_seq(&sql)?;
             let entries = wallet_store::outbox(&sql, from, FLUSH_MAX_ENTRIES)?;
             if entries.is_empty() {
                 return Ok(true);
@@ -261,7 +280,7 @@ impl WalletObject {
             let sent = ledger_shards::send(&db, org_id, from, through, &params).await?;
             add(&self.replica.d1_batches, 1);
             add(&self.replica.d1_rows_written, sent.d1_rows_written);
-            let watermark = if sent.applied {
+            from = if sent.applied {
                 debug_assert_eq!(batch.entries as usize, count);
                 through
             } else if sent.shard_seq != from {
@@ -277,10 +296,7 @@ impl WalletObject {
                     "shard {shard_name} did not apply a batch for {org_id} at seq {from}"
                 )));
             };
-            add(
-                &self.replica.do_rows_written,
-                wallet_store::set_flushed_seq(&sql, watermark)?,
-            );
+            self.replica.watermark.set(Some(from));
         }
         Ok(false)
     }
@@ -300,9 +316,20 @@ impl WalletObject {
         let wallet = wallet_store::load(&sql)?;
         *self.wallet.borrow_mut() = wallet;
         self.loaded.set(true);
-        if wallet_store::has_pending(&sql)? {
-            // Normally its alarm is still set; this covers one that gave up.
-            self.arm_alarm(FLUSH_DELAY_MS);
+        // Entries committed before a restart have their alarm already: it is
+        // set in the same commit, survives the restart and never gives up.
+        // An organization older than this layout needs one to copy its
+        // pruned entries back, whether or not credits move again.
+        let legacy = self
+            .wallet
+            .borrow()
+            .as_ref()
+            .filter(|w| w.ledger_shard().is_none())
+            .map(|w| w.next_seq());
+        if let Some(next_seq) = legacy {
+            if wallet_store::legacy_entries_below(&sql, next_seq)?.is_some() {
+                self.arm_alarm(FLUSH_DELAY_MS);
+            }
         }
         Ok(())
     }
@@ -396,7 +423,7 @@ impl WalletObject {
         let Some((_, shard)) = self.replica_target() else {
             return Ok(Reply::error(&ApiError::WalletNotFound, now));
         };
-        self.replica.probed.set(false);
+        self.replica.watermark.set(None);
         self.replica.failures.set(0);
         self.set_alarm(0.0);
         Ok(Reply::json(

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS holds (
   closed_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS holds_active ON holds (status) WHERE status = 'active';
--- How far the ledger shard has been written (highest seq known to be there).
+-- Replication bookkeeping. flushed_seq is no longer written: the shard's
+-- own replica_progress says how far it holds the ledger.
 CREATE TABLE IF NOT EXISTS replica (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   flushed_seq INTEGER NOT NULL
@@ -607,35 +608,12 @@ pub fn ledger_page(sql: &SqlStorage, query: &LedgerQuery, next_seq: u64) -> work
     Ok(out)
 }
 
-#[derive(Deserialize)]
-struct Watermark {
-    flushed_seq: i64,
-}
-
-/// The highest seq this object knows its ledger shard holds.
-pub fn flushed_seq(sql: &SqlStorage) -> worker::Result<u64> {
-    let rows: Vec<Watermark> = sql
-        .exec("SELECT flushed_seq FROM replica WHERE id = 1", None)?
-        .to_array()?;
-    Ok(rows.first().map_or(0, |w| w.flushed_seq.max(0) as u64))
-}
-
-/// Moves the watermark to what the shard reported; the rows written.
-pub fn set_flushed_seq(sql: &SqlStorage, seq: u64) -> worker::Result<u64> {
-    let cursor = sql.exec(
-        "UPDATE replica SET flushed_seq = ? WHERE id = 1",
-        vec![int(seq as i64)],
-    )?;
-    Ok(cursor.rows_written() as u64)
-}
-
-/// Whether entries past the watermark wait for the shard.
-pub fn has_pending(sql: &SqlStorage) -> worker::Result<bool> {
+/// Whether any entry is newer than `seq`.
+pub fn has_entries_after(sql: &SqlStorage, seq: u64) -> worker::Result<bool> {
     let rows: Vec<EntryText> = sql
         .exec(
-            "SELECT seq, entry FROM ops WHERE entry IS NOT NULL
-               AND seq > (SELECT flushed_seq FROM replica WHERE id = 1) ORDER BY seq LIMIT 1",
-            None,
+            "SELECT seq, entry FROM ops WHERE seq > ? AND entry IS NOT NULL ORDER BY seq LIMIT 1",
+            vec![int(seq as i64)],
         )?
         .to_array()?;
     Ok(!rows.is_empty())
