@@ -106,9 +106,19 @@ impl DurableObject for WalletObject {
             Command::Ping => return Response::ok("{}"),
             Command::StorageStats => {
                 self.ensure_loaded()?;
-                let shard = self.replica_target().map(|(_, shard)| shard);
+                let shard_target = self.replica_target();
+                let shard = shard_target.as_ref().map(|(_, shard)| shard.clone());
                 // `pending`: entries still wait for the shard, so `make bench`
                 // can tell a settled flush now that the ledger route is exact.
+                // A fresh instance asks the shard how far it is first.
+                if let (None, Some((org_id, shard))) = (self.replica.watermark.get(), &shard_target)
+                {
+                    let db = ledger_shards::shard(&self.env, shard)?;
+                    let seq = ledger_shards::progress(&db, org_id).await?;
+                    if self.replica.watermark.get().is_none() {
+                        self.replica.watermark.set(Some(seq));
+                    }
+                }
                 let pending = self.pending(&self.state.storage().sql())?;
                 return Response::from_json(&serde_json::json!({
                     "ledger_shard": shard,
