@@ -4,86 +4,30 @@
 // the API too. Screenshots go to tests/artifacts/ (gitignored).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
 import { api, ownerToken, startWorker, token } from './harness.mjs';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const ARTIFACTS = path.join(ROOT, 'tests/artifacts');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
-// Not UTC, so the local times shown must differ from the UTC times the API sends.
-const TIME_ZONE = 'Asia/Tokyo';
+import {
+  TIME_ZONE, assertNoProblems, launchBrowser, openPage as browserOpenPage, shot, signIn as browserSignIn,
+} from './browser.mjs';
 
 let worker;
 let w;
-let context;
-let userDataDir;
+let browser;
 
 before(async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: run scripts/setup.sh (apt-get install chromium)`);
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
   worker = await startWorker();
   w = api(worker.base);
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ai-wallet-chromium-'));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timezoneId: TIME_ZONE,
-    locale: 'en-US',
-    viewport: { width: 1280, height: 900 },
-    acceptDownloads: true,
-  });
-  context.setDefaultTimeout(15_000);
+  browser = await launchBrowser();
 }, { timeout: 180_000 });
 
 after(async () => {
-  await context?.close();
-  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  await browser?.close();
   await worker?.stop();
 });
 
-/** A new tab that records page errors, console errors (CSP included) and refused requests. */
-async function openPage({ width = 1280, height = 900 } = {}) {
-  const page = await context.newPage();
-  await page.setViewportSize({ width, height });
-  page.problems = [];
-  page.on('pageerror', (err) => page.problems.push(`page error: ${err.message}`));
-  page.on('console', (msg) => {
-    if (msg.type() === 'error' && !msg.text().startsWith('Failed to load resource')) page.problems.push(`console: ${msg.text()}`);
-  });
-  page.on('response', (res) => {
-    const url = new URL(res.url());
-    // This worker has no Stripe: packs and the payment method may be unavailable.
-    const optional = ['/v1/packs', '/payment-method'].some((p) => url.pathname.endsWith(p)) && res.status() === 404;
-    if (res.status() >= 400 && !optional) page.problems.push(`${res.status()} ${url.pathname}`);
-  });
-  return page;
-}
-
-function assertNoProblems(page, allowed = []) {
-  const problems = page.problems.filter((p) => !allowed.some((a) => p.includes(a)));
-  assert.deepEqual(problems, [], 'the page reported problems');
-}
-
-async function signIn(page, { org, sub, role, tab = 'wallet' }) {
-  await page.goto(`${worker.base}/#${tab}`);
-  await page.getByLabel('Organization id').fill(org);
-  await page.getByLabel('User id').fill(sub);
-  await page.getByLabel('Role').selectOption(role);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.locator('#app').waitFor({ state: 'visible' });
-  await page.locator('#balance').filter({ hasNotText: '–' }).waitFor({ state: 'attached' });
-}
-
-const shot = (page, name, { fullPage = true } = {}) => page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage });
+/** This file's browser helpers, bound to its browser and worker. */
+const openPage = (opts) => browserOpenPage(browser.context, opts);
+const signIn = (page, opts) => browserSignIn(page, worker.base, opts);
 const row = (page, feature) => page.locator(`#feature-caps li[data-feature="${feature}"]`);
 const capOf = (wallet, feature) => wallet.feature_caps.find((c) => c.feature === feature);
 const auditOf = async (org, tok = ownerToken(org)) => {
