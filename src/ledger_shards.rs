@@ -16,7 +16,7 @@ use serde::Deserialize;
 use wallet_core::ledger::{EntryRow, ReplicaBatch};
 use wallet_core::reports::{self, DateRange, Transaction, UsageLine, UsageRollups};
 use wallet_core::time::from_millis;
-use wallet_core::wallet::EntryKind;
+use wallet_core::wallet::{EntryKind, PurchaseSource};
 use wallet_core::Credits;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, D1Result, Env};
@@ -35,14 +35,15 @@ fn insert_credit_rows() -> String {
     format!(
         "INSERT INTO ledger_entries (org_id, seq, id, kind, amount_units, balance_after_units,
   created_at_ms, usage_day, feature, user_id, project_id, hold_id, pack_id, amount_cents, currency,
-  payment_intent_id, purchase_id, metadata)
+  payment_intent_id, purchase_id, metadata, source)
 SELECT ?1, json_extract(value, '$.seq'), json_extract(value, '$.id'), json_extract(value, '$.kind'),
   json_extract(value, '$.amount'), json_extract(value, '$.balance_after'),
   json_extract(value, '$.created_at_ms'), json_extract(value, '$.usage_day'),
   json_extract(value, '$.feature'), json_extract(value, '$.user_id'), json_extract(value, '$.project_id'),
   json_extract(value, '$.hold_id'), json_extract(value, '$.pack_id'), json_extract(value, '$.amount_cents'),
   json_extract(value, '$.currency'), json_extract(value, '$.payment_intent_id'),
-  json_extract(value, '$.purchase_id'), json_extract(value, '$.metadata')
+  json_extract(value, '$.purchase_id'), json_extract(value, '$.metadata'),
+  json_extract(value, '$.source')
 FROM json_each(?3) WHERE {PROGRESS_IS}
 ON CONFLICT (org_id, seq) DO UPDATE SET id = excluded.id, kind = excluded.kind,
   amount_units = excluded.amount_units, balance_after_units = excluded.balance_after_units,
@@ -50,7 +51,7 @@ ON CONFLICT (org_id, seq) DO UPDATE SET id = excluded.id, kind = excluded.kind,
   feature = excluded.feature, user_id = excluded.user_id, project_id = excluded.project_id,
   hold_id = excluded.hold_id, pack_id = excluded.pack_id, amount_cents = excluded.amount_cents,
   currency = excluded.currency, payment_intent_id = excluded.payment_intent_id,
-  purchase_id = excluded.purchase_id, metadata = excluded.metadata"
+  purchase_id = excluded.purchase_id, metadata = excluded.metadata, source = excluded.source"
     )
 }
 
@@ -177,6 +178,8 @@ pub async fn entries_below(
                 currency: r.currency,
                 payment_intent_id: r.payment_intent_id,
                 purchase_id: r.purchase_id,
+                // Every purchase this old was the owner's.
+                source: None,
                 metadata,
             })
         })
@@ -240,6 +243,7 @@ struct TransactionRow {
     pack_id: Option<String>,
     amount_cents: Option<i64>,
     currency: Option<String>,
+    source: Option<String>,
 }
 
 impl TransactionRow {
@@ -254,6 +258,12 @@ impl TransactionRow {
             amount_cents: self.amount_cents,
             currency: self.currency,
             balance_after: Credits::from_units(self.balance_after_units),
+            source: match self.source.as_deref() {
+                None => None,
+                Some("owner") => Some(PurchaseSource::Owner),
+                Some("auto_top_up") => Some(PurchaseSource::AutoTopUp),
+                Some(_) => return Err(bad("source")),
+            },
         })
     }
 }
@@ -270,7 +280,7 @@ pub async fn transactions_page(
 ) -> worker::Result<(Vec<Transaction>, bool)> {
     let query = format!(
         "SELECT id, kind, amount_units, balance_after_units, created_at_ms, pack_id, amount_cents,
-           currency
+           currency, source
          FROM ledger_entries
          WHERE org_id = ?1 AND kind IN ({}) AND seq < ?2
          ORDER BY seq DESC LIMIT ?3",

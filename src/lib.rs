@@ -5,6 +5,7 @@
 //! dashboard aggregates. Purchases (`purchases`, `stripe_api`) and Stripe's
 //! webhook (`webhook`) feed credits into the same Durable Objects.
 
+mod event_delivery;
 mod ledger_shards;
 mod purchases;
 mod reports;
@@ -25,6 +26,8 @@ use wallet_core::api::{
     CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, FeatureCapsBody, HoldBody,
     PurchaseBody, ReleaseBody, SignupBody,
 };
+use wallet_core::auto_top_up::AutoTopUpBody;
+use wallet_core::events::AlertsBody;
 use wallet_core::time::{parse_utc, rfc3339};
 use wallet_core::token::{self, Claims, Role};
 use worker::*;
@@ -310,6 +313,40 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     body.validate(config)?;
                     let actor = actor(&claims);
                     call_wallet(env, org, now_ms, Command::SetFeatureCaps { body, actor }).await
+                }
+                (["auto-top-up"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    call_wallet(env, org, now_ms, Command::AutoTopUp).await
+                }
+                (["auto-top-up"], Method::Put) => {
+                    authorize(&claims, org, OWNER)?;
+                    let body: AutoTopUpBody = parse_body(&read_body(&mut req, limit).await?)?;
+                    body.validate(config)?;
+                    if body.enabled {
+                        purchases::require_payment_method(env, settings, org, now_ms).await?;
+                    }
+                    let actor = actor(&claims);
+                    call_wallet(env, org, now_ms, Command::SetAutoTopUp { body, actor }).await
+                }
+                (["alerts"], Method::Get) => {
+                    authorize(&claims, org, ANY_ROLE)?;
+                    call_wallet(env, org, now_ms, Command::Alerts).await
+                }
+                (["alerts"], Method::Put) => {
+                    authorize(&claims, org, OWNER)?;
+                    let body: AlertsBody = parse_body(&read_body(&mut req, limit).await?)?;
+                    body.validate()?;
+                    let actor = actor(&claims);
+                    call_wallet(env, org, now_ms, Command::SetAlerts { body, actor }).await
+                }
+                (["events"], Method::Get) => {
+                    authorize(&claims, org, OWNER_OR_ADMIN)?;
+                    let events_query = wallet_core::events::events_query(
+                        org,
+                        query("limit").as_deref(),
+                        query("starting_after").as_deref(),
+                    )?;
+                    call_wallet(env, org, now_ms, Command::Events(events_query)).await
                 }
                 (["audit"], Method::Get) => {
                     authorize(&claims, org, OWNER_OR_ADMIN)?;

@@ -104,6 +104,28 @@ pub async fn payment_method(env: &Env, settings: &Settings, org: &str, now_ms: i
     )?)
 }
 
+/// Answers 409 `payment_method_required` unless the organization has a
+/// default payment method on file (503 when Stripe does not answer).
+pub async fn require_payment_method(
+    env: &Env,
+    settings: &Settings,
+    org: &str,
+    now_ms: i64,
+) -> Result<(), Failure> {
+    let stripe = stripe(settings)?;
+    let Some(customer) = customer_id(env, org, now_ms).await? else {
+        return Err(ApiError::PaymentMethodRequired.into());
+    };
+    match stripe
+        .default_payment_method(&customer)
+        .await
+        .map_err(unavailable)?
+    {
+        Some(_) => Ok(()),
+        None => Err(ApiError::PaymentMethodRequired.into()),
+    }
+}
+
 /// `POST /dev/orgs/{org}/payment-method` (development only): attaches a Stripe
 /// test payment method such as `pm_card_visa` and makes it the default.
 pub async fn dev_payment_method(
@@ -205,23 +227,7 @@ pub async fn create(
             .await?
             .ok_or(ApiError::Internal)?,
     };
-    let outcome = match stripe.charge(org, &customer, &purchase).await {
-        Ok(intent) => ChargeOutcome::Intent { intent },
-        Err(StripeError::Refused(refusal)) if !matches!(refusal.status, 401 | 403) => {
-            let decline_code = refusal
-                .is_decline()
-                .then(|| refusal.decline_code.clone().or(refusal.code.clone()))
-                .flatten();
-            ChargeOutcome::Refused {
-                payment_intent_id: refusal.payment_intent_id,
-                decline_code,
-            }
-        }
-        Err(err) => {
-            console_error!("charge of purchase {} has no outcome: {err}", purchase.id);
-            ChargeOutcome::Unknown
-        }
-    };
+    let outcome = charge(&stripe, org, &customer, &purchase).await;
     let unknown = outcome == ChargeOutcome::Unknown;
     let settled: PurchaseReply = ask(
         env,
@@ -238,6 +244,34 @@ pub async fn create(
     }
     let purchase = settled.purchase.ok_or(ApiError::Internal)?;
     purchase_response(201, &purchase, true)
+}
+
+/// Sends a purchase's charge (off-session, to its payment method) and reads
+/// Stripe's answer as the purchase's outcome: a PaymentIntent, a refusal
+/// (nothing was charged), or no answer (the same key may be sent again).
+pub async fn charge(
+    stripe: &Stripe,
+    org: &str,
+    customer: &str,
+    purchase: &Purchase,
+) -> ChargeOutcome {
+    match stripe.charge(org, customer, purchase).await {
+        Ok(intent) => ChargeOutcome::Intent { intent },
+        Err(StripeError::Refused(refusal)) if !matches!(refusal.status, 401 | 403) => {
+            let decline_code = refusal
+                .is_decline()
+                .then(|| refusal.decline_code.clone().or(refusal.code.clone()))
+                .flatten();
+            ChargeOutcome::Refused {
+                payment_intent_id: refusal.payment_intent_id,
+                decline_code,
+            }
+        }
+        Err(err) => {
+            console_error!("charge of purchase {} has no outcome: {err}", purchase.id);
+            ChargeOutcome::Unknown
+        }
+    }
 }
 
 /// `GET /v1/orgs/{org}/purchases/{id}`. A purchase that is not final is

@@ -5,6 +5,7 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 use wallet_core::deployment::{self, Mode};
+use wallet_core::events::{delivery_config, DeliveryConfig};
 use wallet_core::stripe::StripeConfig;
 use wallet_core::WalletConfig;
 use worker::Env;
@@ -22,6 +23,9 @@ pub struct Settings {
     /// `BENCH_ROUTES = "enabled"` (set only by `make bench`; refused outside
     /// development): the `/bench/*` routes that measure the platform floor.
     pub bench_routes: bool,
+    /// Where events are sent (`None`: recorded and listed only). Checked apart
+    /// like Stripe: a misconfiguration stops delivery, never AI usage.
+    pub events: Result<Option<DeliveryConfig>, String>,
 }
 
 thread_local! {
@@ -53,12 +57,14 @@ fn read(env: &Env) -> Result<Settings, String> {
     if bench_routes && !development {
         return Err("BENCH_ROUTES may be enabled only in development".into());
     }
+    let events = delivery_config(|name| env_text(env, name), development);
     Ok(Settings {
         config,
         development,
         jwt_secret: secret.into_bytes(),
         stripe,
         bench_routes,
+        events,
     })
 }
 

@@ -7,18 +7,24 @@
 //! answer. Reading, deciding and committing run without an `await`, so one
 //! organization's requests are applied strictly one after another.
 //! Afterwards an alarm, armed in the same commit, replicates to the
-//! organization's D1 shard what the dashboard aggregates (`ledger_shards`).
+//! organization's D1 shard what the dashboard aggregates (`ledger_shards`),
+//! starts the charge of an auto top-up the commit recorded, and hands events
+//! waiting in the outbox to the delivery queue (`event_delivery`).
 
+use crate::event_delivery;
 use crate::ledger_shards;
+use crate::purchases;
 use crate::settings::settings;
+use crate::stripe_api::Stripe;
 use crate::wallet_protocol;
 use crate::wallet_store::{self, Statement, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wallet_core::api::{ApiError, Command, Envelope};
+use wallet_core::api::{ApiError, Command, Envelope, PurchaseStartReply};
 use wallet_core::config::LEGACY_LEDGER_SHARD;
 use wallet_core::decision::{self, Reply};
 use wallet_core::ledger::{replica_batch, LedgerQuery};
+use wallet_core::purchase::{ChargeOutcome, CHARGE_LEASE_SECONDS};
 use wallet_core::time::from_millis;
 use wallet_core::Wallet;
 use wasm_bindgen::prelude::*;
@@ -56,11 +62,21 @@ const FLUSH_MAX_BYTES: usize = 256 * 1024;
 /// Batches per alarm, so a refill of a long history yields between alarms.
 const FLUSH_MAX_BATCHES: usize = 25;
 
+/// A charge that got no answer is sent again (same idempotency key) after
+/// this long, doubling per failure like the flush backoff.
+const CHARGE_RETRY_MS: f64 = 5_000.0;
+
 /// Replica bookkeeping of this instance.
 #[derive(Default)]
 struct ReplicaState {
-    /// An alarm is set (it flushes, then clears this).
-    alarm_set: Cell<bool>,
+    /// When the alarm set by this instance is due (cleared when it runs).
+    alarm_at: Cell<Option<f64>>,
+    /// The newest event handed to the delivery queue by this instance. A new
+    /// instance hands over what is undelivered again: local queues forget
+    /// their messages on a restart, and delivery is at least once anyway.
+    events_queued_through: Cell<u64>,
+    /// Auto top-up charges without an answer in a row, for the backoff.
+    charge_failures: Cell<u32>,
     /// Flushes failed in a row, for the backoff.
     failures: Cell<u32>,
     /// The highest seq the shard holds, as this instance last learned it.
@@ -142,7 +158,23 @@ impl DurableObject for WalletObject {
     /// Replicates to the shard, then prunes. Alarms of one object never
     /// overlap; requests committed meanwhile arm the next alarm themselves.
     async fn alarm(&self) -> Result<Response> {
-        self.replica.alarm_set.set(false);
+        self.replica.alarm_at.set(None);
+        // What leaves for Stripe and the event receiver goes first: a flush
+        // can wait its 2 s, a low wallet should not.
+        let charge_retry = match self.send_auto_top_up().await {
+            Ok(retry) => retry,
+            Err(err) => {
+                console_error!("auto top-up charge failed, retrying: {err}");
+                Some(self.charge_backoff_ms())
+            }
+        };
+        if let Err(err) = self.queue_events().await {
+            console_error!("handing events to the delivery queue failed, retrying: {err}");
+            self.arm_alarm(FLUSH_RETRY_MS);
+        }
+        if let Some(delay) = charge_retry {
+            self.arm_alarm(delay);
+        }
         // The alarm never fails: an error is logged and the alarm set again,
         // so replication never stops waiting for a request to re-arm it.
         let next_alarm = match self.replicate_and_prune().await {
@@ -200,6 +232,125 @@ impl WalletObject {
             next_alarm = Some(FLUSH_DELAY_MS);
         }
         Ok(next_alarm)
+    }
+
+    /// The charge of the auto top-up in flight, when it is due: the default
+    /// payment method on file is claimed for it in one decision, Stripe is
+    /// asked (with the purchase's derived idempotency key), and the outcome
+    /// settles it in another. Returns when to try again, if it must be.
+    async fn send_auto_top_up(&self) -> Result<Option<f64>> {
+        self.ensure_loaded()?;
+        let (org_id, customer, purchase_id, clock) = match self.wallet.borrow().as_ref() {
+            Some(w) => match &w.auto_top_up().in_flight {
+                Some(id) => (
+                    w.org_id().to_string(),
+                    w.stripe_customer_id().map(str::to_string),
+                    id.clone(),
+                    w.now(),
+                ),
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        let sql = self.state.storage().sql();
+        let Some(purchase) = wallet_store::purchase(&sql, &purchase_id)? else {
+            return Err(Error::RustError(format!(
+                "auto top-up {purchase_id} of {org_id} is in flight but not stored"
+            )));
+        };
+        let now = clock
+            .max(wallet_core::time::from_millis(Date::now().as_millis() as i64).unwrap_or(clock));
+        if !purchase.needs_auto_charge(now) {
+            // Another alarm's send is under way (its lease), or Stripe's
+            // answer is recorded and the webhook settles it.
+            return Ok(purchase.charge_started_at.map(|at| {
+                let due = at + chrono::Duration::seconds(CHARGE_LEASE_SECONDS);
+                ((due - now).num_milliseconds().max(0) as f64) + 1_000.0
+            }));
+        }
+        let settings = settings(&self.env).map_err(Error::RustError)?;
+        let stripe = match &settings.stripe {
+            Ok(config) => Stripe::new(config),
+            Err(problem) => {
+                return Err(Error::RustError(format!(
+                    "Stripe is not configured: {problem}"
+                )))
+            }
+        };
+        let method = match &customer {
+            None => None,
+            Some(customer) => stripe
+                .default_payment_method(customer)
+                .await
+                .map_err(|e| Error::RustError(e.to_string()))?
+                .map(|m| m.id),
+        };
+        let claimed = self.decide_and_commit(
+            Command::AutoTopUpSend {
+                purchase_id: purchase_id.clone(),
+                payment_method_id: method,
+            },
+            now,
+        )?;
+        let Ok(PurchaseStartReply::Existing {
+            purchase,
+            send_charge: true,
+        }) = serde_json::from_str::<PurchaseStartReply>(&claimed.body)
+        else {
+            return Ok(None);
+        };
+        let customer = customer.unwrap_or_default();
+        let outcome = purchases::charge(&stripe, &org_id, &customer, &purchase).await;
+        let unknown = outcome == ChargeOutcome::Unknown;
+        self.decide_and_commit(
+            Command::PurchaseSettle {
+                purchase_id: Some(purchase_id),
+                outcome,
+            },
+            now,
+        )?;
+        if unknown {
+            return Ok(Some(self.charge_backoff_ms()));
+        }
+        self.replica.charge_failures.set(0);
+        Ok(None)
+    }
+
+    fn charge_backoff_ms(&self) -> f64 {
+        let failures = self.replica.charge_failures.get().saturating_add(1);
+        self.replica.charge_failures.set(failures);
+        (CHARGE_RETRY_MS * 2f64.powi(failures.min(16) as i32 - 1)).min(FLUSH_RETRY_MAX_MS)
+    }
+
+    /// Hands the organization's undelivered events to the delivery queue
+    /// (one message names the organization; the consumer reads the events
+    /// from here, in order). Nothing leaves without a configured receiver.
+    async fn queue_events(&self) -> Result<()> {
+        let settings = settings(&self.env).map_err(Error::RustError)?;
+        let delivery = match &settings.events {
+            Ok(Some(_)) => true,
+            Ok(None) => false,
+            Err(problem) => {
+                console_error!("events are recorded but not sent: {problem}");
+                false
+            }
+        };
+        let Some((org_id, _)) = self.replica_target() else {
+            return Ok(());
+        };
+        if !delivery {
+            return Ok(());
+        }
+        let sql = self.state.storage().sql();
+        let Some(newest) = wallet_store::newest_undelivered(&sql)? else {
+            return Ok(());
+        };
+        if newest <= self.replica.events_queued_through.get() {
+            return Ok(());
+        }
+        event_delivery::enqueue(&self.env, &org_id, 0).await?;
+        self.replica.events_queued_through.set(newest);
+        Ok(())
     }
 
     /// Counts one more failure in a row and answers the delay before the next
@@ -341,6 +492,16 @@ impl WalletObject {
                 self.arm_alarm(FLUSH_DELAY_MS);
             }
         }
+        // Undelivered events and an auto top-up in flight are picked up by
+        // a new instance too (a local queue forgets its messages on a restart).
+        let in_flight = self
+            .wallet
+            .borrow()
+            .as_ref()
+            .is_some_and(|w| w.auto_top_up().in_flight.is_some());
+        if in_flight || wallet_store::newest_undelivered(&sql)?.is_some() {
+            self.arm_alarm(0.0);
+        }
         Ok(())
     }
 
@@ -368,24 +529,27 @@ impl WalletObject {
         Ok(())
     }
 
+    /// Makes sure the alarm runs within `delay_ms`: an alarm already due
+    /// sooner stays, a later one is brought forward.
     fn arm_alarm(&self, delay_ms: f64) {
-        if self.replica.alarm_set.get() {
+        let at = Date::now().as_millis() as f64 + delay_ms;
+        if self.replica.alarm_at.get().is_some_and(|due| due <= at) {
             return;
         }
         self.set_alarm(delay_ms);
     }
 
-    /// Sets the alarm `delay_ms` from now, replacing a later one.
+    /// Sets the alarm `delay_ms` from now, replacing any other.
     fn set_alarm(&self, delay_ms: f64) {
         let storage = self.state.storage();
-        match Self::raw_storage(&storage).set_alarm_at(Date::now().as_millis() as f64 + delay_ms) {
-            Ok(_) => self.replica.alarm_set.set(true),
+        let at = Date::now().as_millis() as f64 + delay_ms;
+        match Self::raw_storage(&storage).set_alarm_at(at) {
+            Ok(_) => self.replica.alarm_at.set(Some(at)),
             Err(err) => console_error!("could not set the replica alarm: {err:?}"),
         }
     }
 
     fn execute(&self, envelope: Envelope) -> Result<Reply> {
-        let settings = settings(&self.env).map_err(Error::RustError)?;
         let now = from_millis(envelope.now_ms)
             .ok_or_else(|| Error::RustError("bad request time".into()))?;
         self.ensure_loaded()?;
@@ -394,13 +558,44 @@ impl WalletObject {
             Command::Ledger(query) => return self.ledger(&sql, query, now),
             Command::Audit(query) => return self.audit(&sql, query, now),
             Command::RefillShard => return self.refill_shard(now),
+            Command::Events(query) => return self.events(&sql, query, now),
+            Command::EventsPending { limit } => {
+                let pending = wallet_store::events_pending(&sql, (*limit).min(100))?;
+                return Ok(Reply::json(200, &serde_json::json!({ "events": pending })));
+            }
+            Command::EventDelivered { seq } | Command::EventFailed { seq } => {
+                let delivered = matches!(envelope.command, Command::EventDelivered { .. });
+                let attempts = wallet_store::record_attempt(
+                    &sql,
+                    *seq,
+                    delivered,
+                    Date::now().as_millis() as i64,
+                )?;
+                return Ok(Reply::json(
+                    200,
+                    &serde_json::json!({ "attempts": attempts }),
+                ));
+            }
             _ => {}
         }
+        self.decide_and_commit(envelope.command, now)
+    }
+
+    /// Decides `command` and commits it; the wallet in memory moves only
+    /// after the commit.
+    fn decide_and_commit(
+        &self,
+        command: Command,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Reply> {
+        let settings = settings(&self.env).map_err(Error::RustError)?;
+        self.ensure_loaded()?;
+        let sql = self.state.storage().sql();
         // Decided on a copy: until the commit succeeds, the wallet in memory
         // stays exactly what storage holds.
         let decision = decision::execute(
             self.wallet.borrow().as_ref(),
-            &envelope.command,
+            &command,
             &Store(&sql),
             &settings.config,
             now,
@@ -420,11 +615,32 @@ impl WalletObject {
         if let Some((wallet, _)) = decision.wallet {
             *self.wallet.borrow_mut() = Some(wallet);
         }
-        if decision.entry_written {
+        if decision.wake {
+            // An event or an auto top-up charge: the alarm sends it now,
+            // after this answer (set before any await, confirmed with the commit).
+            self.arm_alarm(0.0);
+        } else if decision.entry_written {
             // Set before any await: the output gate confirms it with the commit.
             self.arm_alarm(FLUSH_DELAY_MS);
         }
         Ok(decision.reply)
+    }
+
+    /// A page of events, newest first, with their delivery.
+    fn events(
+        &self,
+        sql: &SqlStorage,
+        query: &wallet_core::events::EventsQuery,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Reply> {
+        if self.wallet.borrow().is_none() {
+            return Ok(Reply::error(&ApiError::WalletNotFound, now));
+        }
+        let (events, has_more) = wallet_store::events_page(sql, query)?;
+        Ok(Reply::json(
+            200,
+            &serde_json::json!({ "data": events, "has_more": has_more }),
+        ))
     }
 
     /// Has the next alarm, due now, read the shard's watermark and send

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use wallet_core::audit::{AuditQuery, AuditRecord};
+use wallet_core::auto_top_up::AutoTopUp;
 use wallet_core::decision::{Loaded, OpRow, Reads, StoredReply, StoredState, WalletWrite, Write};
+use wallet_core::events::{listed_json, Alerts, DeliveryStatus, Event, EventsQuery};
 use wallet_core::ledger::{row_json, EntryRow, LedgerQuery};
 use wallet_core::purchase::{CreditedPayment, Purchase};
 use wallet_core::time::from_millis;
@@ -106,6 +108,20 @@ const MIGRATIONS: &[&str] = &[
        seq INTEGER PRIMARY KEY AUTOINCREMENT,
        record TEXT NOT NULL
      );",
+    // 4: auto top-up and alert settings with their state (JSON; NULL until
+    // configured), and the event outbox: every event, in order, with its
+    // delivery status. Undelivered events are what the queue consumer sends.
+    "ALTER TABLE wallet ADD COLUMN automation TEXT;
+     CREATE TABLE events (
+       seq INTEGER PRIMARY KEY,
+       type TEXT NOT NULL,
+       body TEXT NOT NULL,
+       created_at_ms INTEGER NOT NULL,
+       status TEXT NOT NULL DEFAULT 'pending',
+       attempts INTEGER NOT NULL DEFAULT 0,
+       updated_at_ms INTEGER
+     );
+     CREATE INDEX events_undelivered ON events (seq) WHERE status != 'delivered';",
 ];
 
 #[derive(Deserialize)]
@@ -156,6 +172,7 @@ struct WalletRow {
     stripe_customer_id: Option<String>,
     ledger_shard: Option<String>,
     features: Option<String>,
+    automation: Option<String>,
     balance: i64,
     held: i64,
     daily_cap: i64,
@@ -193,6 +210,11 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         None => FeatureState::default(),
         Some(text) => serde_json::from_str(text).map_err(|_| corrupt("features"))?,
     };
+    let created_at = from_millis(row.created_at_ms).ok_or_else(|| corrupt("created_at"))?;
+    let automation: Automation = match row.automation.as_deref() {
+        None => Automation::new(created_at),
+        Some(text) => serde_json::from_str(text).map_err(|_| corrupt("automation"))?,
+    };
     let stored = StoredWallet {
         org_id: row.org_id,
         owner_id: row.owner_id,
@@ -206,9 +228,12 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         held_today: Credits::from_units(row.held_today),
         next_seq: u64::try_from(row.next_seq).map_err(|_| corrupt("next_seq"))?,
         clock: from_millis(row.clock_ms).ok_or_else(|| corrupt("clock"))?,
-        created_at: from_millis(row.created_at_ms).ok_or_else(|| corrupt("created_at"))?,
+        created_at,
         feature_caps: features.caps,
         feature_spent_today: features.spent_today,
+        auto_top_up: automation.auto_top_up,
+        alerts: automation.alerts,
+        next_event_seq: automation.next_event_seq,
     };
     let wallet =
         Wallet::restore(stored, holds).map_err(|e| worker::Error::RustError(e.to_string()))?;
@@ -245,6 +270,7 @@ pub fn statements(writes: &[Write], wallet: Option<&(Wallet, WalletWrite)>) -> V
             Write::Purchase(purchase) => upsert_purchase(purchase),
             Write::CreditedPayment(payment) => upsert_credited_payment(payment),
             Write::Audit(record) => insert_audit(record),
+            Write::Event(event) => insert_event(event),
         })
         .collect();
     if let Some((wallet, how)) = wallet {
@@ -276,17 +302,54 @@ fn features_json(w: &StoredWallet) -> SqlStorageValue {
     )
 }
 
+/// The wallet's `automation` column: auto top-up, alerts and the event
+/// counter. NULL while all of them are as a new wallet has them, so a wallet
+/// that uses none of it writes no more than before.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct Automation {
+    auto_top_up: AutoTopUp,
+    alerts: Alerts,
+    next_event_seq: u64,
+}
+
+impl Automation {
+    fn new(created_at: chrono::DateTime<chrono::Utc>) -> Automation {
+        Automation {
+            auto_top_up: AutoTopUp::new(created_at),
+            alerts: Alerts::default(),
+            next_event_seq: 1,
+        }
+    }
+}
+
+fn automation_json(w: &StoredWallet) -> SqlStorageValue {
+    let automation = Automation {
+        auto_top_up: w.auto_top_up.clone(),
+        alerts: w.alerts.clone(),
+        next_event_seq: w.next_event_seq,
+    };
+    let mut untouched = Automation::new(w.created_at);
+    // The month moves on by itself; it alone is no reason to store a row.
+    untouched.auto_top_up.month = w.auto_top_up.month.clone();
+    if automation == untouched {
+        return SqlStorageValue::Null;
+    }
+    text(serde_json::to_string(&automation).expect("automation serializes"))
+}
+
 fn insert_wallet(w: &StoredWallet) -> Statement {
     (
         "INSERT INTO wallet (id, org_id, owner_id, stripe_customer_id, ledger_shard, features,
-           balance, held, daily_cap, day, spent_today, held_today, next_seq, clock_ms, created_at_ms)
-         VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+           automation, balance, held, daily_cap, day, spent_today, held_today, next_seq, clock_ms,
+           created_at_ms)
+         VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             text(&w.org_id),
             text(&w.owner_id),
             opt_text(w.stripe_customer_id.as_deref()),
             opt_text(w.ledger_shard.as_deref()),
             features_json(w),
+            automation_json(w),
             int(w.balance.units()),
             int(w.held.units()),
             int(w.daily_cap.units()),
@@ -302,12 +365,14 @@ fn insert_wallet(w: &StoredWallet) -> Statement {
 
 fn update_wallet(w: &StoredWallet) -> Statement {
     (
-        "UPDATE wallet SET stripe_customer_id = ?, features = ?, balance = ?, held = ?,
-           daily_cap = ?, day = ?, spent_today = ?, held_today = ?, next_seq = ?, clock_ms = ?
+        "UPDATE wallet SET stripe_customer_id = ?, features = ?, automation = ?, balance = ?,
+           held = ?, daily_cap = ?, day = ?, spent_today = ?, held_today = ?, next_seq = ?,
+           clock_ms = ?
          WHERE id = 1",
         vec![
             opt_text(w.stripe_customer_id.as_deref()),
             features_json(w),
+            automation_json(w),
             int(w.balance.units()),
             int(w.held.units()),
             int(w.daily_cap.units()),
@@ -360,6 +425,116 @@ fn insert_audit(record: &AuditRecord) -> Statement {
             serde_json::to_string(record).expect("audit records serialize"),
         )],
     )
+}
+
+fn insert_event(event: &Event) -> Statement {
+    (
+        "INSERT INTO events (seq, type, body, created_at_ms) VALUES (?, ?, ?, ?)",
+        vec![
+            int(event.seq as i64),
+            text(event.event_type.as_str()),
+            text(event.body.clone()),
+            int(event.created_at.timestamp_millis()),
+        ],
+    )
+}
+
+#[derive(Deserialize)]
+struct EventRow {
+    seq: i64,
+    body: String,
+    status: String,
+    attempts: i64,
+}
+
+impl EventRow {
+    fn status(&self) -> worker::Result<DeliveryStatus> {
+        DeliveryStatus::parse(&self.status).ok_or_else(|| corrupt("event status"))
+    }
+}
+
+/// One page of events, newest first, each with its delivery; and whether
+/// older ones follow.
+pub fn events_page(
+    sql: &SqlStorage,
+    query: &EventsQuery,
+) -> worker::Result<(Vec<serde_json::Value>, bool)> {
+    let below = query.before_seq.map_or(i64::MAX, |s| s as i64);
+    let rows: Vec<EventRow> = sql
+        .exec(
+            "SELECT seq, body, status, attempts FROM events WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+            vec![int(below), int(query.limit as i64 + 1)],
+        )?
+        .to_array()?;
+    let has_more = rows.len() > query.limit as usize;
+    let events = rows
+        .iter()
+        .take(query.limit as usize)
+        .map(|r| {
+            listed_json(&r.body, r.status()?, r.attempts.max(0) as u32)
+                .map_err(worker::Error::RustError)
+        })
+        .collect::<worker::Result<Vec<_>>>()?;
+    Ok((events, has_more))
+}
+
+/// An event waiting for its receiver: `(seq, body, attempts)`.
+pub type PendingEvent = (u64, String, u32);
+
+/// The oldest undelivered events, in order.
+pub fn events_pending(sql: &SqlStorage, limit: u32) -> worker::Result<Vec<PendingEvent>> {
+    let rows: Vec<EventRow> = sql
+        .exec(
+            "SELECT seq, body, status, attempts FROM events WHERE status != 'delivered'
+             ORDER BY seq LIMIT ?",
+            vec![int(limit as i64)],
+        )?
+        .to_array()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.seq.max(0) as u64, r.body, r.attempts.max(0) as u32))
+        .collect())
+}
+
+/// The newest undelivered event's seq, if any is.
+pub fn newest_undelivered(sql: &SqlStorage) -> worker::Result<Option<u64>> {
+    #[derive(Deserialize)]
+    struct Newest {
+        seq: Option<i64>,
+    }
+    let rows: Vec<Newest> = sql
+        .exec(
+            "SELECT max(seq) AS seq FROM events WHERE status != 'delivered'",
+            None,
+        )?
+        .to_array()?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.seq)
+        .map(|seq| seq.max(0) as u64))
+}
+
+/// Records one delivery attempt of event `seq`; answers its attempts so far
+/// (0 when no such event waits: delivered already, or unknown).
+pub fn record_attempt(
+    sql: &SqlStorage,
+    seq: u64,
+    delivered: bool,
+    now_ms: i64,
+) -> worker::Result<u32> {
+    #[derive(Deserialize)]
+    struct Attempts {
+        attempts: i64,
+    }
+    let status = if delivered { "delivered" } else { "failing" };
+    let rows: Vec<Attempts> = sql
+        .exec(
+            "UPDATE events SET status = ?, attempts = attempts + 1, updated_at_ms = ?
+             WHERE seq = ? AND status != 'delivered' RETURNING attempts",
+            vec![text(status), int(now_ms), int(seq as i64)],
+        )?
+        .to_array()?;
+    Ok(rows.first().map_or(0, |r| r.attempts.max(0) as u32))
 }
 
 #[derive(Deserialize)]
@@ -421,6 +596,16 @@ fn upsert_credited_payment(payment: &CreditedPayment) -> Statement {
     )
 }
 
+/// A purchase by its id.
+pub fn purchase(sql: &SqlStorage, id: &str) -> worker::Result<Option<Purchase>> {
+    read_record(
+        sql,
+        "SELECT record FROM purchases WHERE id = ?",
+        id,
+        "purchase",
+    )
+}
+
 /// A decision's reads, from this object's tables.
 pub struct Store<'a>(pub &'a SqlStorage);
 
@@ -446,12 +631,7 @@ impl StoredState for Store<'_> {
             }
         }
         if let Some(id) = &reads.purchase_id {
-            loaded.purchase = read_record(
-                sql,
-                "SELECT record FROM purchases WHERE id = ?",
-                id,
-                "purchase",
-            )?;
+            loaded.purchase = purchase(sql, id)?;
         }
         if let Some(id) = &reads.payment_intent_id {
             loaded.purchase_by_intent = read_record(

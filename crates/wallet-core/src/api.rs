@@ -84,6 +84,17 @@ pub const ROUTES: &[Route] = &[
         ORG_WRITE,
     ),
     route("get", "/v1/orgs/{org}/audit", 0, ORG_READ),
+    route("get", "/v1/orgs/{org}/auto-top-up", 0, ORG_READ),
+    // 409 payment_method_required; 503 when Stripe does not answer the check.
+    route(
+        "put",
+        "/v1/orgs/{org}/auto-top-up",
+        MAX_BODY_BYTES,
+        &[200, 400, 401, 403, 404, 409, 413, 422, 500, 503],
+    ),
+    route("get", "/v1/orgs/{org}/alerts", 0, ORG_READ),
+    route("put", "/v1/orgs/{org}/alerts", MAX_BODY_BYTES, ORG_WRITE),
+    route("get", "/v1/orgs/{org}/events", 0, ORG_READ),
     route("post", "/v1/orgs/{org}/debits", MAX_BODY_BYTES, ORG_SPEND),
     route(
         "post",
@@ -1013,6 +1024,41 @@ pub enum Command {
     /// Checks the shard's watermark at once and sends it whatever it lacks
     /// (an operator refilling a restored or emptied shard).
     RefillShard,
+    /// `GET …/auto-top-up`.
+    AutoTopUp,
+    /// `PUT …/auto-top-up`; the Worker checked the payment method on file
+    /// when it enables.
+    SetAutoTopUp {
+        body: crate::auto_top_up::AutoTopUpBody,
+        actor: crate::audit::Actor,
+    },
+    /// `GET …/alerts`.
+    Alerts,
+    SetAlerts {
+        body: crate::events::AlertsBody,
+        actor: crate::audit::Actor,
+    },
+    /// A page of events, newest first (read by the shell).
+    Events(crate::events::EventsQuery),
+    /// Auto top-up's charge is due (sent by the object's alarm): the default
+    /// payment method on file now, `None` when there is none. Answers a
+    /// [`PurchaseStartReply::Existing`].
+    AutoTopUpSend {
+        purchase_id: String,
+        payment_method_id: Option<String>,
+    },
+    /// The oldest events not yet delivered, in order (the queue consumer).
+    EventsPending {
+        limit: u32,
+    },
+    /// The receiver answered 2xx to event `seq`.
+    EventDelivered {
+        seq: u64,
+    },
+    /// An attempt to deliver event `seq` failed; answers its attempts so far.
+    EventFailed {
+        seq: u64,
+    },
 }
 
 /// The Durable Object's answer to `PurchaseStart` and `PurchaseOpen`.

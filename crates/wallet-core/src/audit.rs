@@ -23,6 +23,8 @@ pub struct Actor {
 pub enum Setting {
     DailyCap,
     FeatureCaps,
+    AutoTopUp,
+    Alerts,
 }
 
 impl Setting {
@@ -30,6 +32,8 @@ impl Setting {
         match self {
             Setting::DailyCap => "daily_cap",
             Setting::FeatureCaps => "feature_caps",
+            Setting::AutoTopUp => "auto_top_up",
+            Setting::Alerts => "alerts",
         }
     }
 }

@@ -11,15 +11,19 @@ use crate::api::{
     entry_json, hold_json, ApiError, BatchSlot, Command, CustomerReply, DebitBody, PurchaseReply,
     PurchaseStartReply, SignupBody,
 };
-use crate::audit::{AuditRecord, Setting};
+use crate::audit::{Actor, AuditRecord, Setting};
+use crate::auto_top_up::DisabledReason;
 use crate::config::WalletConfig;
+use crate::events::{Event, EventType};
 use crate::purchase::{
-    self, is_purchase_id, ChargeOutcome, CreditedPayment, Purchase, Settlement, Start,
+    self, is_purchase_id, ChargeOutcome, CreditedPayment, Purchase, PurchaseStatus, Settlement,
+    Start,
 };
-use crate::wallet::{seq_of, Hold, LedgerEntry, Wallet};
+use crate::wallet::{seq_of, Hold, LedgerEntry, PurchaseSource, Wallet};
 use crate::{DebitRequest, HoldRequest, Rejection};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// A finished answer: status, JSON text and, for 429, `Retry-After` seconds.
@@ -106,6 +110,8 @@ pub enum Write {
     CreditedPayment(CreditedPayment),
     /// A settings change for the audit trail.
     Audit(AuditRecord),
+    /// An event for the outbox.
+    Event(Event),
 }
 
 /// How the wallet row changes.
@@ -126,6 +132,9 @@ pub struct Decision {
     pub entry_written: bool,
     /// Facts for the operator's log (never for the client).
     pub notes: Vec<String>,
+    /// Something must leave after the commit (an event, an auto top-up
+    /// charge): the shell runs its alarm now rather than at the next flush.
+    pub wake: bool,
 }
 
 impl Decision {
@@ -136,6 +145,7 @@ impl Decision {
             writes: Vec::new(),
             entry_written: false,
             notes: Vec::new(),
+            wake: false,
         }
     }
 }
@@ -172,6 +182,7 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         }
         Command::PurchaseStart { purchase_id, .. }
         | Command::PurchaseOpen { purchase_id, .. }
+        | Command::AutoTopUpSend { purchase_id, .. }
         | Command::PurchaseGet { purchase_id } => reads.purchase_id = Some(purchase_id.clone()),
         Command::PurchaseSettle {
             purchase_id,
@@ -194,7 +205,15 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         | Command::StorageStats
         | Command::Ledger(_)
         | Command::LedgerShard
-        | Command::RefillShard => {}
+        | Command::RefillShard
+        | Command::AutoTopUp
+        | Command::SetAutoTopUp { .. }
+        | Command::Alerts
+        | Command::SetAlerts { .. }
+        | Command::Events(_)
+        | Command::EventsPending { .. }
+        | Command::EventDelivered { .. }
+        | Command::EventFailed { .. } => {}
     }
     reads
 }
@@ -277,8 +296,12 @@ pub fn decide(
         writes: advanced.expired.iter().cloned().map(Write::Hold).collect(),
         entry_written: false,
         notes: Vec::new(),
+        wake: false,
     };
     let mut changed = advanced.day_changed || !advanced.expired.is_empty();
+    // Events of this decision other than the wallet alerts, in order.
+    let mut due: Vec<(EventType, Value)> = Vec::new();
+    let mut cap_refused = false;
     // A hold that expired just now is closed as storage is about to record it.
     let closed_hold = |hold_id: &str| -> Option<Hold> {
         advanced
@@ -296,7 +319,53 @@ pub fn decide(
         | Command::StorageStats
         | Command::Ledger(_)
         | Command::Audit(_)
-        | Command::RefillShard => Reply::error(&ApiError::Internal, now),
+        | Command::RefillShard
+        | Command::Events(_)
+        | Command::EventsPending { .. }
+        | Command::EventDelivered { .. }
+        | Command::EventFailed { .. } => Reply::error(&ApiError::Internal, now),
+        // Answered after the decision's own effects (below), so the view
+        // shows a purchase this very change started.
+        Command::AutoTopUp | Command::Alerts => Reply::json(200, &()),
+        Command::SetAutoTopUp { body, actor } => {
+            let before = auto_top_up_settings(&wallet);
+            match wallet.set_auto_top_up(body) {
+                Ok(()) => {
+                    let after = auto_top_up_settings(&wallet);
+                    if wallet.auto_top_up() != current.auto_top_up() {
+                        changed = true;
+                    }
+                    if after != before {
+                        d.writes
+                            .push(audit(Setting::AutoTopUp, actor, now, before, after));
+                    }
+                    Reply::json(200, &())
+                }
+                Err(err) => Reply::error(&err, now),
+            }
+        }
+        Command::SetAlerts { body, actor } => {
+            let before = json!(wallet.alerts().low_balance_threshold);
+            wallet.set_alerts(body);
+            let after = json!(wallet.alerts().low_balance_threshold);
+            if after != before {
+                changed = true;
+                d.writes
+                    .push(audit(Setting::Alerts, actor, now, before, after));
+            }
+            Reply::json(200, &())
+        }
+        Command::AutoTopUpSend {
+            purchase_id,
+            payment_method_id,
+        } => send_auto_top_up(
+            &mut wallet,
+            loaded.purchase.as_ref().filter(|p| p.id == *purchase_id),
+            payment_method_id.as_deref(),
+            &mut d,
+            &mut due,
+            &mut changed,
+        ),
         Command::View => Reply::json(200, &wallet.view(config)),
         Command::LedgerShard => Reply::json(
             200,
@@ -351,16 +420,23 @@ pub fn decide(
             let reply = debit(
                 &mut wallet,
                 config,
-                idempotency_key,
-                fingerprint,
+                (idempotency_key, fingerprint),
                 body,
                 &mut d,
+                &mut cap_refused,
             );
             changed |= reply.status < 300;
             reply
         }
         Command::DebitBatch { items } => {
-            let (reply, any) = batch(&mut wallet, config, items, &loaded.replies, &mut d);
+            let (reply, any) = batch(
+                &mut wallet,
+                config,
+                items,
+                &loaded.replies,
+                &mut d,
+                &mut cap_refused,
+            );
             changed |= any;
             reply
         }
@@ -395,7 +471,10 @@ pub fn decide(
                         retry_after: None,
                     }
                 }
-                Err(r) => Reply::rejected(r, now),
+                Err(r) => {
+                    cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
+                    Reply::rejected(r, now)
+                }
             }
         }
         Command::Capture { hold_id, body } => {
@@ -522,6 +601,7 @@ pub fn decide(
                 .filter(|id| is_purchase_id(id))
                 .and(loaded.purchase.clone());
             let purchase = by_id.or_else(|| loaded.purchase_by_intent.clone());
+            let status_before = purchase.as_ref().map(|p| p.status);
             match purchase::settle(
                 &mut wallet,
                 purchase,
@@ -537,6 +617,9 @@ pub fn decide(
                         ));
                     }
                     changed |= settlement.entry.is_some();
+                    if let Some(p) = &settlement.purchase {
+                        changed |= purchase_ended(&mut wallet, p, status_before, &mut due);
+                    }
                     record_settlement(settlement, &mut d, now)
                 }
                 Err(r) => Reply::rejected(r, now),
@@ -562,10 +645,238 @@ pub fn decide(
             record_settlement(settlement, &mut d, now)
         }
     };
+    changed |= observe(&mut wallet, due, cap_refused, config, &mut d);
+    match command {
+        Command::AutoTopUp | Command::SetAutoTopUp { .. } if d.reply.status == 200 => {
+            d.reply = Reply::json(200, &wallet.auto_top_up().view(now));
+        }
+        Command::Alerts | Command::SetAlerts { .. } if d.reply.status == 200 => {
+            d.reply = Reply::json(200, &wallet.alerts().view(wallet.available()));
+        }
+        _ => {}
+    }
     if changed {
         d.wallet = Some((wallet, WalletWrite::Update));
     }
     d
+}
+
+fn audit(setting: Setting, actor: &Actor, at: DateTime<Utc>, before: Value, after: Value) -> Write {
+    Write::Audit(AuditRecord {
+        setting,
+        actor: actor.clone(),
+        at,
+        before,
+        after,
+    })
+}
+
+/// The owner's auto top-up settings as the audit trail records them.
+fn auto_top_up_settings(wallet: &Wallet) -> Value {
+    let a = wallet.auto_top_up();
+    json!({
+        "enabled": a.enabled,
+        "threshold": a.threshold,
+        "pack_id": a.pack_id,
+        "monthly_limit": a.monthly_limit,
+    })
+}
+
+/// The end of a decision, whatever the command: settings changes and the
+/// alert rules become events, and auto top-up starts a purchase when
+/// `available` is below its threshold. Every event takes the wallet's next
+/// event number and is written with the decision. Whether the wallet changed.
+fn observe(
+    wallet: &mut Wallet,
+    mut due: Vec<(EventType, Value)>,
+    cap_refused: bool,
+    config: &WalletConfig,
+    d: &mut Decision,
+) -> bool {
+    let now = wallet.now();
+    let mut changed = false;
+    let mut changes: Vec<(EventType, Value)> = d
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Audit(r) => Some((
+                EventType::SettingsChanged,
+                json!({
+                    "setting": r.setting.as_str(),
+                    "sub": r.actor.sub,
+                    "role": r.actor.role,
+                    "before": r.before,
+                    "after": r.after,
+                }),
+            )),
+            _ => None,
+        })
+        .collect();
+    changes.append(&mut due);
+    let alerts_before = wallet.alerts().clone();
+    changes.extend(wallet.watch_alerts(cap_refused));
+    changed |= *wallet.alerts() != alerts_before;
+
+    let pack = wallet
+        .auto_top_up()
+        .pack_id
+        .as_deref()
+        .and_then(|id| config.pack(id))
+        .cloned();
+    if let Some(pack) = pack {
+        let org_id = wallet.org_id().to_string();
+        let available = wallet.available();
+        let (start, moved) = wallet.auto_top_up_mut().trigger(&org_id, available, now);
+        changed |= moved;
+        if let Some(start) = start {
+            d.notes.push(format!(
+                "auto top-up of {org_id}: available {available} is below the threshold; starting {} ({})",
+                start.purchase_id, start.idempotency_key
+            ));
+            d.writes.push(Write::Purchase(Purchase::auto_top_up(
+                &start.purchase_id,
+                &start.idempotency_key,
+                &pack,
+                now,
+            )));
+            d.wake = true;
+        }
+    }
+    for (event_type, data) in changes {
+        let seq = wallet.take_event_seq();
+        d.writes.push(Write::Event(Event::new(
+            wallet.org_id(),
+            seq,
+            event_type,
+            now,
+            data,
+        )));
+        changed = true;
+        d.wake = true;
+    }
+    changed
+}
+
+/// A purchase reached (or left) a final state in this decision: its event,
+/// and auto top-up may start again, or is switched off by a failure.
+fn purchase_ended(
+    wallet: &mut Wallet,
+    purchase: &Purchase,
+    status_before: Option<PurchaseStatus>,
+    due: &mut Vec<(EventType, Value)>,
+) -> bool {
+    if status_before == Some(purchase.status) {
+        return false;
+    }
+    let auto = purchase.source == PurchaseSource::AutoTopUp;
+    let failure = match purchase.status {
+        PurchaseStatus::Succeeded => {
+            due.push((
+                EventType::PurchaseSucceeded,
+                json!({
+                    "purchase_id": purchase.id,
+                    "pack_id": purchase.pack_id,
+                    "credits": purchase.credits_granted,
+                    "amount_cents": purchase.amount_cents,
+                    "currency": purchase.currency,
+                    "source": purchase.source.as_str(),
+                }),
+            ));
+            None
+        }
+        PurchaseStatus::Failed => {
+            due.push((EventType::PurchaseFailed, purchase_failed_data(purchase)));
+            Some(DisabledReason::PaymentFailed)
+        }
+        // Off-session nobody is there to authenticate: for auto top-up
+        // that is a failed charge (the owner may still finish it).
+        PurchaseStatus::RequiresAction if auto => Some(DisabledReason::PaymentFailed),
+        PurchaseStatus::RequiresAction | PurchaseStatus::Processing | PurchaseStatus::Disputed => {
+            return false;
+        }
+    };
+    end_auto_top_up(wallet, purchase, failure, due)
+}
+
+fn purchase_failed_data(purchase: &Purchase) -> Value {
+    json!({
+        "purchase_id": purchase.id,
+        "pack_id": purchase.pack_id,
+        "source": purchase.source.as_str(),
+        "decline_code": purchase.decline_code,
+    })
+}
+
+/// Ends the in-flight auto top-up `purchase` (if it is that one), with the
+/// `auto_top_up.failed` event of a failure. Whether the wallet changed.
+fn end_auto_top_up(
+    wallet: &mut Wallet,
+    purchase: &Purchase,
+    failure: Option<DisabledReason>,
+    due: &mut Vec<(EventType, Value)>,
+) -> bool {
+    match wallet.auto_top_up_mut().end(&purchase.id, failure) {
+        crate::auto_top_up::Ended::Unrelated => false,
+        crate::auto_top_up::Ended::Succeeded => true,
+        crate::auto_top_up::Ended::Failed(reason) => {
+            due.push((
+                EventType::AutoTopUpFailed,
+                json!({
+                    "purchase_id": purchase.id,
+                    "reason": reason.as_str(),
+                    "decline_code": purchase.decline_code,
+                }),
+            ));
+            true
+        }
+    }
+}
+
+/// `AutoTopUpSend`: claims the in-flight purchase's charge for the payment
+/// method on file, or, with none on file, ends it and switches auto top-up off.
+fn send_auto_top_up(
+    wallet: &mut Wallet,
+    purchase: Option<&Purchase>,
+    payment_method_id: Option<&str>,
+    d: &mut Decision,
+    due: &mut Vec<(EventType, Value)>,
+    changed: &mut bool,
+) -> Reply {
+    let now = wallet.now();
+    let Some(purchase) = purchase else {
+        return Reply::error(&ApiError::PurchaseNotFound, now);
+    };
+    let mut purchase = purchase.clone();
+    let in_flight = wallet.auto_top_up().in_flight.as_deref() == Some(purchase.id.as_str());
+    let send_charge = in_flight && purchase.needs_auto_charge(now);
+    if send_charge {
+        match payment_method_id {
+            Some(method) => {
+                purchase.payment_method_id = Some(method.to_string());
+                purchase.charge_started_at = Some(now);
+            }
+            None => {
+                purchase.status = PurchaseStatus::Failed;
+                purchase.charge_started_at = None;
+                due.push((EventType::PurchaseFailed, purchase_failed_data(&purchase)));
+                *changed |= end_auto_top_up(
+                    wallet,
+                    &purchase,
+                    Some(DisabledReason::PaymentMethodRequired),
+                    due,
+                );
+            }
+        }
+        purchase.updated_at = now;
+        d.writes.push(Write::Purchase(purchase.clone()));
+    }
+    Reply::json(
+        200,
+        &PurchaseStartReply::Existing {
+            send_charge: send_charge && payment_method_id.is_some(),
+            purchase: Box::new(purchase),
+        },
+    )
 }
 
 /// Signup: creates the wallet with its trial grant and ledger shard, or
@@ -619,10 +930,10 @@ fn open(
 fn debit(
     wallet: &mut Wallet,
     config: &WalletConfig,
-    idempotency_key: &str,
-    fingerprint: &str,
+    (idempotency_key, fingerprint): (&str, &str),
     body: &DebitBody,
     d: &mut Decision,
+    cap_refused: &mut bool,
 ) -> Reply {
     let request = DebitRequest {
         feature: body.feature.clone(),
@@ -652,7 +963,10 @@ fn debit(
                 retry_after: None,
             }
         }
-        Err(r) => Reply::rejected(r, wallet.now()),
+        Err(r) => {
+            *cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
+            Reply::rejected(r, wallet.now())
+        }
     }
 }
 
@@ -665,6 +979,7 @@ fn batch(
     items: &[BatchSlot],
     stored: &HashMap<String, StoredReply>,
     d: &mut Decision,
+    cap_refused: &mut bool,
 ) -> (Reply, bool) {
     let mut seen: HashMap<&str, StoredReply> = HashMap::new();
     let mut any = false;
@@ -695,7 +1010,14 @@ fn batch(
                         (err.status(), err.body().to_string())
                     }
                     None => {
-                        let reply = debit(wallet, config, idempotency_key, fingerprint, body, d);
+                        let reply = debit(
+                            wallet,
+                            config,
+                            (idempotency_key, fingerprint),
+                            body,
+                            d,
+                            cap_refused,
+                        );
                         if reply.status < 300 {
                             any = true;
                             seen.insert(

@@ -7,7 +7,7 @@ use crate::api::{list_params, ApiError};
 use crate::money::Credits;
 use crate::reports::csv_line;
 use crate::time::{parse_utc, rfc3339};
-use crate::wallet::{EntryKind, LedgerEntry, Metadata};
+use crate::wallet::{EntryKind, LedgerEntry, Metadata, PurchaseSource};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -34,6 +34,8 @@ pub struct EntryRow {
     pub payment_intent_id: Option<String>,
     pub purchase_id: Option<String>,
     #[serde(default)]
+    pub source: Option<PurchaseSource>,
+    #[serde(default)]
     pub metadata: Option<Metadata>,
 }
 
@@ -56,6 +58,7 @@ impl EntryRow {
             currency: entry.currency.clone(),
             payment_intent_id: entry.payment_intent_id.clone(),
             purchase_id: entry.purchase_id.clone(),
+            source: entry.source,
             metadata: entry.metadata.clone(),
         }
     }
@@ -82,6 +85,7 @@ impl EntryRow {
             currency: self.currency,
             payment_intent_id: self.payment_intent_id,
             purchase_id: self.purchase_id,
+            source: self.source,
             metadata: self.metadata,
             id: self.id,
         })

@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod audit;
+pub mod auto_top_up;
 pub mod config;
 pub mod decision;
 pub mod deployment;
+pub mod events;
 pub mod ledger;
 pub mod money;
 pub mod purchase;

@@ -13,7 +13,7 @@ use crate::config::{Pack, WalletConfig};
 use crate::money::Credits;
 use crate::stripe::{IntentState, IntentStatus};
 use crate::time::rfc3339;
-use crate::wallet::{LedgerEntry, PurchaseCredit, Rejection, Wallet};
+use crate::wallet::{LedgerEntry, PurchaseCredit, PurchaseSource, Rejection, Wallet};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -45,6 +45,16 @@ pub fn purchase_id(org_id: &str, idempotency_key: &str) -> String {
     let digest = digest_hex(&["ai-wallet purchase", org_id, idempotency_key]);
     format!("pur_{}", &digest[..PURCHASE_ID_HEX])
 }
+
+/// The purchase auto top-up starts as the `ordinal`-th of `month` in
+/// `org_id`. Its own namespace: no owner's Idempotency-Key can name it.
+pub fn auto_top_up_purchase_id(org_id: &str, month: &str, ordinal: u32) -> String {
+    let digest = digest_hex(&["ai-wallet auto top-up", org_id, month, &ordinal.to_string()]);
+    format!("pur_{}", &digest[..PURCHASE_ID_HEX])
+}
+
+/// The fingerprint an auto top-up purchase records in place of a request's.
+pub const AUTO_TOP_UP_FINGERPRINT: &str = "auto_top_up";
 
 pub fn is_purchase_id(text: &str) -> bool {
     text.strip_prefix("pur_").is_some_and(|hex| {
@@ -121,6 +131,9 @@ impl PurchaseStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchase {
     pub id: String,
+    /// Who started it; purchases stored before auto top-up are the owner's.
+    #[serde(default)]
+    pub source: PurchaseSource,
     pub status: PurchaseStatus,
     pub pack_id: String,
     /// The pack's credits and price when it was bought (the catalogue may change later).
@@ -159,6 +172,7 @@ impl Purchase {
     ) -> Purchase {
         Purchase {
             id: id.to_string(),
+            source: PurchaseSource::Owner,
             status: PurchaseStatus::Processing,
             pack_id: pack.id.clone(),
             credits: pack.credits,
@@ -177,6 +191,36 @@ impl Purchase {
             updated_at: now,
             charge_started_at: Some(now),
         }
+    }
+
+    /// The purchase auto top-up starts: its charge is sent after the commit,
+    /// to the default payment method on file then.
+    pub fn auto_top_up(
+        id: &str,
+        idempotency_key: &str,
+        pack: &Pack,
+        now: DateTime<Utc>,
+    ) -> Purchase {
+        Purchase {
+            source: PurchaseSource::AutoTopUp,
+            payment_method_id: None,
+            charge_started_at: None,
+            fingerprint: Some(AUTO_TOP_UP_FINGERPRINT.to_string()),
+            ..Purchase::open(id, pack, idempotency_key, AUTO_TOP_UP_FINGERPRINT, "", now)
+        }
+    }
+
+    /// Whether auto top-up must send this purchase's charge at `now`: no
+    /// answer from Stripe is recorded, no send is under way, and Stripe still
+    /// remembers the idempotency key of an earlier send.
+    pub fn needs_auto_charge(&self, now: DateTime<Utc>) -> bool {
+        self.source == PurchaseSource::AutoTopUp
+            && self.status == PurchaseStatus::Processing
+            && self.payment_intent_id.is_none()
+            && now - self.created_at < Duration::seconds(RESEND_WINDOW_SECONDS)
+            && self
+                .charge_started_at
+                .is_none_or(|at| now - at >= Duration::seconds(CHARGE_LEASE_SECONDS))
     }
 
     /// Whether a replay at `now` must send the charge request again: Stripe's
@@ -198,6 +242,7 @@ impl Purchase {
         let mut out = json!({
             "id": self.id,
             "object": "purchase",
+            "source": self.source.as_str(),
             "status": self.status.as_str(),
             "pack_id": self.pack_id,
             "credits": self.credits,
@@ -474,6 +519,7 @@ fn credit(
         .map(|p| p.id.clone())
         .or_else(|| intent.purchase_id.clone().filter(|id| is_purchase_id(id)));
     let entry = wallet.credit_purchase(&PurchaseCredit {
+        source: purchase.map_or(PurchaseSource::Owner, |p| p.source),
         pack_id: pack_id.clone(),
         credits,
         amount_cents: received,
@@ -506,6 +552,7 @@ fn adopt(
     let id = marker.purchase_id.clone()?;
     Some(Purchase {
         id,
+        source: PurchaseSource::Owner,
         status: PurchaseStatus::Processing,
         pack_id: marker.pack_id.clone()?,
         credits: marker.credits,

@@ -15,7 +15,7 @@
 use crate::api::ApiError;
 use crate::money::Credits;
 use crate::time::rfc3339;
-use crate::wallet::EntryKind;
+use crate::wallet::{EntryKind, PurchaseSource};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde_json::{json, Value};
 
@@ -60,6 +60,8 @@ pub struct Transaction {
     pub currency: Option<String>,
     /// The wallet's balance right after this entry (running balance).
     pub balance_after: Credits,
+    /// Who bought a purchase, as recorded (none before auto top-up existed).
+    pub source: Option<PurchaseSource>,
 }
 
 impl Transaction {
@@ -73,7 +75,14 @@ impl Transaction {
             "amount_cents": self.amount_cents,
             "currency": self.currency,
             "balance_after": self.balance_after,
+            "source": self.shown_source(),
         })
+    }
+
+    /// `owner` or `auto_top_up` for a purchase (purchases recorded before
+    /// auto top-up are the owner's); none for grants.
+    pub fn shown_source(&self) -> Option<&'static str> {
+        (self.kind == EntryKind::Purchase).then(|| self.source.unwrap_or_default().as_str())
     }
 
     /// The CSV line for this transaction, CRLF-terminated, columns as `CSV_HEADER`.
@@ -88,6 +97,7 @@ impl Transaction {
             cents.as_deref().unwrap_or(""),
             self.currency.as_deref().unwrap_or(""),
             &self.balance_after.to_string(),
+            self.shown_source().unwrap_or(""),
         ];
         csv_line(&fields)
     }
@@ -95,7 +105,7 @@ impl Transaction {
 
 /// Column names of the CSV export (RFC 4180, CRLF line ends, UTF-8).
 pub const CSV_HEADER: &str =
-    "id,created_at,kind,pack_id,credits,amount_cents,currency,balance_after\r\n";
+    "id,created_at,kind,pack_id,credits,amount_cents,currency,balance_after,source\r\n";
 
 /// One CSV line of `fields` (RFC 4180, CRLF-terminated).
 pub(crate) fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
@@ -385,6 +395,7 @@ mod tests {
             amount_cents: Some(5000),
             currency: Some("usd".into()),
             balance_after: c("5437.5"),
+            source: None,
         };
         assert_eq!(
             purchase.to_json(),
@@ -392,12 +403,19 @@ mod tests {
                 "id": "le_000000000007", "created_at": "2030-01-02T03:04:05.006Z",
                 "kind": "purchase", "pack_id": "team", "credits": "5250",
                 "amount_cents": 5000, "currency": "usd", "balance_after": "5437.5",
+                "source": "owner",
             })
         );
         assert_eq!(
             purchase.csv_row(),
-            "le_000000000007,2030-01-02T03:04:05.006Z,purchase,team,5250,5000,usd,5437.5\r\n"
+            "le_000000000007,2030-01-02T03:04:05.006Z,purchase,team,5250,5000,usd,5437.5,owner\r\n"
         );
+        let automatic = Transaction {
+            source: Some(PurchaseSource::AutoTopUp),
+            ..purchase.clone()
+        };
+        assert_eq!(automatic.to_json()["source"], "auto_top_up");
+        assert!(automatic.csv_row().ends_with(",auto_top_up\r\n"));
         let grant = Transaction {
             kind: EntryKind::TrialGrant,
             pack_id: None,
@@ -409,9 +427,10 @@ mod tests {
         };
         assert_eq!(grant.to_json()["pack_id"], Value::Null);
         assert_eq!(grant.to_json()["amount_cents"], Value::Null);
+        assert_eq!(grant.to_json()["source"], Value::Null);
         assert_eq!(
             grant.csv_row(),
-            "le_000000000007,2030-01-02T03:04:05.006Z,trial_grant,,200,,,200\r\n"
+            "le_000000000007,2030-01-02T03:04:05.006Z,trial_grant,,200,,,200,\r\n"
         );
         assert_eq!(
             CSV_HEADER.trim_end().split(',').count(),

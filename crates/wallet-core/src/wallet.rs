@@ -8,7 +8,9 @@
 //! wallet's clock forward (never backward), expires holds whose time is up and
 //! rolls the day over at midnight UTC.
 
+use crate::auto_top_up::{AutoTopUp, AutoTopUpBody};
 use crate::config::WalletConfig;
+use crate::events::{Alerts, AlertsBody, Figures};
 use crate::money::Credits;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -101,6 +103,9 @@ pub struct LedgerEntry {
     pub payment_intent_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purchase_id: Option<String>,
+    /// Who bought a purchase: `owner` or `auto_top_up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PurchaseSource>,
     /// Caller-supplied labels on a debit or hold, echoed back, never interpreted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
@@ -203,6 +208,10 @@ pub struct Wallet {
     /// Credits spent today per feature (every feature, capped or not, so a
     /// cap set during the day counts what was already spent).
     pub(crate) feature_spent_today: BTreeMap<String, Credits>,
+    pub(crate) auto_top_up: AutoTopUp,
+    pub(crate) alerts: Alerts,
+    /// Sequence number the next event takes (events count on their own).
+    pub(crate) next_event_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,10 +232,31 @@ pub struct HoldRequest {
     pub ttl_seconds: i64,
 }
 
+/// Who started a purchase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurchaseSource {
+    /// The owner bought it (every purchase made before auto top-up existed).
+    #[default]
+    Owner,
+    /// Auto top-up started it when available fell below its threshold.
+    AutoTopUp,
+}
+
+impl PurchaseSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurchaseSource::Owner => "owner",
+            PurchaseSource::AutoTopUp => "auto_top_up",
+        }
+    }
+}
+
 /// A paid pack to credit; amounts come from the catalogue and from what the
 /// payment processor reports, never from the buyer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurchaseCredit {
+    pub source: PurchaseSource,
     pub pack_id: String,
     pub credits: Credits,
     pub amount_cents: i64,
@@ -330,6 +360,9 @@ impl Wallet {
             ledger_shard: None,
             feature_caps: BTreeMap::new(),
             feature_spent_today: BTreeMap::new(),
+            auto_top_up: AutoTopUp::new(now),
+            alerts: Alerts::default(),
+            next_event_seq: 1,
         };
         let grant = config.trial_credits.is_positive().then(|| {
             wallet.balance = config.trial_credits;
@@ -383,6 +416,7 @@ impl Wallet {
             // Holds made on earlier days no longer count against the new day's cap.
             self.held_today = Credits::ZERO;
             self.feature_spent_today.clear();
+            self.auto_top_up.roll_month(now);
             advanced.day_changed = true;
         }
         advanced
@@ -578,6 +612,7 @@ impl Wallet {
         entry.currency = Some(purchase.currency.clone());
         entry.payment_intent_id = Some(purchase.payment_intent_id.clone());
         entry.purchase_id = purchase.purchase_id.clone();
+        entry.source = Some(purchase.source);
         Ok(entry)
     }
 
@@ -740,6 +775,7 @@ impl Wallet {
             currency: None,
             payment_intent_id: None,
             purchase_id: None,
+            source: None,
             metadata: None,
         }
     }
@@ -764,6 +800,9 @@ pub struct StoredWallet {
     pub created_at: DateTime<Utc>,
     pub feature_caps: BTreeMap<String, Credits>,
     pub feature_spent_today: BTreeMap<String, Credits>,
+    pub auto_top_up: AutoTopUp,
+    pub alerts: Alerts,
+    pub next_event_seq: u64,
 }
 
 /// Why a stored wallet was refused at load: serving it would decide on
@@ -842,6 +881,9 @@ impl Wallet {
             ledger_shard: stored.ledger_shard,
             feature_caps: stored.feature_caps,
             feature_spent_today: stored.feature_spent_today,
+            auto_top_up: stored.auto_top_up,
+            alerts: stored.alerts,
+            next_event_seq: stored.next_event_seq,
         })
     }
 
@@ -863,7 +905,60 @@ impl Wallet {
             created_at: self.created_at,
             feature_caps: self.feature_caps.clone(),
             feature_spent_today: self.feature_spent_today.clone(),
+            auto_top_up: self.auto_top_up.clone(),
+            alerts: self.alerts.clone(),
+            next_event_seq: self.next_event_seq,
         }
+    }
+
+    pub fn auto_top_up(&self) -> &AutoTopUp {
+        &self.auto_top_up
+    }
+
+    pub fn auto_top_up_mut(&mut self) -> &mut AutoTopUp {
+        &mut self.auto_top_up
+    }
+
+    /// Applies the owner's auto top-up settings, all or nothing.
+    pub fn set_auto_top_up(&mut self, body: &AutoTopUpBody) -> Result<(), crate::api::ApiError> {
+        self.auto_top_up.update(body)
+    }
+
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    pub fn set_alerts(&mut self, body: &AlertsBody) {
+        self.alerts.low_balance_threshold = body.low_balance_threshold;
+    }
+
+    /// Runs the alert rules over the wallet as it is now.
+    pub fn watch_alerts(
+        &mut self,
+        cap_refused: bool,
+    ) -> Vec<(crate::events::EventType, serde_json::Value)> {
+        let figures = Figures {
+            balance: self.balance,
+            available: self.available(),
+            daily_cap: self.daily_cap,
+            spent_today: self.spent_today,
+            cap_remaining: self.cap_remaining(),
+            day: self.day,
+            resets_at: self.resets_at(),
+            cap_refused,
+        };
+        self.alerts.watch(&figures)
+    }
+
+    /// Hands out the next event's sequence number.
+    pub fn take_event_seq(&mut self) -> u64 {
+        let seq = self.next_event_seq;
+        self.next_event_seq += 1;
+        seq
+    }
+
+    pub fn next_event_seq(&self) -> u64 {
+        self.next_event_seq
     }
 
     /// Records the D1 shard of a new organization; never moves an assigned one.
@@ -1288,6 +1383,7 @@ mod tests {
         let (mut wallet, _) = new_wallet("2030-01-01T10:00:00Z");
         let entry = wallet
             .credit_purchase(&PurchaseCredit {
+                source: PurchaseSource::Owner,
                 pack_id: "team".into(),
                 credits: c("5250"),
                 amount_cents: 5000,

@@ -391,6 +391,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 payments += 1;
                 let entry = wallet
                     .credit_purchase(&PurchaseCredit {
+                        source: wallet_core::wallet::PurchaseSource::Owner,
                         pack_id: "starter".into(),
                         credits: Credits::from_units(units),
                         amount_cents: 1000,
