@@ -236,9 +236,9 @@ describe('transactions view', () => {
     ]);
     assert.match(download.suggestedFilename(), new RegExp(`^transactions-${org}-\\d{4}-\\d{2}-\\d{2}\\.csv$`));
     const csv = fs.readFileSync(await download.path(), 'utf8').trimEnd().split('\r\n');
-    assert.equal(csv[0], 'id,created_at,kind,pack_id,credits,amount_cents,currency,balance_after');
+    assert.equal(csv[0], 'id,created_at,kind,pack_id,credits,amount_cents,currency,balance_after,source');
     assert.equal(csv.length, 32);
-    assert.match(csv[1], /^le_000000000129,.*,purchase,starter,1000,1000,usd,30200$/);
+    assert.match(csv[1], /^le_000000000129,.*,purchase,starter,1000,1000,usd,30200,owner$/);
 
     // Keyboard: arrows move between tabs.
     await page.getByRole('tab', { name: 'Transactions' }).focus();

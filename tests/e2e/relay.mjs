@@ -17,8 +17,15 @@ after(async () => {
  * While off it answers 503 with `Stripe-Should-Retry: false` (what a client of
  * Stripe treats as "unavailable, do not retry"), without forwarding.
  */
-export async function startRelay(target) {
+export async function startRelay(target, { idempotent = false } = {}) {
   const port = await freePort();
+  // idempotent: answers a POST whose Idempotency-Key it has forwarded before
+  // with the first answer, without forwarding it again, as Stripe's API does
+  // (localstripe does not), so a test can show a resent charge is one charge.
+  const firstAnswers = new Map(); // key → Promise<{status, headers, body}>
+  // A request matching `withheld` is forwarded but never answered: what the
+  // caller sees when the answer is lost (say, the caller's runtime dies).
+  let withheld = null;
   // {at, method, path, requestBody, forwarded, status, responseBody}, recorded as
   // each request arrives; status is set once the answer is known.
   const exchanges = [];
@@ -40,7 +47,7 @@ export async function startRelay(target) {
     for (const name of ['host', 'content-length', 'connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'expect', 'te']) {
       delete headers[name];
     }
-    try {
+    const forward = async () => {
       const answer = await fetch(new URL(req.url, target), {
         method: req.method,
         headers,
@@ -48,14 +55,30 @@ export async function startRelay(target) {
         signal: AbortSignal.timeout(30_000),
       });
       const body = Buffer.from(await answer.arrayBuffer());
-      exchange.status = answer.status;
-      exchange.responseBody = body.toString();
       const out = {};
       answer.headers.forEach((value, name) => {
         if (!['content-length', 'content-encoding', 'transfer-encoding', 'connection'].includes(name)) out[name] = value;
       });
-      res.writeHead(answer.status, out);
-      res.end(body);
+      return { status: answer.status, headers: out, body };
+    };
+    try {
+      const key = req.headers['idempotency-key'];
+      let answer;
+      if (idempotent && req.method === 'POST' && key !== undefined) {
+        exchange.replayed = firstAnswers.has(key);
+        if (!exchange.replayed) firstAnswers.set(key, forward());
+        answer = await firstAnswers.get(key);
+      } else {
+        answer = await forward();
+      }
+      if (withheld?.(exchange)) {
+        exchange.withheld = true;
+        return; // the connection stays open and unanswered
+      }
+      exchange.status = answer.status;
+      exchange.responseBody = answer.body.toString();
+      res.writeHead(answer.status, answer.headers);
+      res.end(answer.body);
     } catch (err) {
       exchange.status = 502;
       exchange.error = String(err);
@@ -75,6 +98,10 @@ export async function startRelay(target) {
     },
     setOnline(value) {
       online = value;
+    },
+    /** Forwards but never answers requests for which `predicate(exchange)` holds (null: answer all). */
+    withhold(predicate) {
+      withheld = predicate;
     },
     stop: () => {
       relays.delete(relay);

@@ -98,7 +98,7 @@ function parseCsv(text) {
   return rows;
 }
 
-const CSV_COLUMNS = ['id', 'created_at', 'kind', 'pack_id', 'credits', 'amount_cents', 'currency', 'balance_after'];
+const CSV_COLUMNS = ['id', 'created_at', 'kind', 'pack_id', 'credits', 'amount_cents', 'currency', 'balance_after', 'source'];
 const PACKS = [
   { id: 'starter', credits: 1000n, cents: 1000 },
   { id: 'team', credits: 5250n, cents: 5000 },
@@ -156,6 +156,8 @@ const expectedTransaction = (e) => ({
   amount_cents: e.amount_cents ?? null,
   currency: e.currency ?? null,
   balance_after: fromUnits(e.balance_after),
+  // Rows written without a source are purchases from before auto top-up: the owner's.
+  source: e.kind === 'purchase' ? 'owner' : null,
 });
 
 /**

@@ -96,12 +96,12 @@ export async function startLocalstripe() {
  * keeps the worker's answer to each delivery) or `'none'` (only the test's
  * own deliveries reach the worker).
  */
-export async function startStack({ webhookSecrets = [WEBHOOK_SECRET], apiRelay = false, webhooks = 'direct' } = {}) {
+export async function startStack({ webhookSecrets = [WEBHOOK_SECRET], apiRelay = false, webhooks = 'direct', vars = {} } = {}) {
   const stripe = await startLocalstripe();
-  const stripeApi = apiRelay ? await startRelay(stripe.base) : undefined;
-  const worker = await startWorker({
-    vars: { STRIPE_API_BASE: (stripeApi ?? stripe).base, STRIPE_WEBHOOK_SECRETS: webhookSecrets.join(',') },
-  });
+  // An API relay answers a resent request by its Idempotency-Key, as Stripe does.
+  const stripeApi = apiRelay ? await startRelay(stripe.base, { idempotent: true }) : undefined;
+  const workerVars = { STRIPE_API_BASE: (stripeApi ?? stripe).base, STRIPE_WEBHOOK_SECRETS: webhookSecrets.join(','), ...vars };
+  const worker = await startWorker({ vars: workerVars });
   const webhookRelay = webhooks === 'relay' ? await startRelay(worker.base) : undefined;
   if (webhooks !== 'none') {
     const res = await stripe.post(`/_config/webhooks/${randomId('wh_')}`, {
@@ -113,6 +113,8 @@ export async function startStack({ webhookSecrets = [WEBHOOK_SECRET], apiRelay =
   return {
     stripe,
     worker,
+    /** What the worker was started with, to restart it on the same state. */
+    workerVars,
     apiRelay: stripeApi,
     webhookRelay,
     /**

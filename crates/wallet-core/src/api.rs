@@ -1118,6 +1118,7 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
             entry.payment_intent_id.as_ref().map(|v| json!(v)),
         ),
         ("purchase_id", entry.purchase_id.as_ref().map(|v| json!(v))),
+        ("source", entry.source.map(|v| json!(v.as_str()))),
         ("metadata", entry.metadata.as_ref().map(|v| json!(v))),
     ];
     for (name, value) in optional {

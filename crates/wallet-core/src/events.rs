@@ -290,12 +290,30 @@ impl Default for Alerts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsBody {
-    pub low_balance_threshold: Option<Credits>,
+    /// Required: `None` when absent, `Some(None)` for `null`.
+    #[serde(default, deserialize_with = "present")]
+    pub low_balance_threshold: Option<Option<Credits>>,
+}
+
+/// A field that must be given, possibly as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Credits>>, D::Error> {
+    Option::<Credits>::deserialize(d).map(Some)
 }
 
 impl AlertsBody {
+    /// The threshold it sets (`None`: off).
+    pub fn threshold(&self) -> Option<Credits> {
+        self.low_balance_threshold.flatten()
+    }
+
     pub fn validate(&self) -> Result<(), ApiError> {
-        match self.low_balance_threshold {
+        let Some(threshold) = self.low_balance_threshold else {
+            return Err(ApiError::invalid(
+                "low_balance_threshold",
+                "is required: a credit amount, or null to turn the alert off",
+            ));
+        };
+        match threshold {
             Some(t) if !t.is_positive() || t > crate::auto_top_up::THRESHOLD_MAX => {
                 Err(ApiError::invalid(
                     "low_balance_threshold",

@@ -929,7 +929,7 @@ impl Wallet {
     }
 
     pub fn set_alerts(&mut self, body: &AlertsBody) {
-        self.alerts.low_balance_threshold = body.low_balance_threshold;
+        self.alerts.low_balance_threshold = body.threshold();
     }
 
     /// Runs the alert rules over the wallet as it is now.

@@ -1,0 +1,70 @@
+// A kill of the runtime while an auto top-up's charge is in flight: the
+// charge reached Stripe but its answer never came back. After the restart
+// the object sends it again with the same idempotency key (Stripe answers
+// with the first PaymentIntent: the relay in front of localstripe replays
+// answers by key, as Stripe does), so it is credited exactly once.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { api, assertAmount, ownerToken, startWorker, waitFor } from './harness.mjs';
+import { startStack } from './stripe.mjs';
+
+let stack;
+let worker;
+
+before(async () => {
+  stack = await startStack({ apiRelay: true, webhooks: 'none' });
+  worker = stack.worker;
+}, { timeout: 180_000 });
+
+after(async () => {
+  if (worker !== stack?.worker) await worker?.stop();
+  await stack?.stop();
+});
+
+test('a kill while an auto top-up is in flight neither loses nor doubles it', { timeout: 180_000 }, async () => {
+  let w = api(worker.base);
+  const org = await w.newOrg();
+  const card = await w.req('POST', `/dev/orgs/${org}/payment-method`, { body: { payment_method: 'pm_card_visa' } });
+  assert.equal(card.status, 200, card.text);
+  const on = await w.call('PUT', '/v1/orgs/{org}/auto-top-up', { org }, {
+    token: ownerToken(org), body: { enabled: true, threshold: '150', pack_id: 'starter' },
+  });
+  assert.equal(on.status, 200, on.text);
+
+  // The charge reaches localstripe; its answer is withheld, so the object
+  // waits for it when the runtime dies.
+  const isCharge = (e) => e.method === 'POST' && e.path.startsWith('/v1/payment_intents');
+  stack.apiRelay.withhold(isCharge);
+  const debit = await w.debit(org, '60');
+  assert.equal(debit.status, 201, debit.summary);
+  await waitFor(() => assert.ok(stack.apiRelay.exchanges.some((e) => isCharge(e) && e.withheld)), 15_000);
+  const inFlight = await w.call('GET', '/v1/orgs/{org}/auto-top-up', { org }, { token: ownerToken(org) });
+  assert.equal(inFlight.json.in_flight, true);
+  assert.equal((await stack.stripe.paymentIntentsOf(org)).length, 1, 'Stripe has the charge');
+  await worker.kill();
+  stack.apiRelay.withhold(null);
+
+  worker = await startWorker({ persistTo: worker.persistTo, migrate: false, vars: stack.workerVars });
+  w = api(worker.base);
+  // The first request after the restart moves the wallet's clock past the
+  // charge's lease (a send that got no answer is resent after 90 s).
+  const later = new Date(Date.now() + 120_000).toISOString();
+  assert.equal((await w.debit(org, '1', { now: later })).status, 201);
+  const state = await waitFor(async () => {
+    const res = await w.call('GET', '/v1/orgs/{org}/auto-top-up', { org }, { token: ownerToken(org) });
+    assert.equal(res.json.in_flight, false, res.text);
+    return res.json;
+  }, 30_000, 250);
+  assert.equal(state.used_this_month, 1);
+  assert.equal(state.disabled_reason, null);
+  const resent = stack.apiRelay.exchanges.filter(isCharge);
+  assert.ok(resent.length >= 2, 'the charge was sent again');
+  assert.ok(resent.slice(1).every((e) => e.replayed), 'with the same idempotency key');
+  const intents = await stack.stripe.paymentIntentsOf(org);
+  assert.equal(intents.length, 1, 'one charge at Stripe');
+  const purchases = (await w.ledger(org)).filter((e) => e.kind === 'purchase');
+  assert.equal(purchases.length, 1, 'credited once');
+  assert.equal(purchases[0].payment_intent_id, intents[0].id);
+  assert.equal(purchases[0].source, 'auto_top_up');
+  assertAmount(await w.balance(org), '1139'); // 200 − 60 − 1 + 1000
+});
