@@ -102,6 +102,17 @@ export async function call(method, path, options = {}) {
 
 export const orgPath = (org, rest) => `/v1/orgs/${encodeURIComponent(org)}/${rest}`;
 
+let catalogue = null;
+
+/** GET /v1/packs, asked once per page (several views name packs); a failure is asked again next time. */
+export function packCatalogue() {
+  catalogue ??= call('GET', '/v1/packs').catch((err) => {
+    catalogue = null;
+    throw err;
+  });
+  return catalogue;
+}
+
 /**
  * Fetches a file the API streams (a CSV export) and hands it to the browser
  * as a download; a plain link cannot send the bearer token. Returns its name.

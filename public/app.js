@@ -1,4 +1,4 @@
-// Billing → Wallet: sign-in, tabs, and the three views. Every figure comes
+// Billing → Wallet: sign-in, tabs, and the views. Every figure comes
 // from the wallet API of this same Worker; nothing is stored in the page.
 import { currentSession, devSignIn, signOut } from './api.js';
 import { createWalletView } from './wallet.js';
@@ -6,13 +6,17 @@ import { createTransactionsView } from './transactions.js';
 import { createUsageView } from './usage.js';
 import { createFeatureCapsView } from './feature-caps.js';
 import { createAuditView } from './audit.js';
+import { createAutoTopUpView } from './auto-top-up.js';
+import { createAlertsView } from './alerts.js';
+import { createEventsView } from './events.js';
 
 const $ = (id) => document.getElementById(id);
 const LAST_LOGIN_KEY = 'ai-wallet.last-login'; // org, user and role only; never the token
 const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', member: 'Member', viewer: 'Viewer', service: 'Service' };
 const ALL_TABS = ['wallet', 'transactions', 'usage', 'audit'];
-// The server refuses the audit trail to other roles; the page does not offer it to them.
+// The server refuses the audit trail and the events to other roles; the page does not offer them.
 const AUDIT_ROLES = ['owner', 'admin'];
+const EVENTS_ROLES = ['owner', 'admin'];
 
 function showLogin(message) {
   $('boot').hidden = true;
@@ -123,10 +127,13 @@ function start() {
     usage: createUsageView(session, wallet),
   };
   createFeatureCapsView(session, wallet);
+  createAutoTopUpView(session, wallet);
+  createAlertsView(session, wallet);
+  if (EVENTS_ROLES.includes(session.role)) createEventsView(session, wallet);
   if (AUDIT_ROLES.includes(session.role)) views.audit = createAuditView(session);
   const select = setupTabs(views);
   select(location.hash.slice(1) || 'wallet', { updateHash: false });
-  if (location.hash.slice(1) !== 'wallet') wallet.refresh(); // the banner shows on every tab
+  if (location.hash.slice(1) !== 'wallet') wallet.refresh(); // the banners show on every tab
 }
 
 $('sign-out').addEventListener('click', () => {

@@ -1,26 +1,56 @@
 // The Audit tab (owner and admin): every settings change with who made it,
 // when, and the values before and after, paged with the API's cursor, and
-// the CSV export of the whole trail.
-import { call, downloadFile, orgPath } from './api.js';
+// the CSV export of the whole trail. The words for a change are shared with
+// the events list (a settings.changed event carries the same record).
+import { call, downloadFile, orgPath, packCatalogue } from './api.js';
 import { featureName, formatCredits, formatDateTime } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 25;
-const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', member: 'Member', viewer: 'Viewer', service: 'Service' };
-const SETTING_NAMES = { daily_cap: 'Daily spend cap', feature_caps: 'Feature caps' };
+export const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', member: 'Member', viewer: 'Viewer', service: 'Service' };
+const SETTING_NAMES = {
+  daily_cap: 'Daily spend cap',
+  feature_caps: 'Feature caps',
+  auto_top_up: 'Automatic top-up',
+  alerts: 'Low-balance alert',
+};
 const LABELS = ['When', 'Who', 'Setting', 'Change'];
 
 const capText = (value) => (value === null || value === undefined ? 'no cap' : `${formatCredits(value)} credits`);
+const isObject = (value) => value !== null && typeof value === 'object';
 
-/** The lines that say what a record changed, as people read them. */
-function describeChange(record) {
+/** The setting as people read it; one this page does not know is spelled out. */
+export const settingName = (setting) => SETTING_NAMES[setting] ?? String(setting).replaceAll('_', ' ');
+
+// Automatic top-up's fields, in the order the panel shows them, and their values in words.
+const TOP_UP_FIELDS = {
+  enabled: ['Automatic top-up', (v) => (v ? 'on' : 'off')],
+  threshold: ['Threshold', (v) => (v === null || v === undefined ? 'not set' : `below ${formatCredits(v)} credits`)],
+  pack_id: ['Pack', (v, packName) => (v === null || v === undefined ? 'none' : packName(v))],
+  monthly_limit: ['Monthly limit', (v) => (v === null || v === undefined ? 'none' : `${v} a month`)],
+};
+
+/** The lines that say what a record changed, as people read them. `packName` names a pack id. */
+export function describeChange(record, packName = (id) => id) {
   const { setting, before, after } = record;
   if (setting === 'daily_cap') return [`${capText(before)} → ${capText(after)}`];
-  if (setting === 'feature_caps' && before && after && typeof before === 'object' && typeof after === 'object') {
+  if (setting === 'feature_caps' && isObject(before) && isObject(after)) {
     const features = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
     const lines = features
       .filter((f) => before[f] !== after[f])
       .map((f) => `${featureName(f)}: ${capText(before[f])} → ${capText(after[f])}`);
+    return lines.length ? lines : ['no change'];
+  }
+  if (setting === 'alerts') {
+    // The threshold itself, or the alerts object that holds it.
+    const threshold = (v) => (isObject(v) ? v.low_balance_threshold : v);
+    const text = (v) => (v === null || v === undefined ? 'no alert' : `below ${formatCredits(v)} credits`);
+    return [`${text(threshold(before))} → ${text(threshold(after))}`];
+  }
+  if (setting === 'auto_top_up' && isObject(before) && isObject(after)) {
+    const lines = Object.entries(TOP_UP_FIELDS)
+      .filter(([field]) => JSON.stringify(before[field] ?? null) !== JSON.stringify(after[field] ?? null))
+      .map(([field, [name, text]]) => `${name}: ${text(before[field], packName)} → ${text(after[field], packName)}`);
     return lines.length ? lines : ['no change'];
   }
   // A setting this page does not know yet: its values as the API wrote them.
@@ -31,6 +61,7 @@ export function createAuditView(session) {
   const org = session.org;
   let cursors = [undefined]; // as on the Transactions tab: the last is the current page
   let loading = false;
+  let packNames = null;
 
   function cell(row, className) {
     const td = document.createElement('td');
@@ -51,11 +82,11 @@ export function createAuditView(session) {
       when.textContent = formatDateTime(record.created_at);
       cell(row).append(when);
       cell(row).textContent = `${record.sub} (${ROLE_NAMES[record.role] ?? record.role})`;
-      cell(row).textContent = SETTING_NAMES[record.setting] ?? String(record.setting).replaceAll('_', ' ');
+      cell(row).textContent = settingName(record.setting);
       // One wrapper, so the phone layout keeps the lines under each other beside their label.
       const lines = document.createElement('div');
       lines.className = 'change-lines';
-      for (const line of describeChange(record)) {
+      for (const line of describeChange(record, (id) => packNames?.[id] ?? id)) {
         const div = document.createElement('div');
         div.textContent = line;
         lines.append(div);
@@ -75,6 +106,8 @@ export function createAuditView(session) {
     loading = true;
     $('audit-error').hidden = true;
     try {
+      // Automatic top-up changes name packs; without the catalogue they show by id.
+      packNames ??= Object.fromEntries((await packCatalogue().catch(() => [])).map((p) => [p.id, p.name]));
       const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
       const cursor = cursors.at(-1);
       if (cursor) query.set('starting_after', cursor);

@@ -155,6 +155,8 @@ export function featureName(id) {
 
 const KIND_NAMES = { trial_grant: 'Trial credit', purchase: 'Purchase' };
 
-export function kindName(kind) {
+/** A ledger entry's kind as people read it; a purchase automatic top-up made says so (`source`). */
+export function kindName(kind, source) {
+  if (kind === 'purchase' && source === 'auto_top_up') return 'Automatic top-up';
   return KIND_NAMES[kind] ?? String(kind).replaceAll('_', ' ');
 }

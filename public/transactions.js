@@ -1,6 +1,6 @@
 // The Transactions tab: purchases and grants with the running balance,
 // paged with the API's cursor, and the CSV export of the whole history.
-import { call, downloadFile, orgPath } from './api.js';
+import { call, downloadFile, orgPath, packCatalogue } from './api.js';
 import { formatCredits, formatDateTime, formatMoney, kindName } from './format.js';
 
 const $ = (id) => document.getElementById(id);
@@ -15,7 +15,7 @@ export function createTransactionsView(session) {
 
   async function loadPackNames() {
     try {
-      const packs = await call('GET', '/v1/packs');
+      const packs = await packCatalogue();
       packNames = Object.fromEntries(packs.map((p) => [p.id, p.name]));
     } catch {
       packNames = {}; // pack ids are shown as they are
@@ -43,7 +43,7 @@ export function createTransactionsView(session) {
       when.dateTime = tx.created_at;
       when.textContent = formatDateTime(tx.created_at);
       cell(row, '').append(when);
-      cell(row, kindName(tx.kind));
+      cell(row, kindName(tx.kind, tx.source));
       cell(row, tx.pack_id ? (packNames?.[tx.pack_id] ?? tx.pack_id) : '—');
       cell(row, `+${formatCredits(tx.credits)}`, 'num plus');
       cell(row, tx.amount_cents === null ? 'Free' : formatMoney(tx.amount_cents, tx.currency), 'num');

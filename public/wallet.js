@@ -1,6 +1,6 @@
 // The Wallet tab: balance and status, the paused banner, the daily spend
 // cap (owners change it), and the credit packs (owners buy them).
-import { call, orgPath } from './api.js';
+import { call, orgPath, packCatalogue } from './api.js';
 import {
   bonusPercent, creditAmountProblem, formatCredits, formatLocalTime, formatMoney, percentOf,
   pricePerCredit, toUnits, fromUnits,
@@ -161,7 +161,7 @@ export function createWalletView(session) {
   async function loadCatalogue() {
     catalogueLoaded = true;
     const [packsResult, methodResult] = await Promise.allSettled([
-      call('GET', '/v1/packs'),
+      packCatalogue(),
       call('GET', orgPath(org, 'payment-method')),
     ]);
     if (packsResult.status === 'fulfilled' && Array.isArray(packsResult.value)) {
