@@ -532,16 +532,8 @@ impl WalletObject {
     /// Makes sure the alarm runs within `delay_ms`: an alarm already due
     /// sooner stays, a later one is brought forward.
     fn arm_alarm(&self, delay_ms: f64) {
-        let now = Date::now().as_millis() as f64;
-        let at = now + delay_ms;
-        // An alarm due in the past may be one set while an alarm ran, which
-        // the runtime does not always keep: set it again (that is harmless).
-        if self
-            .replica
-            .alarm_at
-            .get()
-            .is_some_and(|due| now <= due && due <= at)
-        {
+        let at = Date::now().as_millis() as f64 + delay_ms;
+        if self.replica.alarm_at.get().is_some_and(|due| due <= at) {
             return;
         }
         self.set_alarm(delay_ms);

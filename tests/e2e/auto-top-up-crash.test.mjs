@@ -37,7 +37,7 @@ test('a kill while an auto top-up is in flight neither loses nor doubles it', { 
   stack.apiRelay.withhold(isCharge);
   const debit = await w.debit(org, '60');
   assert.equal(debit.status, 201, debit.summary);
-  await waitFor(() => assert.ok(stack.apiRelay.exchanges.some((e) => isCharge(e) && e.withheld)), 15_000);
+  await waitFor(() => stack.apiRelay.exchanges.some((e) => isCharge(e) && e.withheld), 15_000);
   const inFlight = await w.call('GET', '/v1/orgs/{org}/auto-top-up', { org }, { token: ownerToken(org) });
   assert.equal(inFlight.json.in_flight, true);
   assert.equal((await stack.stripe.paymentIntentsOf(org)).length, 1, 'Stripe has the charge');

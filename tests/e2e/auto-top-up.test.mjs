@@ -260,14 +260,13 @@ describe('auto top-up', () => {
     // Enabling again clears the reason; the next decision below the threshold tries again.
     const again = await enable(org, {});
     assert.equal(again.disabled_reason, null);
-    await waitFor(async () => assert.equal((await stack.stripe.paymentIntentsOf(org)).length, 2,
-      JSON.stringify({ state: (await getAutoTopUp(org)).json, intents: await stack.stripe.paymentIntentsOf(org) })), 10_000);
+    await waitFor(async () => (await stack.stripe.paymentIntentsOf(org)).length === 2, 10_000);
     const second = await settled(org);
     assert.equal(second.disabled_reason, 'payment_failed');
     assert.equal(second.used_this_month, 2);
     assertAmount(await w.balance(org), '130');
     // The receiver got the failure, signed.
-    await waitFor(() => assert.ok(receiver.accepted(org).some((e) => e.type === 'auto_top_up.failed')), 30_000);
+    await waitFor(() => receiver.accepted(org).some((e) => e.type === 'auto_top_up.failed'), 30_000);
   });
 });
 
