@@ -103,6 +103,41 @@ const ROUTES = [
     send: (role, own) => w.call('GET', '/v1/orgs/{org}/audit', { org: orgA }, { token: token({ org: own ? orgA : orgB, role }) }),
   },
   {
+    route: 'GET /v1/orgs/{org}/auto-top-up',
+    allowed: ['owner', 'admin', 'member', 'viewer'],
+    status: 200,
+    send: (role, own) => w.call('GET', '/v1/orgs/{org}/auto-top-up', { org: orgA }, { token: token({ org: own ? orgA : orgB, role }) }),
+  },
+  {
+    route: 'PUT /v1/orgs/{org}/auto-top-up',
+    allowed: ['owner'],
+    status: 200,
+    send: (role, own) => w.call('PUT', '/v1/orgs/{org}/auto-top-up', { org: orgA }, {
+      token: token({ org: own ? orgA : orgB, role }),
+      body: { enabled: false, threshold: '25', pack_id: 'starter', monthly_limit: role === 'owner' && own ? 7 : 9 },
+    }),
+  },
+  {
+    route: 'GET /v1/orgs/{org}/alerts',
+    allowed: ['owner', 'admin', 'member', 'viewer'],
+    status: 200,
+    send: (role, own) => w.call('GET', '/v1/orgs/{org}/alerts', { org: orgA }, { token: token({ org: own ? orgA : orgB, role }) }),
+  },
+  {
+    route: 'PUT /v1/orgs/{org}/alerts',
+    allowed: ['owner'],
+    status: 200,
+    send: (role, own) => w.call('PUT', '/v1/orgs/{org}/alerts', { org: orgA }, {
+      token: token({ org: own ? orgA : orgB, role }), body: { low_balance_threshold: role === 'owner' && own ? '30' : '3' },
+    }),
+  },
+  {
+    route: 'GET /v1/orgs/{org}/events',
+    allowed: ['owner', 'admin'],
+    status: 200,
+    send: (role, own) => w.call('GET', '/v1/orgs/{org}/events', { org: orgA }, { token: token({ org: own ? orgA : orgB, role }) }),
+  },
+  {
     route: 'POST /v1/orgs/{org}/ledger/refill',
     allowed: ['service'],
     status: 202,
@@ -138,10 +173,25 @@ describe('role matrix', () => {
     assert.deepEqual(a.json.feature_caps.map((c) => [c.feature, c.daily_cap]), [['nl_alerts', '40']]);
     const trail = await w.call('GET', '/v1/orgs/{org}/audit', { org: orgA }, { token: token({ org: orgA, role: 'owner' }) });
     assert.ok(trail.json.data.length > 0 && trail.json.data.every((r) => r.role === 'owner'), trail.summary);
+    // Only the owner's auto top-up and alert settings stuck.
+    const owner = token({ org: orgA, role: 'owner' });
+    const auto = await w.call('GET', '/v1/orgs/{org}/auto-top-up', { org: orgA }, { token: owner });
+    assert.equal(auto.json.monthly_limit, 7, auto.summary);
+    const alerts = await w.call('GET', '/v1/orgs/{org}/alerts', { org: orgA }, { token: owner });
+    assertAmount(alerts.json.low_balance_threshold, '30');
+    // This worker has no EVENTS_WEBHOOK_URL: events are recorded and listed, never sent.
+    const events = await w.req('GET', `/v1/orgs/${orgA}/events?limit=100`, { token: owner });
+    assert.ok(events.json.data.length > 0, events.summary);
+    for (const e of events.json.data) {
+      assert.deepEqual(e.delivery, { status: 'pending', attempts: 0 }, e.id);
+      if (e.type === 'settings.changed') assert.equal(e.data.role, 'owner', JSON.stringify(e));
+    }
     const b = await w.wallet(orgB);
     assertAmount(b.json.balance, '200');
     assertAmount(b.json.daily_cap, '500');
     assert.deepEqual(b.json.feature_caps, []);
+    const bEvents = await w.call('GET', '/v1/orgs/{org}/events', { org: orgB }, { token: token({ org: orgB, role: 'owner' }) });
+    assert.deepEqual(bEvents.json, { data: [], has_more: false });
   });
 });
 

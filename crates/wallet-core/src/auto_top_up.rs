@@ -422,4 +422,75 @@ mod tests {
             assert_eq!(err.body()["error"]["field"], field);
         }
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A decision leaves `available` (in credits) in month `month` (0-based from 2030-01).
+        Decide { available: i64, month: u32 },
+        /// The purchase in flight ends.
+        End { success: bool },
+        /// The owner enables it again.
+        Enable,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0i64..200, 0u32..2).prop_map(|(available, month)| Op::Decide { available, month }),
+            3 => any::<bool>().prop_map(|success| Op::End { success }),
+            1 => Just(Op::Enable),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model recomputed from the operations alone: a purchase
+        /// starts exactly when one is due, never two at once, never more than
+        /// the monthly limit in a month, each with its own id.
+        #[test]
+        fn never_two_in_flight_nor_more_than_the_limit(
+            limit in 1u32..4,
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            let mut a = enabled(limit);
+            let threshold = 50; // as `enabled` sets it
+            let (mut on, mut in_flight, mut month_now) = (true, None::<String>, 0u32);
+            let mut used = std::collections::BTreeMap::<u32, u32>::new();
+            let mut ids = std::collections::BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Decide { available, month } => {
+                        // Time never goes back.
+                        month_now = month_now.max(month);
+                        let now: DateTime<Utc> =
+                            format!("2030-{:02}-15T00:00:00Z", month_now + 1).parse().unwrap();
+                        let due = on
+                            && in_flight.is_none()
+                            && available < threshold
+                            && used.get(&month_now).copied().unwrap_or(0) < limit;
+                        let (start, _) = a.trigger("acme", Credits::whole(available), now);
+                        proptest::prop_assert_eq!(start.is_some(), due);
+                        if let Some(start) = start {
+                            *used.entry(month_now).or_default() += 1;
+                            proptest::prop_assert!(ids.insert(start.purchase_id.clone()), "an id came twice");
+                            in_flight = Some(start.purchase_id);
+                        }
+                    }
+                    Op::End { success } => {
+                        if let Some(id) = in_flight.take() {
+                            let failure = (!success).then_some(DisabledReason::PaymentFailed);
+                            a.end(&id, failure);
+                            on &= success;
+                        }
+                    }
+                    Op::Enable => {
+                        a.update(&AutoTopUpBody { enabled: true, threshold: None, pack_id: None, monthly_limit: None })
+                            .unwrap();
+                        on = true;
+                    }
+                }
+                proptest::prop_assert_eq!(&a.in_flight, &in_flight);
+                proptest::prop_assert!(used.values().all(|n| *n <= limit));
+            }
+        }
+    }
 }

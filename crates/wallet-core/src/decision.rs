@@ -1439,4 +1439,249 @@ mod tests {
         let (final_wallet, _) = d.wallet.unwrap();
         assert_eq!(final_wallet.balance(), c("196"));
     }
+
+    fn owner() -> Actor {
+        Actor {
+            sub: "ann".into(),
+            role: crate::token::Role::Owner,
+        }
+    }
+
+    fn debit_command(key: &str, amount: &str) -> Command {
+        Command::Debit {
+            idempotency_key: key.into(),
+            fingerprint: key.into(),
+            body: DebitBody {
+                feature: "chat".into(),
+                amount: c(amount),
+                user_id: None,
+                project_id: None,
+                metadata: None,
+            },
+        }
+    }
+
+    /// Decides and keeps the result, as the shell does after its commit.
+    fn step(wallet: &mut Wallet, command: &Command, loaded: &Loaded, now: &str) -> Decision {
+        let config = WalletConfig::defaults();
+        let d = decide(Some(wallet), command, loaded, &config, at(now));
+        if let Some((next, _)) = &d.wallet {
+            *wallet = next.clone();
+        }
+        d
+    }
+
+    fn started(d: &Decision) -> Vec<Purchase> {
+        d.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Purchase(p) if p.source == PurchaseSource::AutoTopUp => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn event_types(d: &Decision) -> Vec<&'static str> {
+        d.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Event(e) => Some(e.event_type.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crossing_the_threshold_starts_one_auto_top_up_and_its_end_decides_what_follows() {
+        let config = WalletConfig::defaults();
+        let now = "2030-01-01T10:00:00Z";
+        let mut wallet = opened(&config, now);
+        let enable = Command::SetAutoTopUp {
+            body: crate::auto_top_up::AutoTopUpBody {
+                enabled: true,
+                threshold: Some(c("150")),
+                pack_id: Some("starter".into()),
+                monthly_limit: None,
+            },
+            actor: owner(),
+        };
+        let d = step(&mut wallet, &enable, &Loaded::default(), now);
+        assert_eq!(event_types(&d), ["settings.changed"]);
+        assert!(d.wake && started(&d).is_empty());
+        // 200 credits: the 26th debit of 2 crosses below 150, and only it starts one.
+        let mut purchases = Vec::new();
+        for n in 1..=50 {
+            let d = step(
+                &mut wallet,
+                &debit_command(&format!("k{n}"), "2"),
+                &Loaded::default(),
+                now,
+            );
+            assert_eq!(d.reply.status, 201);
+            let new = started(&d);
+            assert_eq!(new.is_empty(), n != 26, "debit {n}");
+            assert_eq!(d.wake, n == 26, "the alarm is woken by the crossing only");
+            purchases.extend(new);
+        }
+        assert_eq!(purchases.len(), 1);
+        let purchase = purchases.remove(0);
+        assert_eq!(purchase.status, PurchaseStatus::Processing);
+        assert!(purchase.payment_method_id.is_none() && purchase.needs_auto_charge(at(now)));
+        assert_eq!(
+            wallet.auto_top_up().in_flight.as_deref(),
+            Some(purchase.id.as_str())
+        );
+
+        // The alarm claims it for the card on file; a second claim sends nothing.
+        let loaded = Loaded {
+            purchase: Some(purchase.clone()),
+            ..Loaded::default()
+        };
+        let send = Command::AutoTopUpSend {
+            purchase_id: purchase.id.clone(),
+            payment_method_id: Some("pm_1".into()),
+        };
+        let d = step(&mut wallet, &send, &loaded, now);
+        let Ok(PurchaseStartReply::Existing {
+            purchase: claimed,
+            send_charge: true,
+        }) = serde_json::from_str(&d.reply.body)
+        else {
+            panic!("{}", d.reply.body)
+        };
+        assert_eq!(claimed.payment_method_id.as_deref(), Some("pm_1"));
+        let again = step(
+            &mut wallet,
+            &send,
+            &Loaded {
+                purchase: Some((*claimed).clone()),
+                ..Loaded::default()
+            },
+            now,
+        );
+        assert!(
+            again.reply.body.contains("\"send_charge\":false"),
+            "{}",
+            again.reply.body
+        );
+
+        // Declined: off, with its events; later crossings start nothing.
+        let declined = Command::PurchaseSettle {
+            purchase_id: Some(purchase.id.clone()),
+            outcome: ChargeOutcome::Refused {
+                payment_intent_id: Some("pi_1".into()),
+                decline_code: Some("card_declined".into()),
+            },
+        };
+        let loaded = Loaded {
+            purchase: Some((*claimed).clone()),
+            ..Loaded::default()
+        };
+        let d = step(&mut wallet, &declined, &loaded, now);
+        assert_eq!(event_types(&d), ["purchase.failed", "auto_top_up.failed"]);
+        assert_eq!(
+            wallet.auto_top_up().disabled_reason,
+            Some(DisabledReason::PaymentFailed)
+        );
+        assert!(!wallet.auto_top_up().enabled && wallet.auto_top_up().in_flight.is_none());
+        let d = step(
+            &mut wallet,
+            &debit_command("after", "1"),
+            &Loaded::default(),
+            now,
+        );
+        assert!(started(&d).is_empty());
+
+        // Enabling again starts the month's second at once (available is below).
+        let d = step(
+            &mut wallet,
+            &Command::SetAutoTopUp {
+                body: crate::auto_top_up::AutoTopUpBody {
+                    enabled: true,
+                    threshold: None,
+                    pack_id: None,
+                    monthly_limit: None,
+                },
+                actor: owner(),
+            },
+            &Loaded::default(),
+            now,
+        );
+        let second = started(&d);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].id, purchase.id);
+        assert_eq!(
+            second[0].idempotency_key.as_deref(),
+            Some("auto-top-up/2030-01/2")
+        );
+        let view: serde_json::Value = serde_json::from_str(&d.reply.body).unwrap();
+        assert_eq!(view["in_flight"], true);
+        assert_eq!(view["disabled_reason"], serde_json::Value::Null);
+
+        // No card on file when the charge is due: off, with the reason.
+        let d = step(
+            &mut wallet,
+            &Command::AutoTopUpSend {
+                purchase_id: second[0].id.clone(),
+                payment_method_id: None,
+            },
+            &Loaded {
+                purchase: Some(second[0].clone()),
+                ..Loaded::default()
+            },
+            now,
+        );
+        assert!(d.reply.body.contains("\"send_charge\":false"));
+        assert_eq!(event_types(&d), ["purchase.failed", "auto_top_up.failed"]);
+        assert_eq!(
+            wallet.auto_top_up().disabled_reason,
+            Some(DisabledReason::PaymentMethodRequired)
+        );
+        // Events are numbered in the order they were decided.
+        assert_eq!(wallet.next_event_seq(), 7);
+    }
+
+    #[test]
+    fn a_refused_debit_records_the_daily_cap_event_once_a_day() {
+        let config = WalletConfig::defaults();
+        let now = "2030-01-01T10:00:00Z";
+        let mut wallet = opened(&config, now);
+        let cap = Command::SetDailyCap {
+            body: crate::api::DailyCapBody { daily_cap: c("10") },
+            actor: owner(),
+        };
+        assert_eq!(
+            event_types(&step(&mut wallet, &cap, &Loaded::default(), now)),
+            ["settings.changed"]
+        );
+        let d = step(
+            &mut wallet,
+            &debit_command("a", "11"),
+            &Loaded::default(),
+            now,
+        );
+        assert_eq!(d.reply.status, 429);
+        assert_eq!(event_types(&d), ["wallet.daily_cap_reached"]);
+        assert!(
+            d.wallet.is_some(),
+            "the refusal stores that the event fired"
+        );
+        let d = step(
+            &mut wallet,
+            &debit_command("b", "11"),
+            &Loaded::default(),
+            now,
+        );
+        assert!(
+            event_types(&d).is_empty() && d.wallet.is_none(),
+            "nothing more that day"
+        );
+        let d = step(
+            &mut wallet,
+            &debit_command("c", "11"),
+            &Loaded::default(),
+            "2030-01-02T00:00:01Z",
+        );
+        assert_eq!(event_types(&d), ["wallet.daily_cap_reached"]);
+    }
 }
