@@ -4,7 +4,8 @@
 # migrations, then the worker under `wrangler dev` on http://127.0.0.1:8787
 # (local D1 and Durable Objects in .wrangler/state).
 #
-# Environment: PORT (8787), STRIPE_PORT (8420), INSPECTOR_PORT (wrangler's
+# Environment: PORT (8787), STRIPE_PORT (8420), EVENTS_WEBHOOK_URL (unset:
+# events are not sent), INSPECTOR_PORT (wrangler's
 # default, 9229), DEV_STATE_DIR (wrangler's default, .wrangler/state: the
 # local D1 and Durable Object storage, passed as --persist-to to the
 # migrations and to wrangler dev; the localstripe log goes there too).
@@ -136,8 +137,16 @@ done
 
 echo "==> starting the worker on http://127.0.0.1:${PORT}"
 echo "    test card for an organization: scripts/test-card.sh <org> [pm_card_visa]"
+# Events are recorded and listed always; EVENTS_WEBHOOK_URL (say, a receiver
+# of your own on http://127.0.0.1:…) also sends them, signed with .dev.vars'
+# EVENTS_SIGNING_SECRET, through the local queue.
+events_args=()
+if [ -n "${EVENTS_WEBHOOK_URL:-}" ]; then
+  echo "    events are sent to ${EVENTS_WEBHOOK_URL}"
+  events_args=(--var "EVENTS_WEBHOOK_URL:${EVENTS_WEBHOOK_URL}")
+fi
 start_group wrangler dev --ip 127.0.0.1 --port "$PORT" "${inspector_args[@]}" "${persist_args[@]}" \
-  --var "STRIPE_API_BASE:${STRIPE_BASE}" --show-interactive-dev-session=false
+  --var "STRIPE_API_BASE:${STRIPE_BASE}" "${events_args[@]}" --show-interactive-dev-session=false
 worker_pid=$!
 
 # Runs until a signal, the worker or localstripe exits, or our parent is gone

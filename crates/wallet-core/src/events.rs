@@ -214,6 +214,8 @@ pub struct DeliveryConfig {
 }
 
 pub const RETRY_BASE_DEFAULT_SECONDS: u64 = 10;
+/// The public signing secret of `.dev.vars`, refused outside development.
+pub const DEV_SIGNING_SECRET: &str = "whsec_events_local_dev";
 /// The shortest signing secret accepted (Stripe's `whsec_` secrets are longer).
 const SIGNING_SECRET_MIN_BYTES: usize = 16;
 
@@ -244,6 +246,9 @@ pub fn delivery_config(
         return Err(format!(
             "EVENTS_SIGNING_SECRET must be set, at least {SIGNING_SECRET_MIN_BYTES} bytes, when EVENTS_WEBHOOK_URL is"
         ));
+    }
+    if !development && secret == DEV_SIGNING_SECRET {
+        return Err("EVENTS_SIGNING_SECRET is the development secret of .dev.vars".into());
     }
     let retry_base_seconds = match var("EVENTS_RETRY_BASE_SECONDS") {
         None => RETRY_BASE_DEFAULT_SECONDS,
@@ -546,6 +551,17 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_development_signing_secret_is_refused_outside_development() {
+        let var = |name: &str| match name {
+            "EVENTS_WEBHOOK_URL" => Some("https://r.example/e".to_string()),
+            "EVENTS_SIGNING_SECRET" => Some(DEV_SIGNING_SECRET.to_string()),
+            _ => None,
+        };
+        assert!(delivery_config(var, false).is_err());
+        assert!(delivery_config(var, true).unwrap().is_some());
     }
 
     #[test]
