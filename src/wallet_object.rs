@@ -23,6 +23,7 @@ use std::rc::Rc;
 use wallet_core::api::{ApiError, Command, Envelope, PurchaseStartReply};
 use wallet_core::config::LEGACY_LEDGER_SHARD;
 use wallet_core::decision::{self, Reply};
+use wallet_core::events::EVENTS_RETENTION_DAYS;
 use wallet_core::ledger::{replica_batch, LedgerQuery};
 use wallet_core::purchase::{ChargeOutcome, CHARGE_LEASE_SECONDS};
 use wallet_core::time::from_millis;
@@ -221,12 +222,14 @@ impl WalletObject {
                 }
             }
         }
-        let retention_ms = settings(&self.env)
-            .map_err(Error::RustError)?
-            .config
-            .idempotency_retention_seconds
-            * 1000;
-        let pruned = wallet_store::prune(&sql, Date::now().as_millis() as i64 - retention_ms)?;
+        let settings = settings(&self.env).map_err(Error::RustError)?;
+        let retention_ms = settings.config.idempotency_retention_seconds * 1000;
+        let now_ms = Date::now().as_millis() as i64;
+        let pruned = wallet_store::prune(&sql, now_ms - retention_ms)?;
+        add(&self.replica.do_rows_written, pruned);
+        let unsent_too = !matches!(settings.events, Ok(Some(_)));
+        let events_before = now_ms - EVENTS_RETENTION_DAYS * 86_400_000;
+        let pruned = wallet_store::prune_events(&sql, events_before, unsent_too)?;
         add(&self.replica.do_rows_written, pruned);
         if next_alarm.is_none() && self.pending(&sql)? {
             next_alarm = Some(FLUSH_DELAY_MS);

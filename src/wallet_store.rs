@@ -863,6 +863,23 @@ pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
     Ok((written + holds.rows_written()) as u64)
 }
 
+/// Deletes events created before `older_than_ms` that need nothing more:
+/// delivered ones, and with no receiver configured (`unsent_too`) those
+/// never to be sent. A bounded number per call.
+pub fn prune_events(sql: &SqlStorage, older_than_ms: i64, unsent_too: bool) -> worker::Result<u64> {
+    const PER_CALL: i64 = 1000;
+    let deleted = sql.exec(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at_ms < ?
+           AND (status = 'delivered' OR ?) ORDER BY seq LIMIT ?)",
+        vec![
+            int(older_than_ms),
+            int(i64::from(unsent_too)),
+            int(PER_CALL),
+        ],
+    )?;
+    Ok(deleted.rows_written() as u64)
+}
+
 #[derive(Deserialize)]
 struct LegacyState {
     legacy_restored: i64,

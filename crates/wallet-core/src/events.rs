@@ -185,6 +185,10 @@ pub fn signature_header(secret: &[u8], t: i64, body: &str) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Days an event is kept once nothing more is to be done with it
+/// (delivered, or recorded where no receiver is configured).
+pub const EVENTS_RETENTION_DAYS: i64 = 30;
+
 /// Events a receiver is sent per consumer pass, and the longest a receiver
 /// may take to answer one.
 pub const DELIVERY_BATCH: u32 = 25;
