@@ -105,6 +105,8 @@ describe('settings', () => {
       [{ enabled: true, threshold: '1.00001', pack_id: 'starter' }, 'threshold'],
       [{ enabled: true, threshold: '1000000.0001', pack_id: 'starter' }, 'threshold'],
       [{ enabled: true, threshold: '50', pack_id: 'nope' }, 'pack_id'],
+      [{ enabled: false, threshold: null }, 'threshold'],
+      [{ enabled: false, pack_id: null }, 'pack_id'],
       [{ enabled: true, threshold: '50', pack_id: 'starter', monthly_limit: 0 }, 'monthly_limit'],
       [{ enabled: true, threshold: '50', pack_id: 'starter', monthly_limit: 101 }, 'monthly_limit'],
       [{ enabled: true, threshold: '50', pack_id: 'starter', monthly_limit: 2.5 }, 'monthly_limit'],

@@ -63,12 +63,22 @@ pub struct AutoTopUp {
 #[serde(deny_unknown_fields)]
 pub struct AutoTopUpBody {
     pub enabled: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given")]
     pub threshold: Option<Credits>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given")]
     pub pack_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given")]
     pub monthly_limit: Option<u32>,
+}
+
+/// An optional field that, when present, must be a value: `null` is refused
+/// (absent keeps the stored value; there is nothing to set to null).
+fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 impl AutoTopUpBody {
@@ -398,6 +408,21 @@ mod tests {
         a.update(&body(Some("5"), Some("starter"))).unwrap();
         assert!(a.enabled);
         assert_eq!(a.monthly_limit, MONTHLY_LIMIT_DEFAULT);
+    }
+
+    #[test]
+    fn null_is_not_a_setting() {
+        for body in [
+            r#"{"enabled":false,"threshold":null}"#,
+            r#"{"enabled":false,"pack_id":null}"#,
+            r#"{"enabled":false,"monthly_limit":null}"#,
+        ] {
+            let field = body.split('"').nth(3).unwrap();
+            let err = crate::api::parse_body::<AutoTopUpBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.body()["error"]["field"], field, "{body}");
+        }
+        let absent: AutoTopUpBody = crate::api::parse_body(br#"{"enabled":false}"#).unwrap();
+        assert_eq!(absent.threshold, None);
     }
 
     #[test]
