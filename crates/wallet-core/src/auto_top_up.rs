@@ -63,11 +63,23 @@ pub struct AutoTopUp {
 #[serde(deny_unknown_fields)]
 pub struct AutoTopUpBody {
     pub enabled: bool,
-    #[serde(default, deserialize_with = "given")]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub threshold: Option<Credits>,
-    #[serde(default, deserialize_with = "given")]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pack_id: Option<String>,
-    #[serde(default, deserialize_with = "given")]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub monthly_limit: Option<u32>,
 }
 
@@ -423,6 +435,12 @@ mod tests {
         }
         let absent: AutoTopUpBody = crate::api::parse_body(br#"{"enabled":false}"#).unwrap();
         assert_eq!(absent.threshold, None);
+        // It travels to the Durable Object and back as it came.
+        let envelope = serde_json::to_string(&absent).unwrap();
+        assert_eq!(
+            serde_json::from_str::<AutoTopUpBody>(&envelope).unwrap(),
+            absent
+        );
     }
 
     #[test]
