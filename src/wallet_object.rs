@@ -25,7 +25,7 @@ use wallet_core::config::LEGACY_LEDGER_SHARD;
 use wallet_core::decision::{self, Reply};
 use wallet_core::events::EVENTS_RETENTION_DAYS;
 use wallet_core::ledger::{replica_batch, LedgerQuery};
-use wallet_core::purchase::{ChargeOutcome, CHARGE_LEASE_SECONDS};
+use wallet_core::purchase::{ChargeOutcome, PurchaseStatus, CHARGE_LEASE_SECONDS};
 use wallet_core::time::from_millis;
 use wallet_core::Wallet;
 use wasm_bindgen::prelude::*;
@@ -63,6 +63,9 @@ const FLUSH_MAX_BYTES: usize = 256 * 1024;
 /// Batches per alarm, so a refill of a long history yields between alarms.
 const FLUSH_MAX_BATCHES: usize = 25;
 
+/// How long an auto top-up whose PaymentIntent is processing waits for
+/// Stripe's webhook before the alarm asks Stripe itself (and between asks).
+const INTENT_POLL_SECONDS: i64 = 60;
 /// A charge that got no answer is sent again (same idempotency key) after
 /// this long, doubling per failure like the flush backoff.
 const CHARGE_RETRY_MS: f64 = 5_000.0;
@@ -263,14 +266,6 @@ impl WalletObject {
         };
         let now = clock
             .max(wallet_core::time::from_millis(Date::now().as_millis() as i64).unwrap_or(clock));
-        if !purchase.needs_auto_charge(now) {
-            // Another alarm's send is under way (its lease), or Stripe's
-            // answer is recorded and the webhook settles it.
-            return Ok(purchase.charge_started_at.map(|at| {
-                let due = at + chrono::Duration::seconds(CHARGE_LEASE_SECONDS);
-                ((due - now).num_milliseconds().max(0) as f64) + 1_000.0
-            }));
-        }
         let settings = settings(&self.env).map_err(Error::RustError)?;
         let stripe = match &settings.stripe {
             Ok(config) => Stripe::new(config),
@@ -280,6 +275,37 @@ impl WalletObject {
                 )))
             }
         };
+        if !purchase.needs_auto_charge(now) {
+            if let (Some(intent_id), PurchaseStatus::Processing) =
+                (&purchase.payment_intent_id, purchase.status)
+            {
+                // Stripe answered "processing": its webhook settles it; when
+                // none has come for a while, ask Stripe.
+                let waited = now - purchase.updated_at;
+                let poll = chrono::Duration::seconds(INTENT_POLL_SECONDS);
+                if waited < poll {
+                    return Ok(Some((poll - waited).num_milliseconds() as f64 + 1_000.0));
+                }
+                match stripe.payment_intent(intent_id).await {
+                    Ok(intent) => {
+                        self.decide_and_commit(
+                            Command::PurchaseSettle {
+                                purchase_id: Some(purchase_id),
+                                outcome: ChargeOutcome::Intent { intent },
+                            },
+                            now,
+                        )?;
+                    }
+                    Err(err) => console_error!("refreshing auto top-up {purchase_id}: {err}"),
+                }
+                return Ok(Some(INTENT_POLL_SECONDS as f64 * 1000.0));
+            }
+            // Another alarm's send is under way (its lease).
+            return Ok(purchase.charge_started_at.map(|at| {
+                let due = at + chrono::Duration::seconds(CHARGE_LEASE_SECONDS);
+                ((due - now).num_milliseconds().max(0) as f64) + 1_000.0
+            }));
+        }
         let method = match &customer {
             None => None,
             Some(customer) => stripe
