@@ -4,6 +4,7 @@
 import { execFile, execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -394,6 +395,254 @@ async function manyOrgs() {
 }
 
 // ---------------------------------------------------------------------------
+// The event receiver (the worker's EVENTS_WEBHOOK_URL)
+
+/**
+ * Whether `header` (`t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`) signs
+ * `body` under `secret` within `toleranceSeconds`: the check of
+ * tests/e2e/event-receiver.mjs, repeated here because that module registers
+ * node:test hooks when imported.
+ */
+function verifySignature(header, body, secret, toleranceSeconds = 300) {
+  const parts = Object.fromEntries(String(header ?? '').split(',').map((p) => p.split('=', 2)));
+  const t = Number(parts.t);
+  if (!Number.isInteger(t) || Math.abs(Date.now() / 1000 - t) > toleranceSeconds || !parts.v1) return false;
+  const expected = crypto.createHmac('sha256', secret).update(`${t}.${body}`).digest('hex');
+  return parts.v1.length === expected.length && crypto.timingSafeEqual(Buffer.from(parts.v1), Buffer.from(expected));
+}
+
+/**
+ * Listens on 127.0.0.1:port: answers 200 to a correctly signed event (400
+ * otherwise, so the worker retries it) and remembers every accepted event by
+ * id. The worker delivers at least once: an id accepted again is counted, not
+ * kept twice.
+ */
+async function startReceiver(port, secret) {
+  const accepted = new Map(); // event id -> event, in the order first accepted
+  const stats = { requests: 0, refused: 0, again: 0 };
+  const server = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const body = Buffer.concat(chunks).toString();
+    stats.requests++;
+    let event = null;
+    try {
+      event = JSON.parse(body);
+    } catch {
+      // refused below
+    }
+    const ok = req.method === 'POST' && verifySignature(req.headers['wallet-signature'], body, secret) && typeof event?.id === 'string';
+    if (!ok) stats.refused++;
+    else if (accepted.has(event.id)) stats.again++;
+    else accepted.set(event.id, event);
+    res.writeHead(ok ? 200 : 400, { 'content-type': 'application/json' });
+    res.end(ok ? '{"received":true}' : '{"error":"bad signature or body"}');
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', resolve);
+  });
+  return {
+    stats,
+    acceptedOf: (org) => [...accepted.values()].filter((e) => e.org_id === org),
+    total: () => accepted.size,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+const ownerOf = (org) => token(org, 'owner', `owner_${org}`);
+
+/** Every event of `org` as GET …/events lists it, oldest first. */
+async function eventsOf(org) {
+  const out = [];
+  let after = null;
+  for (let page = 0; page < 1000; page++) {
+    const q = new URLSearchParams({ limit: '100', ...(after ? { starting_after: after } : {}) });
+    const res = await expectStatus(`events ${org}`, api('GET', `/v1/orgs/${org}/events?${q}`, { auth: ownerOf(org) }), 200);
+    out.push(...res.json.data);
+    if (!res.json.has_more || res.json.data.length === 0) return out.reverse();
+    after = res.json.data.at(-1).id;
+  }
+  throw new Error(`events of ${org}: pagination did not end`);
+}
+
+/**
+ * Waits (bounded) until the receiver has accepted every event `orgs` have
+ * recorded, and their objects count them delivered. Answers the last look:
+ * per organization, the events recorded and accepted.
+ */
+async function eventsDelivered(orgs, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const looks = await pool(orgs, 8, async (org) => {
+      const recorded = await eventsOf(org);
+      const accepted = new Set(receiver.acceptedOf(org).map((e) => e.id));
+      const missing = recorded.filter((e) => !accepted.has(e.id) || e.delivery?.status !== 'delivered');
+      return { org, recorded, accepted: accepted.size, missing };
+    });
+    const behind = looks.filter((l) => l.missing.length);
+    if (behind.length === 0 || Date.now() > deadline) return { looks, behind };
+    await sleep(250);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Debits of one organization with auto top-up, a low-balance alert and events
+
+const AUTO_ORG = 'bench-auto';
+const STRIPE_KEY = 'sk_test_local_dev'; // .dev.vars: any sk_test_ key works with localstripe
+
+const creditsText = (u) => `${Math.floor(u / UNITS_PER_CREDIT)}.${String(u % UNITS_PER_CREDIT).padStart(4, '0')}`;
+
+/** The organization, created with the others: the trial grant, the cap, a card on file. */
+async function createAutoOrg() {
+  await createOrg(AUTO_ORG);
+  await expectStatus(
+    `card on file ${AUTO_ORG}`,
+    api('POST', `/dev/orgs/${AUTO_ORG}/payment-method`, { body: { payment_method: 'pm_card_visa' } }),
+    200,
+  );
+}
+
+/** Every PaymentIntent at localstripe whose metadata names `org`. */
+async function paymentIntentsOf(org) {
+  const found = [];
+  let after = null;
+  for (let page = 0; page < 1000; page++) {
+    const q = new URLSearchParams({ limit: '100', ...(after ? { starting_after: after } : {}) });
+    const res = await fetch(`${args['stripe-base']}/v1/payment_intents?${q}`, {
+      headers: { authorization: `Bearer ${STRIPE_KEY}` },
+      signal: AbortSignal.timeout(30_000),
+    });
+    const json = await res.json();
+    if (res.status !== 200) throw new Error(`localstripe payment_intents: HTTP ${res.status} ${JSON.stringify(json).slice(0, 300)}`);
+    found.push(...json.data.filter((pi) => pi.metadata?.org_id === org));
+    if (!json.has_more || json.data.length === 0) return found;
+    after = json.data.at(-1).id;
+  }
+  throw new Error('localstripe: PaymentIntent pagination did not end');
+}
+
+/** Purchases in the organization's ledger (exact, from its Durable Object). */
+async function ledgerPurchases(org) {
+  const out = [];
+  let after = null;
+  for (let page = 0; page < 10_000; page++) {
+    const q = new URLSearchParams({ limit: '100', ...(after ? { starting_after: after } : {}) });
+    const res = await expectStatus(`ledger ${org}`, api('GET', `/v1/orgs/${org}/ledger?${q}`, { auth: ownerOf(org) }), 200);
+    out.push(...res.json.data.filter((e) => e.kind === 'purchase'));
+    if (!res.json.has_more || res.json.data.length === 0) return out;
+    after = res.json.data.at(-1).id;
+  }
+  throw new Error(`ledger of ${org}: pagination did not end`);
+}
+
+/**
+ * The wrk debit load of "debits, 1 org" against AUTO_ORG, whose thresholds sit
+ * just below its balance: the low-balance alert after about a tenth of the
+ * debits the plain run made, auto top-up (the starter pack, 1,000 credits)
+ * after about a fifth, so the crossings, the charge at localstripe and the
+ * events' delivery all happen under load. Then: the storage counters as for
+ * the plain run, the top-ups credited against localstripe's PaymentIntents,
+ * the events recorded against those the receiver accepted.
+ */
+async function autoTopUpDebits(plainDebits, orgsFile) {
+  const owner = ownerOf(AUTO_ORG);
+  const startUnits = await balanceUnits(AUTO_ORG);
+  const gap = Math.max(10, Math.round((plainDebits * AMOUNT_UNITS) / 5));
+  const threshold = creditsText(startUnits - gap);
+  const alertThreshold = creditsText(startUnits - Math.round(gap / 2));
+  await expectStatus(
+    'alerts',
+    api('PUT', `/v1/orgs/${AUTO_ORG}/alerts`, { auth: owner, body: { low_balance_threshold: alertThreshold } }),
+    200,
+  );
+  await expectStatus(
+    'auto top-up',
+    api('PUT', `/v1/orgs/${AUTO_ORG}/auto-top-up`, {
+      auth: owner,
+      body: { enabled: true, threshold, pack_id: 'starter', monthly_limit: 100 },
+    }),
+    200,
+  );
+  // The settings' own events reach the receiver before the run.
+  await eventsDelivered([AUTO_ORG]);
+  const eventsBefore = (await eventsOf(AUTO_ORG)).length;
+  const before = await settledStorage(AUTO_ORG);
+  const balanceBefore = await balanceUnits(AUTO_ORG);
+  progress(`auto top-up: balance ${creditsText(balanceBefore)}, alert below ${alertThreshold}, top-up below ${threshold}`);
+  const run = check(
+    await wrk({ label: 'debits, 1 org, auto top-up + alert + events', mode: 'debit', orgsFile, settle: [AUTO_ORG] }),
+  );
+
+  // A charge or a delivery may still be under way: wait for both (bounded).
+  const deadline = Date.now() + 30_000;
+  let state;
+  for (;;) {
+    state = (await expectStatus('auto top-up state', api('GET', `/v1/orgs/${AUTO_ORG}/auto-top-up`, { auth: owner }), 200)).json;
+    if (!state.in_flight || Date.now() > deadline) break;
+    await sleep(200);
+  }
+  if (state.in_flight) problems.push(`auto top-up: purchase ${state.in_flight_purchase_id} still in flight 30 s after the run`);
+  const delivery = await eventsDelivered([AUTO_ORG]);
+  const after = await settledStorage(AUTO_ORG);
+  const balanceAfter = await balanceUnits(AUTO_ORG);
+
+  const purchases = (await ledgerPurchases(AUTO_ORG)).filter((e) => e.source === 'auto_top_up');
+  const creditedUnits = sumOf(purchases, (e) => units(e.amount));
+  const intents = await paymentIntentsOf(AUTO_ORG);
+  const recorded = delivery.looks[0].recorded;
+  const accepted = delivery.looks[0].accepted;
+  const during = recorded.slice(eventsBefore);
+  const debits = (balanceBefore - balanceAfter + creditedUnits) / AMOUNT_UNITS;
+
+  const doRows = after.do_rows_written - before.do_rows_written;
+  const d1Rows = after.d1_rows_written - before.d1_rows_written;
+  const alarms = after.d1_batches - before.d1_batches;
+  if (doRows < 0 || d1Rows < 0) {
+    problems.push('auto top-up: a storage counter went backwards (the Durable Object instance was replaced mid-measurement)');
+  }
+  if (purchases.length === 0) problems.push('auto top-up: no top-up was credited during the run');
+  if (purchases.length !== intents.length) {
+    problems.push(`auto top-up: ${purchases.length} top-ups credited but ${intents.length} PaymentIntents at localstripe`);
+  }
+  if (new Set(purchases.map((e) => e.payment_intent_id)).size !== purchases.length) {
+    problems.push('auto top-up: one PaymentIntent was credited twice');
+  }
+  if (state.used_this_month !== purchases.length) {
+    problems.push(`auto top-up: used_this_month ${state.used_this_month}, ${purchases.length} top-ups in the ledger`);
+  }
+  if (delivery.behind.length || accepted !== recorded.length) {
+    problems.push(`events: ${recorded.length} recorded, ${accepted} accepted by the receiver within 30 s`);
+  }
+  const types = {};
+  for (const e of during) types[e.type] = (types[e.type] ?? 0) + 1;
+  progress(
+    `auto top-up: ${purchases.length} credited, ${intents.length} PaymentIntents; events ${recorded.length} recorded ` +
+      `(${during.length} during the run: ${JSON.stringify(types)}), ${accepted} accepted`,
+  );
+  return {
+    run,
+    startUnits,
+    threshold,
+    alertThreshold,
+    storage: { debits, doRows: doRows / debits, d1Rows: d1Rows / debits, alarms: alarms / debits, d1RowsPerFlush: d1Rows / alarms },
+    credited: purchases.length,
+    creditedUnits,
+    intents: intents.length,
+    intentsSucceeded: intents.filter((pi) => pi.status === 'succeeded').length,
+    usedThisMonth: state.used_this_month,
+    recorded: recorded.length,
+    during: during.length,
+    types,
+    accepted,
+  };
+}
+
+// ---------------------------------------------------------------------------
 // One organization with a long ledger
 
 const LEDGER_ORG = 'bench-ledger';
@@ -409,6 +658,7 @@ const iso = (ms) => new Date(ms).toISOString();
 async function seedLedger() {
   const startMs = Date.now() - LEDGER_SPAN_MS - 60_000;
   await createOrg(LEDGER_ORG, iso(startMs), iso(startMs));
+  await eventsDelivered([LEDGER_ORG]); // its daily cap's settings.changed, before the seeding
   const service = token(LEDGER_ORG, 'service');
   const batches = Array.from({ length: Math.ceil(LEDGER_ENTRIES / 1000) }, (_, b) => b);
   progress(`ledger: ${f0(LEDGER_ENTRIES)} debits into ${LEDGER_ORG} through ${batches.length} batch requests`);
@@ -563,6 +813,7 @@ async function pruneCost() {
   const rowsPerDebit = async (org, agoMs) => {
     const at = iso(Date.now() - agoMs);
     await createOrg(org, at, at);
+    await eventsDelivered([org]); // its daily cap's settings.changed, before the measurement
     const before = await settledStorage(org);
     const debits = Array.from({ length: PRUNE_DEBITS }, (_, k) => ({
       idempotency_key: `${RUN_ID}-${org}-${k}`,
@@ -681,6 +932,7 @@ async function d1Sizes() {
 }
 
 const loadAtStart = os.loadavg();
+let receiver; // the worker's events go there (startReceiver)
 
 async function main() {
   const multi = Array.from({ length: MULTI_ORGS }, (_, i) => `bench-m${String(i).padStart(2, '0')}`);
@@ -690,15 +942,23 @@ async function main() {
   const batchOrgs = Object.fromEntries(BATCH_SIZES.map((n) => [n, `bench-b${n}`]));
   const orgs = [single, holdOrg, isolatedOrg, ...Object.values(batchOrgs), ...multi];
 
-  progress(`creating ${orgs.length + 1} organizations (trial grant, daily cap 50,000)`);
+  receiver = await startReceiver(Number(args['receiver-port']), args['events-secret']);
+  progress(`creating ${orgs.length + 2} organizations (trial grant, daily cap 50,000)`);
   await pool(orgs, 8, (org) => createOrg(org));
   // The seeded organization's trial grant predates its seeded history.
   await createOrg(USAGE_ORG, new Date(Number(args['seed-start-ms']) - 86_400_000).toISOString());
+  await createAutoOrg();
+  // Setting the daily cap records a settings.changed event: let every one of
+  // them reach the receiver first, so no delivery runs during a measurement.
+  const setup = await eventsDelivered([...orgs, USAGE_ORG, AUTO_ORG], 60_000);
+  progress(`setup events: ${f0(receiver.total())} accepted by the receiver${setup.behind.length ? `, ${setup.behind.length} organizations still behind` : ''}`);
+  if (setup.behind.length) problems.push(`setup events of ${setup.behind.length} organizations not delivered within 60 s`);
 
   const files = {
     single: writeOrgsFile('single', [single]),
     multi: writeOrgsFile('multi', multi),
     hold: writeOrgsFile('hold', [holdOrg]),
+    auto: writeOrgsFile('auto', [AUTO_ORG]),
     // The usage report is for the organization's people, not for service tokens.
     usage: writeOrgsFile('usage', [USAGE_ORG], 'viewer'),
     ...Object.fromEntries(BATCH_SIZES.map((n) => [`b${n}`, writeOrgsFile(`b${n}`, [batchOrgs[n]])])),
@@ -717,6 +977,8 @@ async function main() {
   const one = check(await wrk({ label: 'debits, 1 org', mode: 'debit', orgsFile: files.single, settle: [single] }));
   const loadAfter = one.settled[0];
   const loadDebits = (balanceBefore - (await balanceUnits(single))) / AMOUNT_UNITS;
+  // The same load beside it: an organization with auto top-up, an alert and events.
+  const auto = await autoTopUpDebits(loadDebits, files.auto);
 
   const multiRun = check(await wrk({ label: `debits, ${MULTI_ORGS} orgs`, mode: 'debit', orgsFile: files.multi, settle: multi }));
   const holds = check(
@@ -811,10 +1073,14 @@ async function main() {
   // wrangler reports the upload's size with zlib.gzipSync at its default level.
   const wasmGzip = zlib.gzipSync(wasm).length;
 
-  const figures = { floor, floorEnd, one, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
+  const figures = { floor, floorEnd, one, auto, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
+  const receiverTotals = { ...receiver.stats, accepted: receiver.total() };
+  await receiver.close();
+  figures.receiver = receiverTotals;
   // Every figure, for docs/performance.md (kept with --keep).
   fs.writeFileSync(path.join(WORK, 'figures.json'), JSON.stringify(figures, null, 2));
   printTable(figures);
+  if (receiverTotals.refused) problems.push(`the event receiver refused ${receiverTotals.refused} requests (bad signature or body)`);
 
   if (problems.length) {
     process.stderr.write(`\nerror responses during the run:\n  ${problems.join('\n  ')}\n`);
@@ -831,6 +1097,7 @@ const f2 = (x) => x.toFixed(2);
 // Rows per debit: three decimals, so 3.004 does not print as a failing 3.00.
 const f3 = (x) => x.toFixed(3);
 const ratio = (x) => `${x.toFixed(2)}x`;
+const plural = (n, what) => `${f0(n)} ${what}${n === 1 ? '' : 's'}`;
 const kib = (bytes) => `${(bytes / 1024).toFixed(1)} KiB`;
 const verdict = (ok) => (ok ? 'PASS' : 'MISS');
 
@@ -863,6 +1130,17 @@ function printTable(r) {
   row('debits, 1 org', `${f0(one.rps)} req/s`, f1(one.p50), f1(one.p99), cpu(one), floorRef, vsFloor(one),
     `>= ${TARGET.singleVsFloorRps}x req/s; p99 <= ${TARGET.singleVsFloorP99}x`,
     `${verdict(oneRps >= TARGET.singleVsFloorRps)} req/s, ${verdict(oneP99 <= TARGET.singleVsFloorP99)} p99`, errs(one));
+  const a = r.auto;
+  const vsOne = (x) => `${ratio(x.rps / one.rps)} / ${ratio(x.p50 / one.p50)} / ${ratio(x.p99 / one.p99)}`;
+  row('debits, 1 org, with auto top-up, low-balance alert, events', `${f0(a.run.rps)} req/s`, f1(a.run.p50), f1(a.run.p99),
+    cpu(a.run), `debits, 1 org ${f0(one.rps)} req/s, ${f1(one.p50)}/${f1(one.p99)} ms`, vsOne(a.run), '-', '', errs(a.run));
+  const types = Object.entries(a.types).map(([t, n]) => (n > 1 ? `${n} ${t}` : t)).join(', ') || 'none';
+  const autoOk = a.credited > 0 && a.credited === a.intents && a.accepted === a.recorded;
+  row(`  its top-ups (starter, 1,000 credits) and events`,
+    `${plural(a.credited, 'top-up')} credited, ${plural(a.intents, 'PaymentIntent')}`, '-', '-', '-',
+    `balance ${creditsText(a.startUnits)}: alert < ${a.alertThreshold}, top-up < ${a.threshold}`,
+    `events ${f0(a.recorded)} recorded (${f0(a.during)} in the run: ${types}), ${f0(a.accepted)} accepted`,
+    'credited = PIs >= 1; all accepted', verdict(autoOk));
 
   const multiRps = multi.rps / floor.rps;
   row(`debits, ${MULTI_ORGS} orgs`, `${f0(multi.rps)} req/s`, f1(multi.p50), f1(multi.p99), cpu(multi), floorRef, vsFloor(multi),
@@ -896,13 +1174,15 @@ function printTable(r) {
   row('floor again, at the end (drift check)', `${f0(floorEnd.rps)} req/s`, f1(floorEnd.p50), f1(floorEnd.p99),
     cpu(floorEnd), floorRef, vsFloor(floorEnd), '-', '', errs(floorEnd));
 
-  const storageRow = (name, s) => {
+  const storageRow = (name, s, against = '-') => {
     row(`storage per debit, ${name} (${f0(s.debits)} debits)`, `DO ${f3(s.doRows)} + D1 ${f3(s.d1Rows)} rows, ${f3(s.alarms)} alarms`,
-      '-', '-', '-', '-', `$${f2(costPerMillion(s))} per 1M debits`,
+      '-', '-', '-', against, `$${f2(costPerMillion(s))} per 1M debits`,
       `DO <= ${TARGET.doRowsPerDebit}, D1 <= ${TARGET.d1RowsPerDebit}`,
       `${verdict(s.doRows <= TARGET.doRowsPerDebit)} DO, ${verdict(s.d1Rows <= TARGET.d1RowsPerDebit)} D1`);
   };
   storageRow(`under load (${CONNECTIONS} conns)`, storageLoad);
+  storageRow(`auto top-up org under load`, a.storage,
+    `plain DO ${f3(storageLoad.doRows)} + D1 ${f3(storageLoad.d1Rows)} (${ratio(a.storage.doRows / storageLoad.doRows)} / ${ratio(a.storage.d1Rows / storageLoad.d1Rows)})`);
   storageRow('sparse, each flushed alone', storageIso);
   const pr = r.prune;
   row(`DO rows per debit added by pruning after 24 h (batch of ${f0(PRUNE_DEBITS)})`, `+${f3(pr.prune)} rows`, '-', '-', '-',
@@ -990,6 +1270,12 @@ function printTable(r) {
     `Cost per 1M debits = 1M Worker requests + 1M DO requests + rows written (counted by /bench/storage) + replica ` +
       `alarms (one DO request + one setAlarm row each; one per D1 batch, as counted). Not included: rows read ` +
       `(not counted; $0.001/M), Worker CPU time, DO duration.`,
+    `Auto top-up org: the same load as "debits, 1 org", its alert and auto top-up thresholds just below its balance ` +
+      `at the start, so the crossings, the charge (from the object's alarm, at localstripe) and the events' delivery ` +
+      `(queue -> this run's receiver, Wallet-Signature checked) happen under load; its rows include the purchase's, ` +
+      `not the delivery marks (one events-row UPDATE per delivered event, written outside the counted commits). ` +
+      `Receiver, whole run: ${f0(r.receiver.requests)} requests, ${f0(r.receiver.accepted)} events accepted, ` +
+      `${f0(r.receiver.again)} sent again, ${f0(r.receiver.refused)} refused.`,
     `Sizes: whole SQLite pages (dbstat) of copies of the local files under the persist directory; "after pruning" ` +
       `clears the idempotency records (kept 24 h) on the copy and VACUUMs it. A credit row counts its two indexes. ` +
       `A flush is one D1 batch of 4 statements (credit rows, rollups, watermark, read-back; src/ledger_shards.rs).`,
