@@ -600,6 +600,8 @@ impl WalletObject {
                     delivered,
                     Date::now().as_millis() as i64,
                 )?;
+                // The event's row was updated (attempts 0: nothing waited).
+                add(&self.replica.do_rows_written, u64::from(attempts > 0));
                 return Ok(Reply::json(
                     200,
                     &serde_json::json!({ "attempts": attempts }),
