@@ -25,7 +25,9 @@ use wallet_core::config::LEGACY_LEDGER_SHARD;
 use wallet_core::decision::{self, Reply};
 use wallet_core::events::EVENTS_RETENTION_DAYS;
 use wallet_core::ledger::{replica_batch, LedgerQuery};
-use wallet_core::purchase::{ChargeOutcome, PurchaseStatus, CHARGE_LEASE_SECONDS};
+use wallet_core::purchase::{
+    ChargeOutcome, PurchaseStatus, CHARGE_LEASE_SECONDS, RESEND_WINDOW_SECONDS,
+};
 use wallet_core::time::from_millis;
 use wallet_core::Wallet;
 use wasm_bindgen::prelude::*;
@@ -275,6 +277,33 @@ impl WalletObject {
                 )))
             }
         };
+        let unanswered = purchase.status == PurchaseStatus::Processing
+            && purchase.payment_intent_id.is_none()
+            && now - purchase.created_at >= chrono::Duration::seconds(RESEND_WINDOW_SECONDS);
+        let no_send_under_way = purchase
+            .charge_started_at
+            .is_none_or(|at| now - at >= chrono::Duration::seconds(CHARGE_LEASE_SECONDS));
+        if unanswered && no_send_under_way {
+            // Stripe never answered, and no longer remembers the key: a resend
+            // could charge twice, so it ends here, failed, and auto top-up is
+            // off until the owner enables it again. (Had Stripe charged it,
+            // its webhook still credits the payment once.)
+            console_error!(
+                "auto top-up {purchase_id} of {org_id}: no answer from Stripe within {} h; ending it as failed",
+                RESEND_WINDOW_SECONDS / 3600
+            );
+            self.decide_and_commit(
+                Command::PurchaseSettle {
+                    purchase_id: Some(purchase_id),
+                    outcome: ChargeOutcome::Refused {
+                        payment_intent_id: None,
+                        decline_code: None,
+                    },
+                },
+                now,
+            )?;
+            return Ok(None);
+        }
         if !purchase.needs_auto_charge(now) {
             if let (Some(intent_id), PurchaseStatus::Processing) =
                 (&purchase.payment_intent_id, purchase.status)

@@ -68,3 +68,60 @@ test('a kill while an auto top-up is in flight neither loses nor doubles it', { 
   assert.equal(purchases[0].source, 'auto_top_up');
   assertAmount(await w.balance(org), '1139'); // 200 − 60 − 1 + 1000
 });
+
+test('while Stripe does not answer the auto top-up stays pending and is retried; a day without an answer ends it', { timeout: 180_000 }, async () => {
+  const w = api(worker.base);
+  const setUp = async () => {
+    const org = await w.newOrg();
+    const card = await w.req('POST', `/dev/orgs/${org}/payment-method`, { body: { payment_method: 'pm_card_visa' } });
+    assert.equal(card.status, 200, card.text);
+    const on = await w.call('PUT', '/v1/orgs/{org}/auto-top-up', { org }, {
+      token: ownerToken(org), body: { enabled: true, threshold: '150', pack_id: 'starter' },
+    });
+    assert.equal(on.status, 200, on.text);
+    return org;
+  };
+  const autoTopUp = async (org) => (await w.call('GET', '/v1/orgs/{org}/auto-top-up', { org }, { token: ownerToken(org) })).json;
+  const refusedSince = (from) => stack.apiRelay.exchanges.slice(from).filter((e) => !e.forwarded).length;
+
+  // Stripe is down: every call the object makes is answered 503.
+  const recovering = await setUp();
+  const stuck = await setUp();
+  stack.apiRelay.setOnline(false);
+  const from = stack.apiRelay.exchanges.length;
+  assert.equal((await w.debit(recovering, '60')).status, 201);
+  assert.equal((await w.debit(stuck, '60')).status, 201);
+  // Tried, and tried again after a backoff, never charged.
+  await waitFor(() => refusedSince(from) >= 4, 40_000, 250);
+  for (const org of [recovering, stuck]) {
+    const state = await autoTopUp(org);
+    assert.equal(state.in_flight, true);
+    assert.equal(state.used_this_month, 1);
+    assertAmount(await w.balance(org), '140');
+  }
+
+  // A day later without an answer for `stuck` (its clock moved by a request):
+  // ended as failed, switched off, nothing charged.
+  const dayLater = new Date(Date.now() + 24 * 3600_000).toISOString();
+  assert.equal((await w.debit(stuck, '1', { now: dayLater })).status, 201);
+  const ended = await waitFor(async () => {
+    const state = await autoTopUp(stuck);
+    return state.in_flight === false && state;
+  }, 40_000, 250);
+  assert.equal(ended.enabled, false);
+  assert.equal(ended.disabled_reason, 'payment_failed');
+  const events = (await w.call('GET', '/v1/orgs/{org}/events?limit=100', { org: stuck }, { token: ownerToken(stuck) })).json.data;
+  assert.ok(events.some((e) => e.type === 'auto_top_up.failed' && e.data.reason === 'payment_failed'), JSON.stringify(events.map((e) => e.type)));
+
+  // Stripe is back: `recovering` is charged once, at its next retry.
+  stack.apiRelay.setOnline(true);
+  const done = await waitFor(async () => {
+    const state = await autoTopUp(recovering);
+    return state.in_flight === false && state;
+  }, 90_000, 500);
+  assert.equal(done.disabled_reason, null);
+  assertAmount(await w.balance(recovering), '1140');
+  assert.equal((await stack.stripe.paymentIntentsOf(recovering)).length, 1);
+  assert.equal((await stack.stripe.paymentIntentsOf(stuck)).length, 0);
+  assertAmount(await w.balance(stuck), '139');
+});
