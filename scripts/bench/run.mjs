@@ -1273,7 +1273,7 @@ function printTable(r) {
     `Auto top-up org: the same load as "debits, 1 org", its alert and auto top-up thresholds just below its balance ` +
       `at the start, so the crossings, the charge (from the object's alarm, at localstripe) and the events' delivery ` +
       `(queue -> this run's receiver, Wallet-Signature checked) happen under load; its rows include the purchase's, ` +
-      `not the delivery marks (one events-row UPDATE per delivered event, written outside the counted commits). ` +
+      `and the delivery marks (one events-row UPDATE per delivery attempt). ` +
       `Receiver, whole run: ${f0(r.receiver.requests)} requests, ${f0(r.receiver.accepted)} events accepted, ` +
       `${f0(r.receiver.again)} sent again, ${f0(r.receiver.refused)} refused.`,
     `Sizes: whole SQLite pages (dbstat) of copies of the local files under the persist directory; "after pruning" ` +
