@@ -53,9 +53,10 @@ extern "C" {
 /// How long after the first unflushed entry its alarm replicates. One D1
 /// batch then carries every entry of those 2 s (the spec allows 5 s).
 const FLUSH_DELAY_MS: f64 = 2_000.0;
-/// The first retry after a failed flush; doubled per failure up to the cap.
-const FLUSH_RETRY_MS: f64 = 5_000.0;
-const FLUSH_RETRY_MAX_MS: f64 = 300_000.0;
+/// The first retry after a failed flush or an unanswered auto top-up
+/// charge; doubled per failure in a row up to the cap.
+const RETRY_MS: f64 = 5_000.0;
+const RETRY_MAX_MS: f64 = 300_000.0;
 /// When one alarm stopped with entries left (a refill): continue soon.
 const FLUSH_CONTINUE_MS: f64 = 100.0;
 /// Entries read per batch, and the most JSON one batch may carry: far under
@@ -68,9 +69,6 @@ const FLUSH_MAX_BATCHES: usize = 25;
 /// How long an auto top-up whose PaymentIntent is processing waits for
 /// Stripe's webhook before the alarm asks Stripe itself (and between asks).
 const INTENT_POLL_SECONDS: i64 = 60;
-/// A charge that got no answer is sent again (same idempotency key) after
-/// this long, doubling per failure like the flush backoff.
-const CHARGE_RETRY_MS: f64 = 5_000.0;
 
 /// Replica bookkeeping of this instance.
 #[derive(Default)]
@@ -95,6 +93,14 @@ struct ReplicaState {
     do_rows_written: Cell<u64>,
     d1_rows_written: Cell<u64>,
     d1_batches: Cell<u64>,
+}
+
+/// Counts one more failure in a row in `failures` and answers the delay
+/// before the next attempt: 5 s, doubling, at most 5 min.
+fn next_backoff_ms(failures: &Cell<u32>) -> f64 {
+    let count = failures.get().saturating_add(1);
+    failures.set(count);
+    (RETRY_MS * 2f64.powi(count.min(16) as i32 - 1)).min(RETRY_MAX_MS)
 }
 
 fn add(counter: &Cell<u64>, n: u64) {
@@ -176,7 +182,7 @@ impl DurableObject for WalletObject {
         };
         if let Err(err) = self.queue_events().await {
             console_error!("handing events to the delivery queue failed, retrying: {err}");
-            self.arm_alarm(FLUSH_RETRY_MS);
+            self.arm_alarm(RETRY_MS);
         }
         if let Some(delay) = charge_retry {
             self.arm_alarm(delay);
@@ -375,9 +381,7 @@ impl WalletObject {
     }
 
     fn charge_backoff_ms(&self) -> f64 {
-        let failures = self.replica.charge_failures.get().saturating_add(1);
-        self.replica.charge_failures.set(failures);
-        (CHARGE_RETRY_MS * 2f64.powi(failures.min(16) as i32 - 1)).min(FLUSH_RETRY_MAX_MS)
+        next_backoff_ms(&self.replica.charge_failures)
     }
 
     /// Hands the organization's undelivered events to the delivery queue
@@ -414,9 +418,7 @@ impl WalletObject {
     /// Counts one more failure in a row and answers the delay before the next
     /// attempt: 5 s, doubling, at most 5 min.
     fn backoff_ms(&self) -> f64 {
-        let failures = self.replica.failures.get().saturating_add(1);
-        self.replica.failures.set(failures);
-        (FLUSH_RETRY_MS * 2f64.powi(failures.min(16) as i32 - 1)).min(FLUSH_RETRY_MAX_MS)
+        next_backoff_ms(&self.replica.failures)
     }
 
     /// Whether entries wait for the shard (any entry at all while the
