@@ -268,8 +268,9 @@ impl TransactionRow {
     }
 }
 
-/// Entries that added credits, newest first, below `before_seq`: at most
-/// `limit` of them and whether more follow. The kind list matches the
+/// Entries that are not AI usage (grants, purchases, refunds and disputes),
+/// newest first, below `before_seq`: at most `limit` of them and whether
+/// more follow. The kind list matches the
 /// partial index `ledger_entries_credits`, so the (much larger) debit history
 /// is never scanned.
 pub async fn transactions_page(
@@ -284,7 +285,7 @@ pub async fn transactions_page(
          FROM ledger_entries
          WHERE org_id = ?1 AND kind IN ({}) AND seq < ?2
          ORDER BY seq DESC LIMIT ?3",
-        reports::credit_kinds_sql()
+        reports::transaction_kinds_sql()
     );
     let before = before_seq.map_or(MAX_SAFE_SEQ, |s| s as f64);
     let result = db

@@ -3,7 +3,10 @@
 //! configured secret (rotation), 300 s tolerance, constant-time comparison
 //! (`wallet_core::stripe::verify_signature`). Then `payment_intent.*` events settle the
 //! purchase in the organization's Durable Object (succeeded credits once, by
-//! PaymentIntent id), `charge.dispute.created` reverses unspent credits, and
+//! PaymentIntent id, and only a purchase of that organization charged to its
+//! customer), `charge.refunded` takes back the refunded share,
+//! `charge.dispute.created` reverses unspent credits and switches auto top-up
+//! off, `charge.dispute.closed` gives a won dispute's credits back, and
 //! anything else is acknowledged and ignored. Every handler is idempotent, so
 //! Stripe's retries and duplicates change nothing; errors answer 5xx so that
 //! Stripe retries.
@@ -13,7 +16,7 @@ use crate::{call_wallet, json_response, read_body, Answer, Failure};
 use serde_json::json;
 use wallet_core::api::{is_org_id, ApiError, Command};
 use wallet_core::purchase::{is_purchase_id, ChargeOutcome};
-use wallet_core::stripe::{parse_event, verify_signature, StripeEvent};
+use wallet_core::stripe::{parse_event, verify_signature, StripeConfig, StripeEvent};
 use worker::{console_error, console_log, Date, Env, Request};
 
 use crate::settings::Settings;
@@ -62,27 +65,9 @@ pub async fn receive(mut req: Request, env: &Env, settings: &Settings, limit: us
             dispute_id,
             payment_intent_id,
         } => {
-            let Some(payment_intent_id) = payment_intent_id else {
-                console_log!("event {event_id}: dispute {dispute_id} has no PaymentIntent");
-                return received();
-            };
-            // A dispute does not carry our metadata: its PaymentIntent does.
-            let intent = match Stripe::new(stripe_config)
-                .payment_intent(&payment_intent_id)
-                .await
-            {
-                Ok(intent) => intent,
-                Err(StripeError::Refused(r)) if r.status == 404 => {
-                    console_log!("event {event_id}: {payment_intent_id} is unknown to Stripe");
-                    return received();
-                }
-                Err(err) => {
-                    console_error!("event {event_id}: {err}");
-                    return Err(ApiError::PaymentProviderUnavailable.into());
-                }
-            };
-            let Some(org) = intent.org_id.filter(|org| is_org_id(org)) else {
-                console_log!("event {event_id}: {payment_intent_id} is not ours");
+            let Some((org, payment_intent_id)) =
+                org_of_intent(stripe_config, &event_id, payment_intent_id).await?
+            else {
                 return received();
             };
             let command = Command::Dispute {
@@ -91,8 +76,71 @@ pub async fn receive(mut req: Request, env: &Env, settings: &Settings, limit: us
             };
             deliver(env, &org, now_ms, &event_id, command).await?;
         }
+        StripeEvent::DisputeClosed {
+            dispute_id,
+            payment_intent_id,
+            outcome,
+        } => {
+            let Some((org, payment_intent_id)) =
+                org_of_intent(stripe_config, &event_id, payment_intent_id).await?
+            else {
+                return received();
+            };
+            let command = Command::DisputeClosed {
+                payment_intent_id,
+                dispute_id,
+                outcome,
+            };
+            deliver(env, &org, now_ms, &event_id, command).await?;
+        }
+        StripeEvent::ChargeRefunded(refund) => {
+            let Some((org, payment_intent_id)) =
+                org_of_intent(stripe_config, &event_id, refund.payment_intent_id.clone()).await?
+            else {
+                return received();
+            };
+            let command = Command::Refund {
+                payment_intent_id,
+                refund,
+            };
+            deliver(env, &org, now_ms, &event_id, command).await?;
+        }
     }
     received()
+}
+
+/// The organization a charge's PaymentIntent was made for. Charges and
+/// disputes do not carry our metadata; their PaymentIntent does, so it is
+/// read from Stripe (the organization's object then checks that the payment
+/// is one of its own). `None`: not ours, acknowledged and logged.
+async fn org_of_intent(
+    stripe_config: &StripeConfig,
+    event_id: &str,
+    payment_intent_id: Option<String>,
+) -> Result<Option<(String, String)>, Failure> {
+    let Some(payment_intent_id) = payment_intent_id else {
+        console_log!("event {event_id}: the charge has no PaymentIntent");
+        return Ok(None);
+    };
+    let intent = match Stripe::new(stripe_config)
+        .payment_intent(&payment_intent_id)
+        .await
+    {
+        Ok(intent) => intent,
+        Err(StripeError::Refused(r)) if r.status == 404 => {
+            console_log!("event {event_id}: {payment_intent_id} is unknown to Stripe");
+            return Ok(None);
+        }
+        Err(err) => {
+            console_error!("event {event_id}: {err}");
+            return Err(ApiError::PaymentProviderUnavailable.into());
+        }
+    };
+    let Some(org) = intent.org_id.filter(|org| is_org_id(org)) else {
+        console_log!("event {event_id}: {payment_intent_id} is not ours");
+        return Ok(None);
+    };
+    Ok(Some((org, payment_intent_id)))
 }
 
 fn received() -> Answer {

@@ -217,6 +217,11 @@ pub enum ApiError {
     PaymentProviderUnavailable,
     /// A webhook whose `Stripe-Signature` is missing, wrong or stale.
     InvalidSignature,
+    /// Too many reads of one kind (usage, transactions, CSV exports, payment
+    /// method) for this organization; `Retry-After` says when to try again.
+    RateLimited {
+        retry_after_seconds: i64,
+    },
     Rejected(Rejection),
     Internal,
 }
@@ -242,6 +247,7 @@ impl ApiError {
             | ApiError::WalletOwnerConflict
             | ApiError::PaymentMethodRequired => 409,
             ApiError::PaymentProviderUnavailable => 503,
+            ApiError::RateLimited { .. } => 429,
             ApiError::Internal => 500,
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientCredits { .. } => 402,
@@ -276,6 +282,7 @@ impl ApiError {
             ApiError::PurchaseNotFound => "purchase_not_found",
             ApiError::PaymentProviderUnavailable => "payment_provider_unavailable",
             ApiError::InvalidSignature => "invalid_signature",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal => "internal_error",
             ApiError::Rejected(r) => match r {
                 Rejection::InsufficientCredits { .. } => "insufficient_credits",
@@ -306,6 +313,9 @@ impl ApiError {
                 let ms = (*resumes_at - now).num_milliseconds().max(0);
                 Some((ms + 999) / 1000)
             }
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => Some(*retry_after_seconds),
             _ => None,
         }
     }
@@ -347,6 +357,11 @@ impl ApiError {
             ApiError::InvalidSignature => {
                 "The Stripe-Signature header is missing, invalid or too old.".into()
             }
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => format!(
+                "Too many reads of this kind for this organization; retry in {retry_after_seconds} seconds."
+            ),
             ApiError::Internal => {
                 "Something went wrong on our side; the request may be retried.".into()
             }
@@ -544,7 +559,7 @@ fn check_feature(feature: &str, config: &WalletConfig) -> Result<(), ApiError> {
     }
 }
 
-fn check_metadata(metadata: &Option<Metadata>) -> Result<(), ApiError> {
+fn check_metadata(metadata: &Option<Metadata>, config: &WalletConfig) -> Result<(), ApiError> {
     let Some(metadata) = metadata else {
         return Ok(());
     };
@@ -567,6 +582,16 @@ fn check_metadata(metadata: &Option<Metadata>) -> Result<(), ApiError> {
                 format!("must be at most {MAX_METADATA_VALUE_CHARS} characters"),
             ));
         }
+    }
+    let bytes = serde_json::to_string(metadata).map_or(usize::MAX, |json| json.len());
+    if bytes > config.max_metadata_bytes {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!(
+                "may take at most {} bytes of JSON in all (this one takes {bytes})",
+                config.max_metadata_bytes
+            ),
+        ));
     }
     Ok(())
 }
@@ -645,7 +670,7 @@ impl DebitBody {
         check_spend_amount(self.amount, config)?;
         check_optional_ref("user_id", &self.user_id)?;
         check_optional_ref("project_id", &self.project_id)?;
-        check_metadata(&self.metadata)
+        check_metadata(&self.metadata, config)
     }
 }
 
@@ -1016,6 +1041,17 @@ pub enum Command {
     Dispute {
         payment_intent_id: String,
         dispute_id: String,
+    },
+    /// `charge.refunded` for one of this organization's payments.
+    Refund {
+        payment_intent_id: String,
+        refund: crate::stripe::ChargeRefund,
+    },
+    /// `charge.dispute.closed` for one of this organization's payments.
+    DisputeClosed {
+        payment_intent_id: String,
+        dispute_id: String,
+        outcome: crate::stripe::DisputeOutcome,
     },
     /// One page of the ledger, read from the Durable Object's own entries.
     Ledger(crate::ledger::LedgerQuery),

@@ -30,6 +30,9 @@ pub enum DisabledReason {
     PaymentMethodRequired,
     /// This month's purchases are used: paused until the next UTC month.
     MonthlyLimitReached,
+    /// A payment of the organization was disputed: the card may be stolen,
+    /// so off until the owner enables it again.
+    PaymentDisputed,
 }
 
 impl DisabledReason {
@@ -38,6 +41,7 @@ impl DisabledReason {
             DisabledReason::PaymentFailed => "payment_failed",
             DisabledReason::PaymentMethodRequired => "payment_method_required",
             DisabledReason::MonthlyLimitReached => "monthly_limit_reached",
+            DisabledReason::PaymentDisputed => "payment_disputed",
         }
     }
 }
@@ -201,7 +205,11 @@ impl AutoTopUp {
             if !self.enabled
                 || matches!(
                     self.disabled_reason,
-                    Some(DisabledReason::PaymentFailed | DisabledReason::PaymentMethodRequired)
+                    Some(
+                        DisabledReason::PaymentFailed
+                            | DisabledReason::PaymentMethodRequired
+                            | DisabledReason::PaymentDisputed
+                    )
                 )
             {
                 next.disabled_reason = None;
@@ -235,7 +243,11 @@ impl AutoTopUp {
         };
         let off = matches!(
             self.disabled_reason,
-            Some(DisabledReason::PaymentFailed | DisabledReason::PaymentMethodRequired)
+            Some(
+                DisabledReason::PaymentFailed
+                    | DisabledReason::PaymentMethodRequired
+                    | DisabledReason::PaymentDisputed
+            )
         );
         if !self.enabled || off || self.in_flight.is_some() || available >= threshold {
             return (None, changed);
@@ -277,6 +289,28 @@ impl AutoTopUp {
                 Ended::Failed(reason)
             }
         }
+    }
+
+    /// Switches auto top-up off for `reason` (no new charge starts until the
+    /// owner enables it again). Whether it was on.
+    pub fn switch_off(&mut self, reason: DisabledReason) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        self.enabled = false;
+        self.disabled_reason = Some(reason);
+        true
+    }
+
+    /// The in-flight purchase `purchase_id` was canceled before its charge
+    /// was sent: none is in flight any more. Its ordinal stays counted in
+    /// the month, so its derived id is never reused for another charge.
+    pub fn forget_in_flight(&mut self, purchase_id: &str) -> bool {
+        if self.in_flight.as_deref() != Some(purchase_id) {
+            return false;
+        }
+        self.in_flight = None;
+        true
     }
 
     /// The settings as `GET …/auto-top-up` shows them (the month rolled to `now`).

@@ -49,6 +49,8 @@ pub struct WalletConfig {
     /// The shards new organizations are assigned to (`LEDGER_SHARDS_OPEN`,
     /// default all of them).
     pub ledger_shards_open: Vec<String>,
+    /// Most bytes of JSON an entry's `metadata` may take (`MAX_METADATA_BYTES`).
+    pub max_metadata_bytes: usize,
 }
 
 /// The shard of organizations created before shards existed.
@@ -171,6 +173,9 @@ impl WalletConfig {
             });
         }
 
+        // Metadata is stored with its entry for good: what it may cost is bounded.
+        let max_metadata_bytes = integer("MAX_METADATA_BYTES", "1024", 16 * 1024)? as usize;
+
         let ledger_shards =
             shard_list("LEDGER_SHARDS", &text("LEDGER_SHARDS", LEGACY_LEDGER_SHARD))?;
         let ledger_shards_open = match lookup("LEDGER_SHARDS_OPEN") {
@@ -201,6 +206,7 @@ impl WalletConfig {
             hold_ttl_max_seconds,
             max_active_holds,
             idempotency_retention_seconds,
+            max_metadata_bytes,
         })
     }
 

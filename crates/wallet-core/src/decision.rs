@@ -193,7 +193,19 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         }
         Command::Dispute {
             payment_intent_id, ..
-        } => reads.payment_intent_id = Some(payment_intent_id.clone()),
+        }
+        | Command::Refund {
+            payment_intent_id, ..
+        }
+        | Command::DisputeClosed {
+            payment_intent_id, ..
+        } => {
+            reads.payment_intent_id = Some(payment_intent_id.clone());
+            // A dispute cancels an auto top-up charge that was never sent.
+            reads.purchase_id = wallet.auto_top_up().in_flight.clone();
+        }
+        // Switching off (or another pack) cancels a charge never sent.
+        Command::SetAutoTopUp { .. } => reads.purchase_id = wallet.auto_top_up().in_flight.clone(),
         Command::Open(_)
         | Command::View
         | Command::SetDailyCap { .. }
@@ -207,7 +219,6 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         | Command::LedgerShard
         | Command::RefillShard
         | Command::AutoTopUp
-        | Command::SetAutoTopUp { .. }
         | Command::Alerts
         | Command::SetAlerts { .. }
         | Command::Events(_)
@@ -332,6 +343,11 @@ pub fn decide(
             match wallet.set_auto_top_up(body) {
                 Ok(()) => {
                     let after = auto_top_up_settings(&wallet);
+                    let settings = wallet.auto_top_up();
+                    let other_pack = settings.pack_id != current.auto_top_up().pack_id;
+                    if !settings.enabled || other_pack {
+                        cancel_unsent_auto_top_up(&mut wallet, loaded.purchase.as_ref(), &mut d);
+                    }
                     if wallet.auto_top_up() != current.auto_top_up() {
                         changed = true;
                     }
@@ -602,12 +618,13 @@ pub fn decide(
                 .and(loaded.purchase.clone());
             let purchase = by_id.or_else(|| loaded.purchase_by_intent.clone());
             let status_before = purchase.as_ref().map(|p| p.status);
+            let customer = wallet.stripe_customer_id().map(str::to_string);
             match purchase::settle(
                 &mut wallet,
                 purchase,
                 loaded.credited_payment.as_ref(),
                 outcome,
-                config,
+                customer.as_deref(),
             ) {
                 Ok(settlement) => {
                     if let Some(refusal) = &settlement.refusal {
@@ -616,7 +633,7 @@ pub fn decide(
                             outcome_intent_id(outcome).unwrap_or("-")
                         ));
                     }
-                    changed |= settlement.entry.is_some();
+                    changed |= !settlement.entries.is_empty();
                     if let Some(p) = &settlement.purchase {
                         changed |= purchase_ended(&mut wallet, p, status_before, &mut due);
                     }
@@ -635,14 +652,67 @@ pub fn decide(
                 loaded.credited_payment.clone(),
                 payment_intent_id,
             );
-            if let Some(entry) = &settlement.entry {
-                d.notes.push(format!(
-                    "dispute {dispute_id} on {payment_intent_id}: took back {} credits",
-                    entry.amount
-                ));
-            }
-            changed |= settlement.entry.is_some();
+            changed |= disputed(
+                &mut wallet,
+                &settlement,
+                dispute_id,
+                loaded,
+                &mut d,
+                &mut due,
+            );
             record_settlement(settlement, &mut d, now)
+        }
+        Command::Refund {
+            payment_intent_id,
+            refund,
+        } => {
+            let settlement = purchase::refund(
+                &mut wallet,
+                loaded.purchase_by_intent.clone(),
+                loaded.credited_payment.clone(),
+                refund,
+            );
+            changed |= refunded(&settlement, payment_intent_id, refund, &mut d, &mut due);
+            record_settlement(settlement, &mut d, now)
+        }
+        Command::DisputeClosed {
+            payment_intent_id,
+            dispute_id,
+            outcome,
+        } => {
+            let status_before = loaded
+                .credited_payment
+                .as_ref()
+                .and_then(|m| m.reconciliation.dispute_status);
+            match purchase::close_dispute(
+                &mut wallet,
+                loaded.purchase_by_intent.clone(),
+                loaded.credited_payment.clone(),
+                outcome,
+            ) {
+                Ok(settlement) => {
+                    let closed = settlement
+                        .payment
+                        .as_ref()
+                        .is_some_and(|m| m.reconciliation.dispute_status != status_before);
+                    if closed {
+                        due.push((
+                            EventType::PurchaseDisputeClosed,
+                            payment_news(
+                                &settlement,
+                                payment_intent_id,
+                                json!({
+                                    "dispute_id": dispute_id,
+                                    "status": outcome.as_str(),
+                                }),
+                            ),
+                        ));
+                    }
+                    changed |= !settlement.entries.is_empty();
+                    record_settlement(settlement, &mut d, now)
+                }
+                Err(r) => Reply::rejected(r, now),
+            }
         }
     };
     changed |= observe(&mut wallet, due, cap_refused, config, &mut d);
@@ -791,7 +861,10 @@ fn purchase_ended(
         // Off-session nobody is there to authenticate: for auto top-up
         // that is a failed charge (the owner may still finish it).
         PurchaseStatus::RequiresAction if auto => Some(DisabledReason::PaymentFailed),
-        PurchaseStatus::RequiresAction | PurchaseStatus::Processing | PurchaseStatus::Disputed => {
+        PurchaseStatus::RequiresAction
+        | PurchaseStatus::Processing
+        | PurchaseStatus::Disputed
+        | PurchaseStatus::Canceled => {
             return false;
         }
     };
@@ -849,10 +922,16 @@ fn send_auto_top_up(
     let mut purchase = purchase.clone();
     let in_flight = wallet.auto_top_up().in_flight.as_deref() == Some(purchase.id.as_str());
     let send_charge = in_flight && purchase.needs_auto_charge(now);
+    // A resend repeats the first attempt: the card it charged, whatever
+    // the default is now (Stripe refuses a key reused with other parameters).
+    let payment_method_id = purchase
+        .payment_method_id
+        .clone()
+        .or(payment_method_id.map(str::to_string));
     if send_charge {
-        match payment_method_id {
+        match &payment_method_id {
             Some(method) => {
-                purchase.payment_method_id = Some(method.to_string());
+                purchase.payment_method_id = Some(method.clone());
                 purchase.charge_started_at = Some(now);
             }
             None => {
@@ -1135,9 +1214,120 @@ fn begin_purchase(
     }
 }
 
+/// The data of a `purchase.*` event about a payment's reconciliation: the
+/// purchase and what its marker now records, plus `extra`.
+fn payment_news(settlement: &Settlement, payment_intent_id: &str, extra: Value) -> Value {
+    let marker = settlement.payment.as_ref();
+    let purchase = settlement.purchase.as_ref();
+    let mut data = json!({
+        "purchase_id": purchase.map(|p| p.id.clone()).or_else(|| marker.and_then(|m| m.purchase_id.clone())),
+        "payment_intent_id": payment_intent_id,
+        "source": purchase.map(|p| p.source.as_str()),
+        "credits": marker.map(|m| m.credits),
+        "credits_reversed": marker.map(|m| m.credits_reversed),
+        "credits_refunded": marker.map(|m| m.reconciliation.credits_refunded),
+        "credits_unrecovered": marker.map(|m| m.reconciliation.credits_unrecovered),
+        "credits_reinstated": marker.map(|m| m.reconciliation.credits_reinstated),
+        "amount_refunded_cents": marker.map(|m| m.reconciliation.amount_refunded_cents),
+    });
+    if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
+        data.extend(extra);
+    }
+    data
+}
+
+/// After `charge.dispute.created`: the event, and auto top-up switched off
+/// (its charge canceled if never sent), since the card may be stolen.
+fn disputed(
+    wallet: &mut Wallet,
+    settlement: &Settlement,
+    dispute_id: &str,
+    loaded: &Loaded,
+    d: &mut Decision,
+    due: &mut Vec<(EventType, Value)>,
+) -> bool {
+    let Some(marker) = settlement.payment.as_ref() else {
+        return false;
+    };
+    d.notes.push(format!(
+        "dispute {dispute_id} on {}: took back {} credits",
+        marker.payment_intent_id, marker.credits_reversed
+    ));
+    due.push((
+        EventType::PurchaseDisputed,
+        payment_news(
+            settlement,
+            &marker.payment_intent_id,
+            json!({ "dispute_id": dispute_id }),
+        ),
+    ));
+    let mut changed = wallet
+        .auto_top_up_mut()
+        .switch_off(DisabledReason::PaymentDisputed);
+    changed |= cancel_unsent_auto_top_up(wallet, loaded.purchase.as_ref(), d);
+    changed || !settlement.entries.is_empty()
+}
+
+/// After `charge.refunded`: the event when this delivery was news.
+fn refunded(
+    settlement: &Settlement,
+    payment_intent_id: &str,
+    refund: &crate::stripe::ChargeRefund,
+    d: &mut Decision,
+    due: &mut Vec<(EventType, Value)>,
+) -> bool {
+    if settlement.payment.is_none() {
+        return false;
+    }
+    let taken: i64 = settlement.entries.iter().map(|e| e.amount.units()).sum();
+    d.notes.push(format!(
+        "refund of {} cents in all on {payment_intent_id} ({}): took back {} credits",
+        refund.amount_refunded_cents,
+        refund.charge_id,
+        crate::money::Credits::from_units(taken)
+    ));
+    due.push((
+        EventType::PurchaseRefunded,
+        payment_news(
+            settlement,
+            payment_intent_id,
+            json!({
+                "charge_id": refund.charge_id,
+                "credits_taken_back": crate::money::Credits::from_units(taken),
+            }),
+        ),
+    ));
+    !settlement.entries.is_empty()
+}
+
+/// Cancels the in-flight auto top-up `purchase` when its charge was never
+/// sent; a sent one is only followed to its outcome. Whether it did.
+fn cancel_unsent_auto_top_up(
+    wallet: &mut Wallet,
+    purchase: Option<&Purchase>,
+    d: &mut Decision,
+) -> bool {
+    let now = wallet.now();
+    let Some(mut purchase) = purchase.cloned() else {
+        return false;
+    };
+    if wallet.auto_top_up().in_flight.as_deref() != Some(purchase.id.as_str())
+        || !purchase.cancel_unsent(now)
+    {
+        return false;
+    }
+    wallet.auto_top_up_mut().forget_in_flight(&purchase.id);
+    d.notes.push(format!(
+        "auto top-up {} canceled before its charge was sent",
+        purchase.id
+    ));
+    d.writes.push(Write::Purchase(purchase));
+    true
+}
+
 /// Queues a settlement's writes and answers its purchase.
 fn record_settlement(settlement: Settlement, d: &mut Decision, now: DateTime<Utc>) -> Reply {
-    if let Some(entry) = settlement.entry {
+    for entry in settlement.entries {
         d.writes.push(Write::Op(OpRow {
             seq: entry.seq,
             idempotency: None,
@@ -1683,5 +1873,191 @@ mod tests {
             "2030-01-02T00:00:01Z",
         );
         assert_eq!(event_types(&d), ["wallet.daily_cap_reached"]);
+    }
+
+    fn auto_top_up(enabled: bool, pack: Option<&str>) -> Command {
+        Command::SetAutoTopUp {
+            body: crate::auto_top_up::AutoTopUpBody {
+                enabled,
+                threshold: enabled.then(|| c("150")),
+                pack_id: pack.map(str::to_string),
+                monthly_limit: None,
+            },
+            actor: owner(),
+        }
+    }
+
+    fn with_purchase(purchase: &Purchase) -> Loaded {
+        Loaded {
+            purchase: Some(purchase.clone()),
+            ..Loaded::default()
+        }
+    }
+
+    /// A wallet whose auto top-up just started its first purchase (unsent).
+    fn crossed(now: &str) -> (Wallet, Purchase) {
+        let config = WalletConfig::defaults();
+        let mut wallet = opened(&config, now);
+        step(
+            &mut wallet,
+            &auto_top_up(true, Some("starter")),
+            &Loaded::default(),
+            now,
+        );
+        let d = step(
+            &mut wallet,
+            &debit_command("big", "60"),
+            &Loaded::default(),
+            now,
+        );
+        let purchase = started(&d).remove(0);
+        (wallet, purchase)
+    }
+
+    #[test]
+    fn the_owners_word_cancels_a_charge_never_sent_and_a_sent_one_is_followed() {
+        let now = "2030-01-01T10:00:00Z";
+        // Switched off before the alarm sent it: canceled, and the claim sends nothing.
+        let (mut wallet, purchase) = crossed(now);
+        let d = step(
+            &mut wallet,
+            &auto_top_up(false, None),
+            &with_purchase(&purchase),
+            now,
+        );
+        let canceled = started(&d).remove(0);
+        assert_eq!(canceled.status, PurchaseStatus::Canceled);
+        assert!(wallet.auto_top_up().in_flight.is_none());
+        let send = Command::AutoTopUpSend {
+            purchase_id: purchase.id.clone(),
+            payment_method_id: Some("pm_1".into()),
+        };
+        let d = step(&mut wallet, &send, &with_purchase(&canceled), now);
+        assert!(
+            d.reply.body.contains("\"send_charge\":false"),
+            "{}",
+            d.reply.body
+        );
+
+        // Another pack: the unsent charge is canceled and one of the new pack starts.
+        let (mut wallet, purchase) = crossed(now);
+        let d = step(
+            &mut wallet,
+            &auto_top_up(true, Some("team")),
+            &with_purchase(&purchase),
+            now,
+        );
+        let written = started(&d);
+        assert_eq!(written.len(), 2);
+        assert_eq!(
+            (written[0].id.as_str(), written[0].status),
+            (purchase.id.as_str(), PurchaseStatus::Canceled)
+        );
+        assert_eq!(written[1].pack_id, "team");
+        assert_eq!(
+            wallet.auto_top_up().in_flight.as_deref(),
+            Some(written[1].id.as_str())
+        );
+
+        // Sent once (no answer), then switched off: followed, resent to the first card.
+        let (mut wallet, purchase) = crossed(now);
+        let d = step(&mut wallet, &send, &with_purchase(&purchase), now);
+        let Ok(PurchaseStartReply::Existing { purchase: sent, .. }) =
+            serde_json::from_str(&d.reply.body)
+        else {
+            panic!("{}", d.reply.body)
+        };
+        let unknown = Command::PurchaseSettle {
+            purchase_id: Some(purchase.id.clone()),
+            outcome: ChargeOutcome::Unknown,
+        };
+        let d = step(&mut wallet, &unknown, &with_purchase(&sent), now);
+        let unanswered = d
+            .writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Purchase(p) => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let d = step(
+            &mut wallet,
+            &auto_top_up(false, None),
+            &with_purchase(&unanswered),
+            now,
+        );
+        assert!(started(&d).is_empty(), "nothing canceled");
+        assert_eq!(
+            wallet.auto_top_up().in_flight.as_deref(),
+            Some(purchase.id.as_str())
+        );
+        let later = "2030-01-01T10:05:00Z";
+        let resend = Command::AutoTopUpSend {
+            purchase_id: purchase.id.clone(),
+            payment_method_id: Some("pm_new_default".into()),
+        };
+        let d = step(&mut wallet, &resend, &with_purchase(&unanswered), later);
+        let Ok(PurchaseStartReply::Existing {
+            purchase: again,
+            send_charge: true,
+        }) = serde_json::from_str(&d.reply.body)
+        else {
+            panic!("{}", d.reply.body)
+        };
+        assert_eq!(
+            again.payment_method_id.as_deref(),
+            Some("pm_1"),
+            "the first attempt's card"
+        );
+    }
+
+    #[test]
+    fn a_dispute_switches_auto_top_up_off_and_cancels_its_unsent_charge() {
+        let now = "2030-01-01T10:00:00Z";
+        let (mut wallet, purchase) = crossed(now);
+        let dispute = Command::Dispute {
+            payment_intent_id: "pi_old".into(),
+            dispute_id: "dp_1".into(),
+        };
+        let marker = CreditedPayment {
+            payment_intent_id: "pi_old".into(),
+            purchase_id: None,
+            pack_id: Some("starter".into()),
+            credits: c("100"),
+            amount_received_cents: 1000,
+            entry_id: Some("le_000000000001".into()),
+            entry_seq: Some(1),
+            disputed: false,
+            credits_reversed: Credits::ZERO,
+            reconciliation: Default::default(),
+        };
+        let loaded = Loaded {
+            purchase: Some(purchase.clone()),
+            credited_payment: Some(marker),
+            ..Loaded::default()
+        };
+        let d = step(&mut wallet, &dispute, &loaded, now);
+        assert_eq!(event_types(&d), ["purchase.disputed"]);
+        assert!(!wallet.auto_top_up().enabled && wallet.auto_top_up().in_flight.is_none());
+        assert_eq!(
+            wallet.auto_top_up().disabled_reason,
+            Some(DisabledReason::PaymentDisputed)
+        );
+        assert_eq!(started(&d)[0].status, PurchaseStatus::Canceled);
+        // Below the threshold, yet nothing starts until the owner enables it again.
+        let d = step(
+            &mut wallet,
+            &debit_command("after", "1"),
+            &Loaded::default(),
+            now,
+        );
+        assert!(started(&d).is_empty());
+        let d = step(
+            &mut wallet,
+            &auto_top_up(true, None),
+            &Loaded::default(),
+            now,
+        );
+        assert_eq!(started(&d).len(), 1);
     }
 }

@@ -35,6 +35,12 @@ pub enum EventType {
     AutoTopUpFailed,
     #[serde(rename = "settings.changed")]
     SettingsChanged,
+    #[serde(rename = "purchase.refunded")]
+    PurchaseRefunded,
+    #[serde(rename = "purchase.disputed")]
+    PurchaseDisputed,
+    #[serde(rename = "purchase.dispute_closed")]
+    PurchaseDisputeClosed,
 }
 
 impl EventType {
@@ -47,6 +53,9 @@ impl EventType {
             EventType::PurchaseFailed => "purchase.failed",
             EventType::AutoTopUpFailed => "auto_top_up.failed",
             EventType::SettingsChanged => "settings.changed",
+            EventType::PurchaseRefunded => "purchase.refunded",
+            EventType::PurchaseDisputed => "purchase.disputed",
+            EventType::PurchaseDisputeClosed => "purchase.dispute_closed",
         }
     }
 }

@@ -9,7 +9,6 @@
 use rust_decimal::Decimal;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
-use std::str::FromStr;
 
 /// Units per credit: four fractional digits.
 pub const UNITS_PER_CREDIT: i64 = 10_000;
@@ -131,8 +130,28 @@ impl Credits {
         if !digits_only(whole) || fraction.is_some_and(|f| !digits_only(f)) {
             return Err(AmountError::Malformed);
         }
-        let value = Decimal::from_str(text).map_err(|_| AmountError::TooLarge)?;
-        Credits::from_decimal(value)
+        // Integer arithmetic on the digits themselves: a decimal type would
+        // round what it cannot hold (29 significant digits) before we look.
+        let fraction = fraction.unwrap_or("").trim_end_matches('0');
+        if fraction.len() > 4 {
+            return Err(AmountError::TooPrecise);
+        }
+        let whole = whole.trim_start_matches('0');
+        // 2^53 units is 900,719,925,474 credits: twelve whole digits at most.
+        if whole.len() > 12 {
+            return Err(AmountError::TooLarge);
+        }
+        let number = |digits: &str| {
+            digits
+                .bytes()
+                .fold(0i64, |n, b| n * 10 + i64::from(b - b'0'))
+        };
+        let fraction_units = number(fraction) * 10i64.pow(4 - fraction.len() as u32);
+        let units = number(whole) * UNITS_PER_CREDIT + fraction_units;
+        if units > MAX_SAFE_UNITS {
+            return Err(AmountError::TooLarge);
+        }
+        Ok(Credits(units))
     }
 }
 
@@ -180,6 +199,8 @@ mod tests {
             ("1.50000", 15_000),
             ("10000", 100_000_000),
             ("007", 70_000),
+            ("1.000000000000000000000000000000", 10_000),
+            ("000000000000000000000000000012.5", 125_000),
         ];
         for (text, units) in cases {
             assert_eq!(Credits::parse(text), Ok(Credits(units)), "{text}");
@@ -206,6 +227,11 @@ mod tests {
             ("0.00001", AmountError::TooPrecise),
             ("99999999999999999999", AmountError::TooLarge),
             ("900719925474.0992", AmountError::TooLarge),
+            // More digits than a 96-bit decimal holds: refused, never rounded.
+            ("0.99999999999999999999999999999", AmountError::TooPrecise),
+            ("1.00000000000000000000000000001", AmountError::TooPrecise),
+            ("0.000000000000000000000000000001", AmountError::TooPrecise),
+            ("1000000000000", AmountError::TooLarge),
         ];
         for (text, err) in cases {
             assert_eq!(Credits::parse(text), Err(err), "{text}");

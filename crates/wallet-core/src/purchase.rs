@@ -9,11 +9,11 @@
 //! answer from Stripe, a webhook, a refresh) checks it first. Markers are
 //! permanent, unlike idempotency records.
 
-use crate::config::{Pack, WalletConfig};
+use crate::config::Pack;
 use crate::money::Credits;
-use crate::stripe::{IntentState, IntentStatus};
+use crate::stripe::{ChargeRefund, DisputeOutcome, IntentState, IntentStatus};
 use crate::time::rfc3339;
-use crate::wallet::{LedgerEntry, PurchaseCredit, PurchaseSource, Rejection, Wallet};
+use crate::wallet::{EntryKind, LedgerEntry, PurchaseCredit, PurchaseSource, Rejection, Wallet};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -90,6 +90,9 @@ pub enum PurchaseStatus {
     Failed,
     /// Paid, then disputed by the buyer's bank; unspent credits were taken back.
     Disputed,
+    /// An auto top-up charge never sent to Stripe, canceled because the owner
+    /// switched auto top-up off (or changed its pack) or a dispute did.
+    Canceled,
 }
 
 impl PurchaseStatus {
@@ -100,6 +103,7 @@ impl PurchaseStatus {
             PurchaseStatus::Succeeded => "succeeded",
             PurchaseStatus::Failed => "failed",
             PurchaseStatus::Disputed => "disputed",
+            PurchaseStatus::Canceled => "canceled",
         }
     }
 
@@ -154,6 +158,9 @@ pub struct Purchase {
     pub entry_id: Option<String>,
     /// Credits taken back after a dispute.
     pub credits_reversed: Credits,
+    /// What refunds and disputes did to it since it was paid (Stripe's side).
+    #[serde(default)]
+    pub reconciliation: Reconciliation,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// When the charge request now in flight was sent; none when none is.
@@ -187,6 +194,7 @@ impl Purchase {
             credits_granted: Credits::ZERO,
             entry_id: None,
             credits_reversed: Credits::ZERO,
+            reconciliation: Reconciliation::default(),
             created_at: now,
             updated_at: now,
             charge_started_at: Some(now),
@@ -267,7 +275,36 @@ impl Purchase {
         if self.status == PurchaseStatus::Disputed {
             out["credits_reversed"] = json!(self.credits_reversed);
         }
+        if self.status.is_paid() {
+            let r = &self.reconciliation;
+            out["amount_refunded_cents"] = json!(r.amount_refunded_cents);
+            out["credits_refunded"] = json!(r.credits_refunded);
+            out["credits_unrecovered"] = json!(r.credits_unrecovered);
+            out["dispute_status"] = json!(r.dispute_status.map(DisputeStatus::as_str));
+            out["credits_reinstated"] = json!(r.credits_reinstated);
+        }
         out
+    }
+
+    /// Whether the charge was ever sent to Stripe: the first attempt records
+    /// the payment method it charged, and every resend repeats it.
+    pub fn charge_was_sent(&self) -> bool {
+        self.payment_method_id.is_some()
+            || self.payment_intent_id.is_some()
+            || self.charge_started_at.is_some()
+    }
+
+    /// Cancels an auto top-up charge that was never sent. Whether it did.
+    pub fn cancel_unsent(&mut self, now: DateTime<Utc>) -> bool {
+        if self.source != PurchaseSource::AutoTopUp
+            || self.status != PurchaseStatus::Processing
+            || self.charge_was_sent()
+        {
+            return false;
+        }
+        self.status = PurchaseStatus::Canceled;
+        self.updated_at = now;
+        true
     }
 }
 
@@ -329,8 +366,8 @@ pub fn start(
     }
 }
 
-/// Why a succeeded payment was not credited. Cannot happen for a
-/// PaymentIntent this service created; logged for a person to look at.
+/// Why a succeeded payment was not credited. Logged for a person to look
+/// at; the payment stays unmarked, so a later, valid answer still credits it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CreditRefusal {
@@ -340,8 +377,11 @@ pub enum CreditRefusal {
     NothingReceived,
     /// The payload does not say what was received.
     AmountUnknown,
-    /// Neither a purchase record nor the catalogue knows the pack.
-    UnknownPack,
+    /// No purchase this organization started names the PaymentIntent: only
+    /// our own purchases credit, whatever an intent's metadata claims.
+    NotOurPurchase,
+    /// The PaymentIntent's customer is not the organization's.
+    CustomerMismatch,
 }
 
 /// Credits bought by a payment: the pack's credits when Stripe received at
@@ -364,14 +404,61 @@ pub fn credits_for_payment(
     if received >= price_cents {
         return Ok(pack_credits);
     }
-    // Both factors are far inside i64 (credits < 2^53 units, cents < 10^8).
-    let units = (pack_credits.units() as i128 * received as i128) / price_cents as i128;
-    let credits = Credits::from_units(units as i64);
+    let credits = share_of(pack_credits, received, price_cents);
     if credits.is_positive() {
         Ok(credits)
     } else {
         Err(CreditRefusal::NothingReceived)
     }
+}
+
+/// `credits × part / whole`, rounded down to 0.0001 credit; `part` is
+/// clamped to `0..=whole`. Exact: both factors are far inside i128 (credits
+/// < 2^53 units, cents < 10^8).
+pub fn share_of(credits: Credits, part: i64, whole: i64) -> Credits {
+    if whole <= 0 {
+        return Credits::ZERO;
+    }
+    let part = part.clamp(0, whole);
+    let units = (credits.units() as i128 * part as i128) / whole as i128;
+    Credits::from_units(units as i64)
+}
+
+/// How a dispute stands, as far as this service knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeStatus {
+    Open,
+    Won,
+    Lost,
+    /// Closed without a decision for either side (`warning_closed`, …).
+    Closed,
+}
+
+impl DisputeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisputeStatus::Open => "open",
+            DisputeStatus::Won => "won",
+            DisputeStatus::Lost => "lost",
+            DisputeStatus::Closed => "closed",
+        }
+    }
+}
+
+/// What Stripe's refunds and disputes did to one paid purchase.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    /// Stripe's cumulative refunded amount, as of the newest refund applied.
+    pub amount_refunded_cents: i64,
+    /// Credits refund reversals took back.
+    pub credits_refunded: Credits,
+    /// Credits refunds should have taken back but that were already spent
+    /// (or held): written off, never taken later.
+    pub credits_unrecovered: Credits,
+    pub dispute_status: Option<DisputeStatus>,
+    /// Credits given back when the dispute was won.
+    pub credits_reinstated: Credits,
 }
 
 /// The permanent at-most-once record of one PaymentIntent's credits.
@@ -386,7 +473,53 @@ pub struct CreditedPayment {
     pub entry_id: Option<String>,
     pub entry_seq: Option<u64>,
     pub disputed: bool,
+    /// Credits the dispute took back.
     pub credits_reversed: Credits,
+    #[serde(default)]
+    pub reconciliation: Reconciliation,
+}
+
+impl CreditedPayment {
+    /// A marker for news about a payment not credited yet (a dispute or a
+    /// refund that overtook the success): it holds the news until then.
+    fn before_credit(payment_intent_id: &str, purchase: Option<&Purchase>) -> CreditedPayment {
+        CreditedPayment {
+            payment_intent_id: payment_intent_id.to_string(),
+            purchase_id: purchase.map(|p| p.id.clone()),
+            pack_id: purchase.map(|p| p.pack_id.clone()),
+            credits: Credits::ZERO,
+            amount_received_cents: 0,
+            entry_id: None,
+            entry_seq: None,
+            disputed: false,
+            credits_reversed: Credits::ZERO,
+            reconciliation: Reconciliation::default(),
+        }
+    }
+
+    /// A success may still credit it: nothing was credited and no dispute
+    /// came first (a refund that came first is taken back with the credit).
+    fn awaits_credit(&self) -> bool {
+        self.entry_id.is_none() && !self.disputed
+    }
+
+    /// Credits of this payment that left the buyer's hands: taken back by
+    /// refunds and the dispute (less what was reinstated) or written off.
+    /// Never more than `credits`.
+    pub fn credits_settled_back(&self) -> Credits {
+        let r = &self.reconciliation;
+        let settled = r.credits_refunded.units()
+            + r.credits_unrecovered.units()
+            + self.credits_reversed.units()
+            - r.credits_reinstated.units();
+        assert!(
+            (0..=self.credits.units()).contains(&settled),
+            "payment {} settled back {settled} units of {}",
+            self.payment_intent_id,
+            self.credits.units()
+        );
+        Credits::from_units(settled)
+    }
 }
 
 /// The result of a charge request, as the purchase request saw it.
@@ -413,19 +546,22 @@ pub struct Settlement {
     pub purchase_changed: bool,
     /// A new or updated marker to store.
     pub payment: Option<CreditedPayment>,
-    pub entry: Option<LedgerEntry>,
+    /// The ledger entries, in order (a credit may be followed by the
+    /// reversal of a refund that arrived before it).
+    pub entries: Vec<LedgerEntry>,
     pub refusal: Option<CreditRefusal>,
 }
 
 /// Applies a charge outcome to the wallet and purchase. `purchase` is the
 /// record the outcome is about (if there is one); `payment` the marker of the
-/// outcome's PaymentIntent (if one exists).
+/// outcome's PaymentIntent (if one exists); `customer` the organization's
+/// Stripe customer: a success credits only a purchase of ours charged to it.
 pub fn settle(
     wallet: &mut Wallet,
     purchase: Option<Purchase>,
     payment: Option<&CreditedPayment>,
     outcome: &ChargeOutcome,
-    config: &WalletConfig,
+    customer: Option<&str>,
 ) -> Result<Settlement, Rejection> {
     let now = wallet.now();
     let mut settlement = Settlement {
@@ -446,7 +582,7 @@ pub fn settle(
             decline_code,
         } => {
             if let Some(p) = settlement.purchase.as_mut() {
-                if !p.status.is_paid() {
+                if !p.status.is_paid() && p.status != PurchaseStatus::Canceled {
                     p.status = PurchaseStatus::Failed;
                     p.decline_code = decline_code.clone();
                     if p.payment_intent_id.is_none() {
@@ -461,19 +597,29 @@ pub fn settle(
         }
         ChargeOutcome::Intent { intent } => {
             let mut marker = payment.cloned();
-            if intent.status == IntentStatus::Succeeded && marker.is_none() {
-                match credit(wallet, settlement.purchase.as_ref(), intent, config)? {
-                    Ok((entry, new_marker)) => {
-                        settlement.entry = Some(entry);
+            if intent.status == IntentStatus::Succeeded
+                && marker.as_ref().is_none_or(CreditedPayment::awaits_credit)
+            {
+                match credit(wallet, settlement.purchase.as_ref(), intent, customer)? {
+                    Ok((entry, mut new_marker)) => {
+                        settlement.entries.push(entry);
+                        // A refund that overtook the success is taken back now.
+                        if let Some(earlier) = &marker {
+                            new_marker.reconciliation.amount_refunded_cents =
+                                earlier.reconciliation.amount_refunded_cents;
+                            let whole = intent.amount_cents.max(new_marker.amount_received_cents);
+                            settlement.entries.extend(take_refund_share(
+                                wallet,
+                                &mut new_marker,
+                                whole,
+                                0,
+                            ));
+                        }
                         settlement.payment = Some(new_marker.clone());
                         marker = Some(new_marker);
                     }
                     Err(refusal) => settlement.refusal = Some(refusal),
                 }
-            }
-            if settlement.purchase.is_none() && settlement.entry.is_some() {
-                settlement.purchase = adopt(intent, marker.as_ref(), now);
-                settlement.purchase_changed = settlement.purchase.is_some();
             }
             if let Some(p) = settlement.purchase.as_mut() {
                 settlement.purchase_changed |= follow_intent(p, intent, marker.as_ref(), now);
@@ -486,28 +632,23 @@ pub fn settle(
 /// A credit's entry and marker, or why there is none.
 type Credited = Result<(LedgerEntry, CreditedPayment), CreditRefusal>;
 
-/// Credits a succeeded PaymentIntent, valued from the purchase's snapshot of
-/// its pack or, for a payment first seen in an event, from the catalogue.
+/// Credits a succeeded PaymentIntent of one of our purchases, valued from
+/// the purchase's snapshot of its pack.
 fn credit(
     wallet: &mut Wallet,
     purchase: Option<&Purchase>,
     intent: &IntentState,
-    config: &WalletConfig,
+    customer: Option<&str>,
 ) -> Result<Credited, Rejection> {
-    let basis = match purchase {
-        Some(p) => Some((p.pack_id.clone(), p.credits, p.amount_cents)),
-        None => intent
-            .pack_id
-            .as_deref()
-            .and_then(|id| config.pack(id))
-            .map(|pack| (pack.id.clone(), pack.credits, pack.price_cents)),
+    let Some(purchase) = purchase else {
+        return Ok(Err(CreditRefusal::NotOurPurchase));
     };
-    let Some((pack_id, pack_credits, price_cents)) = basis else {
-        return Ok(Err(CreditRefusal::UnknownPack));
-    };
+    if customer.is_none() || intent.customer.as_deref() != customer {
+        return Ok(Err(CreditRefusal::CustomerMismatch));
+    }
     let credits = match credits_for_payment(
-        pack_credits,
-        price_cents,
+        purchase.credits,
+        purchase.amount_cents,
         intent.amount_received_cents,
         &intent.currency,
     ) {
@@ -515,62 +656,23 @@ fn credit(
         Err(refusal) => return Ok(Err(refusal)),
     };
     let received = intent.amount_received_cents.unwrap_or_default();
-    let purchase_id = purchase
-        .map(|p| p.id.clone())
-        .or_else(|| intent.purchase_id.clone().filter(|id| is_purchase_id(id)));
     let entry = wallet.credit_purchase(&PurchaseCredit {
-        source: purchase.map_or(PurchaseSource::Owner, |p| p.source),
-        pack_id: pack_id.clone(),
+        source: purchase.source,
+        pack_id: purchase.pack_id.clone(),
         credits,
         amount_cents: received,
         currency: intent.currency.clone(),
         payment_intent_id: intent.id.clone(),
-        purchase_id: purchase_id.clone(),
+        purchase_id: Some(purchase.id.clone()),
     })?;
     let marker = CreditedPayment {
-        payment_intent_id: intent.id.clone(),
-        purchase_id,
-        pack_id: Some(pack_id),
         credits,
         amount_received_cents: received,
         entry_id: Some(entry.id.clone()),
         entry_seq: Some(entry.seq),
-        disputed: false,
-        credits_reversed: Credits::ZERO,
+        ..CreditedPayment::before_credit(&intent.id, Some(purchase))
     };
     Ok(Ok((entry, marker)))
-}
-
-/// A purchase record for a payment first seen in a Stripe event (its
-/// metadata names our purchase id), so every credited payment has one.
-fn adopt(
-    intent: &IntentState,
-    marker: Option<&CreditedPayment>,
-    now: DateTime<Utc>,
-) -> Option<Purchase> {
-    let marker = marker?;
-    let id = marker.purchase_id.clone()?;
-    Some(Purchase {
-        id,
-        source: PurchaseSource::Owner,
-        status: PurchaseStatus::Processing,
-        pack_id: marker.pack_id.clone()?,
-        credits: marker.credits,
-        amount_cents: intent.amount_cents,
-        currency: intent.currency.clone(),
-        idempotency_key: None,
-        fingerprint: None,
-        payment_method_id: None,
-        payment_intent_id: Some(intent.id.clone()),
-        client_secret: None,
-        decline_code: None,
-        credits_granted: Credits::ZERO,
-        entry_id: None,
-        credits_reversed: Credits::ZERO,
-        created_at: now,
-        updated_at: now,
-        charge_started_at: None,
-    })
 }
 
 /// Moves a purchase to what its PaymentIntent says. Returns whether it changed.
@@ -594,13 +696,7 @@ fn follow_intent(
     purchase.charge_started_at = None;
     let credited = marker.filter(|m| m.credits.is_positive() || m.disputed);
     if let Some(m) = credited {
-        purchase.credits_granted = m.credits;
-        purchase.entry_id = m.entry_id.clone();
-        if m.disputed {
-            purchase.status = PurchaseStatus::Disputed;
-            purchase.credits_reversed = m.credits_reversed;
-            purchase.client_secret = None;
-        }
+        reflect(purchase, m);
     }
     if !purchase.status.is_paid() {
         let status = PurchaseStatus::of_intent(&intent.status);
@@ -622,12 +718,108 @@ fn follow_intent(
     changed
 }
 
+/// The purchase shows what its payment's marker records.
+fn reflect(purchase: &mut Purchase, marker: &CreditedPayment) {
+    purchase.credits_granted = marker.credits;
+    purchase.entry_id = marker.entry_id.clone();
+    purchase.reconciliation = marker.reconciliation.clone();
+    if marker.disputed {
+        purchase.status = PurchaseStatus::Disputed;
+        purchase.credits_reversed = marker.credits_reversed;
+        purchase.client_secret = None;
+        purchase.charge_started_at = None;
+    }
+}
+
+/// Stores `marker` and mirrors it on the purchase, as a settlement.
+fn settled(mut settlement: Settlement, marker: CreditedPayment, now: DateTime<Utc>) -> Settlement {
+    if let Some(p) = settlement.purchase.as_mut() {
+        let before = p.clone();
+        reflect(p, &marker);
+        if *p != before {
+            p.updated_at = now;
+            settlement.purchase_changed = true;
+        }
+    }
+    settlement.payment = Some(marker);
+    settlement
+}
+
+/// Takes back the share of `marker`'s credits its refunds now entitle us
+/// to (`credits × amount_refunded / whole_cents`, rounded down), less what
+/// refunds and the dispute already took or wrote off; what is not available
+/// is written off as unrecovered. `refunded_before_cents` is the
+/// cumulative refund the previous entry saw (for the entry's cents).
+fn take_refund_share(
+    wallet: &mut Wallet,
+    marker: &mut CreditedPayment,
+    whole_cents: i64,
+    refunded_before_cents: i64,
+) -> Option<LedgerEntry> {
+    let refunded = marker.reconciliation.amount_refunded_cents;
+    let target = share_of(marker.credits, refunded, whole_cents);
+    let due = target.saturating_sub(marker.credits_settled_back());
+    if !due.is_positive() {
+        return None;
+    }
+    let entry = wallet.reverse_credits(EntryKind::RefundReversal, due);
+    let taken = entry.as_ref().map_or(Credits::ZERO, |e| e.amount);
+    let r = &mut marker.reconciliation;
+    r.credits_refunded = Credits::from_units(r.credits_refunded.units() + taken.units());
+    r.credits_unrecovered =
+        Credits::from_units(r.credits_unrecovered.units() + due.units() - taken.units());
+    debug_assert!(marker.credits_settled_back() <= marker.credits);
+    entry.map(|mut e| {
+        e.pack_id = marker.pack_id.clone();
+        e.payment_intent_id = Some(marker.payment_intent_id.clone());
+        e.purchase_id = marker.purchase_id.clone();
+        e.amount_cents = Some(refunded - refunded_before_cents);
+        e.currency = Some("usd".to_string());
+        e
+    })
+}
+
+/// `charge.refunded` for a PaymentIntent: Stripe's cumulative refunded
+/// amount is applied once (an older or repeated delivery changes nothing).
+/// Credits were not credited yet: the marker remembers the refund, and the
+/// credit takes it back when it comes.
+pub fn refund(
+    wallet: &mut Wallet,
+    purchase: Option<Purchase>,
+    payment: Option<CreditedPayment>,
+    refund: &ChargeRefund,
+) -> Settlement {
+    let now = wallet.now();
+    let mut settlement = Settlement {
+        purchase,
+        ..Settlement::default()
+    };
+    let Some(payment_intent_id) = refund.payment_intent_id.as_deref() else {
+        return settlement;
+    };
+    let mut marker = payment.unwrap_or_else(|| {
+        CreditedPayment::before_credit(payment_intent_id, settlement.purchase.as_ref())
+    });
+    let before_cents = marker.reconciliation.amount_refunded_cents;
+    if refund.amount_refunded_cents <= before_cents {
+        return settlement;
+    }
+    marker.reconciliation.amount_refunded_cents = refund.amount_refunded_cents;
+    if marker.entry_id.is_some() {
+        let whole = refund.amount_cents.max(marker.amount_received_cents);
+        settlement
+            .entries
+            .extend(take_refund_share(wallet, &mut marker, whole, before_cents));
+    }
+    settled(settlement, marker, now)
+}
+
 /// `charge.dispute.created` for a PaymentIntent: the purchase becomes
 /// disputed and the still-unspent part of its credits is taken back (at most
 /// what is available, so the balance never goes negative and holds stay
-/// covered). Spent credits stay spent. A dispute that arrives before the
-/// payment was credited leaves a marker, so that payment is never credited.
-/// Repeats change nothing.
+/// covered; never what refunds already took). Spent credits stay spent. A
+/// dispute that arrives before the payment was credited leaves a marker, so
+/// that payment is never credited. Repeats change nothing.
 pub fn dispute(
     wallet: &mut Wallet,
     purchase: Option<Purchase>,
@@ -639,50 +831,85 @@ pub fn dispute(
         purchase,
         ..Settlement::default()
     };
-    let marker = match payment {
+    let mut marker = match payment {
         Some(marker) if marker.disputed => return settlement,
-        Some(mut marker) => {
-            let unreversed = marker.credits.saturating_sub(marker.credits_reversed);
-            if let Some(mut entry) = wallet.reverse_credits(unreversed) {
+        Some(marker) => marker,
+        None => CreditedPayment::before_credit(payment_intent_id, settlement.purchase.as_ref()),
+    };
+    let unsettled = marker.credits.saturating_sub(marker.credits_settled_back());
+    if let Some(mut entry) = wallet.reverse_credits(EntryKind::DisputeReversal, unsettled) {
+        entry.pack_id = marker.pack_id.clone();
+        entry.payment_intent_id = Some(marker.payment_intent_id.clone());
+        entry.purchase_id = marker.purchase_id.clone();
+        marker.credits_reversed =
+            Credits::from_units(marker.credits_reversed.units() + entry.amount.units());
+        settlement.entries.push(entry);
+    }
+    marker.disputed = true;
+    marker.reconciliation.dispute_status = Some(DisputeStatus::Open);
+    if let Some(p) = settlement.purchase.as_mut() {
+        p.status = PurchaseStatus::Disputed;
+    }
+    settlement = settled(settlement, marker, now);
+    settlement.purchase_changed |= settlement.purchase.is_some();
+    settlement
+}
+
+/// `charge.dispute.closed`: won gives back exactly what the dispute took
+/// (one reinstatement entry); lost or otherwise closed takes nothing more.
+/// Only an open dispute closes, so repeats change nothing.
+pub fn close_dispute(
+    wallet: &mut Wallet,
+    purchase: Option<Purchase>,
+    payment: Option<CreditedPayment>,
+    outcome: &DisputeOutcome,
+) -> Result<Settlement, Rejection> {
+    let now = wallet.now();
+    let settlement = Settlement {
+        purchase,
+        ..Settlement::default()
+    };
+    let Some(mut marker) = payment else {
+        return Ok(settlement);
+    };
+    // Markers written before reconciliation existed record only `disputed`.
+    let open = marker.disputed
+        && matches!(
+            marker.reconciliation.dispute_status,
+            None | Some(DisputeStatus::Open)
+        );
+    if !open {
+        return Ok(settlement);
+    }
+    let mut entries = Vec::new();
+    let status = match outcome {
+        DisputeOutcome::Won => {
+            let owed = marker
+                .credits_reversed
+                .saturating_sub(marker.reconciliation.credits_reinstated);
+            if owed.is_positive() {
+                let mut entry = wallet.reinstate_credits(owed)?;
                 entry.pack_id = marker.pack_id.clone();
                 entry.payment_intent_id = Some(marker.payment_intent_id.clone());
                 entry.purchase_id = marker.purchase_id.clone();
-                marker.credits_reversed = marker
-                    .credits_reversed
-                    .checked_add(entry.amount)
-                    .unwrap_or(marker.credits);
-                settlement.entry = Some(entry);
+                marker.reconciliation.credits_reinstated = marker.credits_reversed;
+                entries.push(entry);
             }
-            marker.disputed = true;
-            marker
+            DisputeStatus::Won
         }
-        None => CreditedPayment {
-            payment_intent_id: payment_intent_id.to_string(),
-            purchase_id: settlement.purchase.as_ref().map(|p| p.id.clone()),
-            pack_id: settlement.purchase.as_ref().map(|p| p.pack_id.clone()),
-            credits: Credits::ZERO,
-            amount_received_cents: 0,
-            entry_id: None,
-            entry_seq: None,
-            disputed: true,
-            credits_reversed: Credits::ZERO,
-        },
+        DisputeOutcome::Lost => DisputeStatus::Lost,
+        DisputeOutcome::Other => DisputeStatus::Closed,
     };
-    if let Some(p) = settlement.purchase.as_mut() {
-        p.status = PurchaseStatus::Disputed;
-        p.credits_reversed = marker.credits_reversed;
-        p.client_secret = None;
-        p.charge_started_at = None;
-        p.updated_at = now;
-        settlement.purchase_changed = true;
-    }
-    settlement.payment = Some(marker);
-    settlement
+    marker.reconciliation.dispute_status = Some(status);
+    let mut settlement = settled(settlement, marker, now);
+    settlement.entries = entries;
+    Ok(settlement)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::WalletConfig;
     use crate::wallet::{DebitRequest, EntryKind, HoldRequest};
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -711,6 +938,8 @@ mod tests {
         )
     }
 
+    const CUSTOMER: &str = "cus_1";
+
     fn intent(status: &str, received: Option<i64>) -> IntentState {
         IntentState {
             id: "pi_1".into(),
@@ -720,6 +949,7 @@ mod tests {
             currency: "usd".into(),
             client_secret: Some("pi_1_secret_x".into()),
             decline_code: None,
+            customer: Some(CUSTOMER.into()),
             org_id: Some("org_1".into()),
             pack_id: Some("team".into()),
             purchase_id: Some(purchase_id("org_1", "key-1")),
@@ -879,10 +1109,10 @@ mod tests {
             Some(purchase),
             None,
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
-        let entry = first.entry.clone().unwrap();
+        let entry = first.entries[0].clone();
         assert_eq!(
             (
                 entry.kind,
@@ -905,12 +1135,12 @@ mod tests {
                 Some(purchase.clone()),
                 Some(&marker),
                 &outcome("succeeded", Some(5000)),
-                &config,
+                Some(CUSTOMER),
             )
             .unwrap();
             assert_eq!(
-                (again.entry, again.payment, again.purchase_changed),
-                (None, None, false)
+                (again.entries.len(), again.payment, again.purchase_changed),
+                (0, None, false)
             );
         }
         assert_ledger(&wallet, &ledger);
@@ -925,67 +1155,71 @@ mod tests {
             Some(purchase),
             None,
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
-        ledger.extend(webhook.entry);
+        ledger.extend(webhook.entries);
         let sync = settle(
             &mut wallet,
             webhook.purchase,
             webhook.payment.as_ref(),
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
-        assert!(sync.entry.is_none());
+        assert!(sync.entries.is_empty());
         assert_eq!(wallet.balance, c("5450"));
         assert_ledger(&wallet, &ledger);
     }
 
     #[test]
-    fn a_payment_first_seen_in_an_event_is_credited_from_the_catalogue_and_adopted() {
+    fn only_a_purchase_of_ours_charged_to_our_customer_credits() {
         let (mut wallet, config, _) = setup();
-        let settled = settle(
+        // Metadata naming the organization and a pack, but no purchase of ours.
+        let stray = settle(
             &mut wallet,
             None,
             None,
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
-        let adopted = settled.purchase.unwrap();
-        assert!(settled.purchase_changed);
+        assert_eq!(stray.refusal, Some(CreditRefusal::NotOurPurchase));
         assert_eq!(
-            (adopted.status, adopted.credits_granted, adopted.id.clone()),
-            (
-                PurchaseStatus::Succeeded,
-                c("5250"),
-                purchase_id("org_1", "key-1")
-            )
+            (stray.entries.len(), stray.payment, stray.purchase),
+            (0, None, None)
         );
-        // The request with that key later claims it without charging again.
-        match start(Some(adopted), "key-1", "fp", "team", wallet.now()) {
-            Start::Existing {
-                purchase,
-                send_charge: false,
-                changed: true,
-            } => assert_eq!(purchase.idempotency_key.as_deref(), Some("key-1")),
-            other => panic!("{other:?}"),
+        // Our purchase, but another customer paid (or none is on record).
+        let mut foreign = intent("succeeded", Some(5000));
+        foreign.customer = Some("cus_other".into());
+        for (paid_by, ours) in [
+            (foreign, Some(CUSTOMER)),
+            (intent("succeeded", Some(5000)), None),
+        ] {
+            let refused = settle(
+                &mut wallet,
+                Some(team_purchase(&config)),
+                None,
+                &ChargeOutcome::Intent { intent: paid_by },
+                ours,
+            )
+            .unwrap();
+            assert_eq!(refused.refusal, Some(CreditRefusal::CustomerMismatch));
+            assert!(refused.entries.is_empty() && refused.payment.is_none());
+            assert_ne!(refused.purchase.unwrap().status, PurchaseStatus::Succeeded);
         }
-        // An unknown pack with no purchase record credits nothing.
-        let mut unknown = intent("succeeded", Some(5000));
-        unknown.id = "pi_2".into();
-        unknown.pack_id = Some("mystery".into());
-        let refused = settle(
+        assert_eq!(wallet.balance, c("200"));
+        // The genuine answer still credits afterwards: a refusal leaves no marker.
+        let paid = settle(
             &mut wallet,
+            Some(team_purchase(&config)),
             None,
-            None,
-            &ChargeOutcome::Intent { intent: unknown },
-            &config,
+            &outcome("succeeded", Some(5000)),
+            Some(CUSTOMER),
         )
         .unwrap();
-        assert_eq!(refused.refusal, Some(CreditRefusal::UnknownPack));
-        assert_eq!((refused.entry, refused.purchase), (None, None));
+        assert_eq!(paid.entries.len(), 1);
+        assert_eq!(wallet.balance, c("5450"));
     }
 
     #[test]
@@ -1000,7 +1234,7 @@ mod tests {
                 payment_intent_id: Some("pi_1".into()),
                 decline_code: Some("insufficient_funds".into()),
             },
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
         let failed = declined.purchase.unwrap();
@@ -1013,7 +1247,7 @@ mod tests {
             Some(purchase),
             None,
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
         let late_failure = settle(
@@ -1021,7 +1255,7 @@ mod tests {
             paid.purchase,
             paid.payment.as_ref(),
             &outcome("requires_payment_method", None),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
         assert_eq!(
@@ -1038,7 +1272,7 @@ mod tests {
             Some(team_purchase(&config)),
             None,
             &outcome("requires_action", None),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
         let purchase = settled.purchase.unwrap();
@@ -1051,7 +1285,7 @@ mod tests {
             Some(purchase),
             None,
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
         assert_eq!(paid.purchase.unwrap().client_secret, None);
@@ -1065,7 +1299,7 @@ mod tests {
             Some(team_purchase(&config)),
             None,
             &ChargeOutcome::Unknown,
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
         let purchase = settled.purchase.unwrap();
@@ -1093,10 +1327,10 @@ mod tests {
                 Some(team_purchase(&config)),
                 None,
                 &outcome("succeeded", Some(5000)),
-                &config,
+                Some(CUSTOMER),
             )
             .unwrap();
-            ledger.extend(paid.entry);
+            ledger.extend(paid.entries.clone());
             if c(spent).is_positive() {
                 let debit = DebitRequest {
                     feature: "chat".into(),
@@ -1125,7 +1359,7 @@ mod tests {
             let purchase = disputed.purchase.clone().unwrap();
             assert_eq!(purchase.status, PurchaseStatus::Disputed);
             assert_eq!(purchase.to_json(false)["credits_reversed"], reversed);
-            match &disputed.entry {
+            match disputed.entries.first() {
                 Some(entry) => {
                     assert_eq!(entry.kind, EntryKind::DisputeReversal);
                     assert_eq!(entry.amount, c(reversed));
@@ -1139,7 +1373,7 @@ mod tests {
             assert_ledger(&wallet, &ledger);
             // Stripe retries the event: nothing more happens.
             let again = dispute(&mut wallet, disputed.purchase, Some(marker), "pi_1");
-            assert_eq!((again.entry, again.payment), (None, None));
+            assert_eq!((again.entries.len(), again.payment), (0, None));
             assert_eq!(wallet.balance, c(balance));
         }
     }
@@ -1148,18 +1382,260 @@ mod tests {
     fn a_dispute_before_the_credit_blocks_it() {
         let (mut wallet, config, _) = setup();
         let disputed = dispute(&mut wallet, Some(team_purchase(&config)), None, "pi_1");
-        assert!(disputed.entry.is_none());
+        assert!(disputed.entries.is_empty());
         let marker = disputed.payment.unwrap();
         let late = settle(
             &mut wallet,
             disputed.purchase,
             Some(&marker),
             &outcome("succeeded", Some(5000)),
-            &config,
+            Some(CUSTOMER),
         )
         .unwrap();
-        assert!(late.entry.is_none());
+        assert!(late.entries.is_empty());
         assert_eq!(late.purchase.unwrap().status, PurchaseStatus::Disputed);
         assert_eq!(wallet.balance, c("200"));
+    }
+
+    fn charge_refund(refunded_cents: i64) -> ChargeRefund {
+        ChargeRefund {
+            charge_id: "ch_1".into(),
+            payment_intent_id: Some("pi_1".into()),
+            amount_cents: 5000,
+            amount_refunded_cents: refunded_cents,
+            currency: "usd".into(),
+        }
+    }
+
+    fn spend(wallet: &mut Wallet, config: &WalletConfig, amount: &str) -> LedgerEntry {
+        let debit = DebitRequest {
+            feature: "chat".into(),
+            amount: c(amount),
+            user_id: None,
+            project_id: None,
+            metadata: None,
+        };
+        wallet.debit(&debit, config).unwrap()
+    }
+
+    /// A paid team purchase (5,250 credits for $50) on a wallet with the
+    /// 200-credit trial and room to spend it all today.
+    fn paid_team() -> (Wallet, WalletConfig, Vec<LedgerEntry>, Settlement) {
+        let (mut wallet, mut config, mut ledger) = setup();
+        config.max_operation = c("100000");
+        config.daily_cap_max = c("100000");
+        wallet.set_daily_cap(c("100000"), &config).unwrap();
+        let paid = settle(
+            &mut wallet,
+            Some(team_purchase(&config)),
+            None,
+            &outcome("succeeded", Some(5000)),
+            Some(CUSTOMER),
+        )
+        .unwrap();
+        ledger.extend(paid.entries.clone());
+        (wallet, config, ledger, paid)
+    }
+
+    #[test]
+    fn refunds_take_back_their_share_once_never_below_zero() {
+        let (mut wallet, config, mut ledger, paid) = paid_team();
+        ledger.push(spend(&mut wallet, &config, "4000"));
+        // balance 1,450. Half refunded: 2,625 due, 1,450 available.
+        let half = refund(
+            &mut wallet,
+            paid.purchase,
+            paid.payment,
+            &charge_refund(2500),
+        );
+        let entry = half.entries[0].clone();
+        assert_eq!(
+            (
+                entry.kind,
+                entry.amount,
+                entry.balance_after,
+                entry.amount_cents
+            ),
+            (EntryKind::RefundReversal, c("1450"), c("0"), Some(2500))
+        );
+        ledger.push(entry);
+        let marker = half.payment.clone().unwrap();
+        assert_eq!(marker.reconciliation.credits_refunded, c("1450"));
+        assert_eq!(marker.reconciliation.credits_unrecovered, c("1175"));
+        let purchase = half.purchase.clone().unwrap();
+        assert_eq!(purchase.to_json(false)["credits_unrecovered"], "1175");
+        assert_eq!(purchase.to_json(false)["amount_refunded_cents"], 2500);
+        // The same delivery again, or an older one: nothing.
+        for cents in [2500, 1000] {
+            let again = refund(
+                &mut wallet,
+                half.purchase.clone(),
+                Some(marker.clone()),
+                &charge_refund(cents),
+            );
+            assert_eq!((again.entries.len(), again.payment), (0, None));
+        }
+        // The rest is refunded after a new purchase refilled the wallet.
+        let refill = wallet
+            .credit_purchase(&PurchaseCredit {
+                source: PurchaseSource::Owner,
+                pack_id: "starter".into(),
+                credits: c("1000"),
+                amount_cents: 1000,
+                currency: "usd".into(),
+                payment_intent_id: "pi_2".into(),
+                purchase_id: None,
+            })
+            .unwrap();
+        ledger.push(refill);
+        let rest = refund(
+            &mut wallet,
+            half.purchase,
+            Some(marker),
+            &charge_refund(5000),
+        );
+        let entry = rest.entries[0].clone();
+        assert_eq!((entry.amount, entry.amount_cents), (c("1000"), Some(2500)));
+        ledger.push(entry);
+        let marker = rest.payment.unwrap();
+        assert_eq!(marker.reconciliation.credits_refunded, c("2450"));
+        assert_eq!(marker.reconciliation.credits_unrecovered, c("2800"));
+        assert_eq!(marker.credits_settled_back(), marker.credits);
+        assert_eq!(wallet.balance, Credits::ZERO);
+        assert_ledger(&wallet, &ledger);
+    }
+
+    #[test]
+    fn a_refund_rounds_down_to_the_unit_and_counts_the_dispute() {
+        let (mut wallet, _, mut ledger, paid) = paid_team();
+        // 5,250 × 1 / 5,000 = 1.05 credits.
+        let cent = refund(&mut wallet, paid.purchase, paid.payment, &charge_refund(1));
+        assert_eq!(cent.entries[0].amount, c("1.05"));
+        ledger.extend(cent.entries.clone());
+        // 5,250 × 3 / 5,000 = 3.15 in all: 2.1 more.
+        let three = refund(&mut wallet, cent.purchase, cent.payment, &charge_refund(3));
+        assert_eq!(three.entries[0].amount, c("2.1"));
+        ledger.extend(three.entries.clone());
+        // A dispute takes what is left unsettled, a later full refund nothing more.
+        let disputed = dispute(&mut wallet, three.purchase, three.payment, "pi_1");
+        assert_eq!(disputed.entries[0].amount, c("5246.85"));
+        ledger.extend(disputed.entries.clone());
+        let full = refund(
+            &mut wallet,
+            disputed.purchase,
+            disputed.payment,
+            &charge_refund(5000),
+        );
+        assert!(full.entries.is_empty());
+        assert_eq!(wallet.balance, c("200"));
+        assert_ledger(&wallet, &ledger);
+    }
+
+    #[test]
+    fn a_won_dispute_gives_back_exactly_what_it_took_once() {
+        let (mut wallet, config, mut ledger, paid) = paid_team();
+        ledger.push(spend(&mut wallet, &config, "250"));
+        let balance_before = wallet.balance;
+        let disputed = dispute(&mut wallet, paid.purchase, paid.payment, "pi_1");
+        ledger.extend(disputed.entries.clone());
+        let marker = disputed.payment.clone().unwrap();
+        assert_eq!(marker.credits_reversed, c("5200"));
+        assert_eq!(
+            marker.reconciliation.dispute_status,
+            Some(DisputeStatus::Open)
+        );
+        let won = close_dispute(
+            &mut wallet,
+            disputed.purchase.clone(),
+            Some(marker.clone()),
+            &DisputeOutcome::Won,
+        )
+        .unwrap();
+        let entry = won.entries[0].clone();
+        assert_eq!(
+            (entry.kind, entry.amount),
+            (EntryKind::DisputeReinstatement, c("5200"))
+        );
+        ledger.push(entry);
+        assert_eq!(wallet.balance, balance_before);
+        let closed = won.payment.clone().unwrap();
+        assert_eq!(
+            closed.reconciliation.dispute_status,
+            Some(DisputeStatus::Won)
+        );
+        assert_eq!(closed.credits_settled_back(), Credits::ZERO);
+        assert_eq!(
+            won.purchase.unwrap().to_json(false)["dispute_status"],
+            "won"
+        );
+        // Repeated, or a late "lost": nothing more.
+        for outcome in [DisputeOutcome::Won, DisputeOutcome::Lost] {
+            let again = close_dispute(&mut wallet, None, Some(closed.clone()), &outcome).unwrap();
+            assert!(again.entries.is_empty() && again.payment.is_none());
+        }
+        assert_ledger(&wallet, &ledger);
+        // A lost dispute takes nothing more.
+        let (mut wallet, _, _, paid) = paid_team();
+        let disputed = dispute(&mut wallet, paid.purchase, paid.payment, "pi_1");
+        let after_dispute = wallet.balance;
+        let lost =
+            close_dispute(&mut wallet, None, disputed.payment, &DisputeOutcome::Lost).unwrap();
+        assert!(lost.entries.is_empty());
+        assert_eq!(
+            lost.payment.unwrap().reconciliation.dispute_status,
+            Some(DisputeStatus::Lost)
+        );
+        assert_eq!(wallet.balance, after_dispute);
+    }
+
+    #[test]
+    fn a_refund_before_the_credit_is_taken_back_with_it() {
+        let (mut wallet, config, _) = setup();
+        let early = refund(
+            &mut wallet,
+            Some(team_purchase(&config)),
+            None,
+            &charge_refund(2500),
+        );
+        assert!(early.entries.is_empty());
+        let marker = early.payment.unwrap();
+        let paid = settle(
+            &mut wallet,
+            early.purchase,
+            Some(&marker),
+            &outcome("succeeded", Some(5000)),
+            Some(CUSTOMER),
+        )
+        .unwrap();
+        let kinds: Vec<_> = paid.entries.iter().map(|e| (e.kind, e.amount)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (EntryKind::Purchase, c("5250")),
+                (EntryKind::RefundReversal, c("2625"))
+            ]
+        );
+        assert_eq!(wallet.balance, c("2825"));
+    }
+
+    #[test]
+    fn only_an_auto_top_up_never_sent_is_canceled() {
+        let (_, config, _) = setup();
+        let now = at("2030-01-01T10:00:00Z");
+        let pack = config.pack("starter").unwrap();
+        let mut unsent = Purchase::auto_top_up("pur_a", "auto-top-up/2030-01/1", pack, now);
+        assert!(unsent.cancel_unsent(now));
+        assert_eq!(unsent.status, PurchaseStatus::Canceled);
+        assert!(!unsent.needs_auto_charge(now));
+        let mut sent = Purchase::auto_top_up("pur_b", "auto-top-up/2030-01/2", pack, now);
+        sent.payment_method_id = Some("pm_1".into());
+        assert!(
+            !sent.cancel_unsent(now),
+            "a sent charge is followed, not canceled"
+        );
+        assert!(
+            !team_purchase(&config).cancel_unsent(now),
+            "owner purchases are never"
+        );
     }
 }

@@ -31,22 +31,24 @@ pub const MAX_USAGE_MEMBERS: usize = 1000;
 /// Ledger rows read from D1 per query while streaming the CSV export.
 pub const CSV_PAGE_ROWS: u32 = 500;
 
-/// The entry kinds the transactions list shows: every kind that adds credits.
-pub fn credit_kinds() -> impl Iterator<Item = EntryKind> {
-    EntryKind::ALL.into_iter().filter(|k| k.adds_credits())
+/// The entry kinds the transactions list shows: every kind that is not AI
+/// usage (grants, purchases, and what refunds and disputes took or gave back).
+pub fn transaction_kinds() -> impl Iterator<Item = EntryKind> {
+    EntryKind::ALL.into_iter().filter(|k| !k.is_usage())
 }
 
-/// The credit kinds as an SQL list, `'trial_grant', 'purchase'`. The partial
-/// index `ledger_entries_credits` is declared with the same list, so SQLite
-/// uses it for the transactions query (checked by a test below).
-pub fn credit_kinds_sql() -> String {
-    credit_kinds()
+/// The transaction kinds as an SQL list, `'trial_grant', 'purchase', …`. The
+/// partial index `ledger_entries_credits` is declared with the same list, so
+/// SQLite uses it for the transactions query (checked by a test below).
+pub fn transaction_kinds_sql() -> String {
+    transaction_kinds()
         .map(|k| format!("'{}'", k.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// One entry that added credits, as the transactions list shows it.
+/// One entry that moved money-bought credits (not AI usage), as the
+/// transactions list shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transaction {
     pub id: String,
@@ -364,24 +366,24 @@ mod tests {
     }
 
     #[test]
-    fn credit_kinds_are_the_partial_index_list() {
-        assert_eq!(credit_kinds_sql(), "'trial_grant', 'purchase'");
+    fn transaction_kinds_are_the_partial_index_list() {
+        assert_eq!(
+            transaction_kinds_sql(),
+            "'trial_grant', 'purchase', 'dispute_reversal', 'refund_reversal', 'dispute_reinstatement'"
+        );
         // The transactions query must use the replica's partial index; SQLite
-        // only does when the query names the index's exact kind list.
-        // 0002 rebuilds the table (a new kind) and declares the index again.
-        for migration in [
-            include_str!("../../../migrations/0001_ledger.sql"),
-            include_str!("../../../migrations/0002_dispute_reversal.sql"),
-        ] {
-            let index = migration
-                .lines()
-                .find(|l| l.contains("INDEX ledger_entries_credits"))
-                .expect("the partial index exists");
-            assert!(
-                index.contains(&format!("WHERE kind IN ({})", credit_kinds_sql())),
-                "{index}"
-            );
-        }
+        // only does when the query names the index's exact kind list. The
+        // newest migration that declares the index decides it (0004 rebuilt
+        // the table for two new kinds and declared it again).
+        let migration = include_str!("../../../migrations/0004_refunds_and_reinstatements.sql");
+        let index = migration
+            .lines()
+            .find(|l| l.contains("INDEX ledger_entries_credits"))
+            .expect("the partial index exists");
+        assert!(
+            index.contains(&format!("WHERE kind IN ({})", transaction_kinds_sql())),
+            "{index}"
+        );
     }
 
     #[test]

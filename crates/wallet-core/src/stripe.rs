@@ -257,6 +257,9 @@ pub struct IntentState {
     pub client_secret: Option<String>,
     /// The last attempt's decline code (or error code when it has none).
     pub decline_code: Option<String>,
+    /// The Stripe customer charged (`customer`), when the payload names one.
+    #[serde(default)]
+    pub customer: Option<String>,
     /// Our metadata: which organization, pack and purchase it pays for.
     pub org_id: Option<String>,
     pub pack_id: Option<String>,
@@ -297,6 +300,9 @@ struct RawIntent {
     /// An id, or the charge itself when expanded (localstripe always expands).
     #[serde(default)]
     latest_charge: Option<Value>,
+    /// An id, or the customer itself when expanded.
+    #[serde(default)]
+    customer: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +370,7 @@ impl IntentState {
                 .client_secret
                 .filter(|s| s.len() <= MAX_STRIPE_TEXT && s.bytes().all(|b| b.is_ascii_graphic())),
             decline_code,
+            customer: expandable_id(raw.customer.as_ref(), "cus_"),
             org_id: meta_text(&metadata, META_ORG),
             pack_id: meta_text(&metadata, META_PACK),
             purchase_id: meta_text(&metadata, META_PURCHASE),
@@ -404,8 +411,60 @@ pub enum StripeEvent {
         dispute_id: String,
         payment_intent_id: Option<String>,
     },
+    /// `charge.refunded`: the charge's cumulative refunded amount.
+    ChargeRefunded(ChargeRefund),
+    /// `charge.dispute.closed`, with the dispute's final status.
+    DisputeClosed {
+        dispute_id: String,
+        payment_intent_id: Option<String>,
+        outcome: DisputeOutcome,
+    },
     /// Any other type: acknowledged, nothing done.
     Ignored,
+}
+
+/// A charge's refunds as of a `charge.refunded` event. Stripe sends the
+/// cumulative `amount_refunded`, so a repeated or reordered delivery carries
+/// the whole truth and applying it again changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeRefund {
+    pub charge_id: String,
+    pub payment_intent_id: Option<String>,
+    /// What the charge was for, and what has been refunded of it so far, in
+    /// cents of `currency`.
+    pub amount_cents: i64,
+    pub amount_refunded_cents: i64,
+    pub currency: String,
+}
+
+/// How a dispute ended, as `charge.dispute.closed` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeOutcome {
+    /// The bank decided for us: the money is back.
+    Won,
+    /// The bank decided for the cardholder.
+    Lost,
+    /// Any other final status (`warning_closed`, …): nothing is given back.
+    Other,
+}
+
+impl DisputeOutcome {
+    pub fn parse(status: &str) -> DisputeOutcome {
+        match status {
+            "won" => DisputeOutcome::Won,
+            "lost" => DisputeOutcome::Lost,
+            _ => DisputeOutcome::Other,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DisputeOutcome::Won => "won",
+            DisputeOutcome::Lost => "lost",
+            DisputeOutcome::Other => "closed",
+        }
+    }
 }
 
 /// Event types whose object is a PaymentIntent and that move a purchase.
@@ -440,6 +499,53 @@ fn expandable_id(value: Option<&Value>, prefix: &str) -> Option<String> {
     is_stripe_id(id, prefix).then(|| id.to_string())
 }
 
+fn dispute_id(object: &Value) -> Result<String, ParseError> {
+    object
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| is_stripe_id(id, "dp_") || is_stripe_id(id, "du_"))
+        .map(str::to_string)
+        .ok_or(ParseError::Invalid("dispute id"))
+}
+
+/// Reads a Charge object of a `charge.refunded` event.
+fn charge_refund(object: &Value) -> Result<ChargeRefund, ParseError> {
+    let charge_id = object
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| is_stripe_id(id, "ch_") || is_stripe_id(id, "py_"))
+        .ok_or(ParseError::Invalid("charge id"))?
+        .to_string();
+    let cents = |field: &'static str| {
+        object
+            .get(field)
+            .and_then(Value::as_i64)
+            .filter(|c| (0..=MAX_CHARGE_CENTS).contains(c))
+            .ok_or(ParseError::Invalid(field))
+    };
+    let amount_cents = cents("amount")?;
+    let amount_refunded_cents = cents("amount_refunded")?;
+    if amount_refunded_cents > amount_cents {
+        return Err(ParseError::Invalid("amount_refunded"));
+    }
+    let currency = object
+        .get("currency")
+        .and_then(Value::as_str)
+        .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_lowercase()))
+        .ok_or(ParseError::Invalid("currency"))?
+        .to_string();
+    Ok(ChargeRefund {
+        charge_id,
+        payment_intent_id: expandable_id(object.get("payment_intent"), "pi_"),
+        amount_cents,
+        amount_refunded_cents,
+        currency,
+    })
+}
+
+/// Stripe's largest charge is $999,999.99; anything above is not a real charge.
+const MAX_CHARGE_CENTS: i64 = 99_999_999;
+
 /// Reads a verified event body: `(event id, event)`.
 pub fn parse_event(body: &[u8]) -> Result<(String, StripeEvent), ParseError> {
     let raw: RawEvent =
@@ -451,16 +557,23 @@ pub fn parse_event(body: &[u8]) -> Result<(String, StripeEvent), ParseError> {
         StripeEvent::PaymentIntent(IntentState::from_value(raw.data.object)?)
     } else if raw.type_ == "charge.dispute.created" {
         let object = raw.data.object;
-        let dispute_id = object
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|id| is_stripe_id(id, "dp_") || is_stripe_id(id, "du_"))
-            .ok_or(ParseError::Invalid("dispute id"))?
-            .to_string();
         StripeEvent::DisputeCreated {
-            dispute_id,
+            dispute_id: dispute_id(&object)?,
             payment_intent_id: expandable_id(object.get("payment_intent"), "pi_"),
         }
+    } else if raw.type_ == "charge.dispute.closed" {
+        let object = raw.data.object;
+        let status = object
+            .get("status")
+            .and_then(Value::as_str)
+            .ok_or(ParseError::Invalid("dispute status"))?;
+        StripeEvent::DisputeClosed {
+            dispute_id: dispute_id(&object)?,
+            payment_intent_id: expandable_id(object.get("payment_intent"), "pi_"),
+            outcome: DisputeOutcome::parse(status),
+        }
+    } else if raw.type_ == "charge.refunded" {
+        StripeEvent::ChargeRefunded(charge_refund(&raw.data.object)?)
     } else {
         StripeEvent::Ignored
     };

@@ -31,16 +31,24 @@ pub enum EntryKind {
     /// the buyer disputed with their bank (see `purchase::dispute`). Clamped to
     /// the available balance; not usage, so it never counts against the daily cap.
     DisputeReversal,
+    /// Removes credits: the share of a purchase that support refunded in
+    /// Stripe (`purchase::refund`). Clamped to the available balance; not usage.
+    RefundReversal,
+    /// Adds credits: exactly what a dispute took back, returned when the
+    /// dispute was won (`purchase::close_dispute`).
+    DisputeReinstatement,
 }
 
 impl EntryKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EntryKind; 5] = [
+    pub const ALL: [EntryKind; 7] = [
         EntryKind::TrialGrant,
         EntryKind::Purchase,
         EntryKind::Debit,
         EntryKind::Capture,
         EntryKind::DisputeReversal,
+        EntryKind::RefundReversal,
+        EntryKind::DisputeReinstatement,
     ];
 
     /// The kind named by its wire name (`as_str`).
@@ -55,13 +63,18 @@ impl EntryKind {
             EntryKind::Debit => "debit",
             EntryKind::Capture => "capture",
             EntryKind::DisputeReversal => "dispute_reversal",
+            EntryKind::RefundReversal => "refund_reversal",
+            EntryKind::DisputeReinstatement => "dispute_reinstatement",
         }
     }
 
     pub fn adds_credits(self) -> bool {
         match self {
-            EntryKind::TrialGrant | EntryKind::Purchase => true,
-            EntryKind::Debit | EntryKind::Capture | EntryKind::DisputeReversal => false,
+            EntryKind::TrialGrant | EntryKind::Purchase | EntryKind::DisputeReinstatement => true,
+            EntryKind::Debit
+            | EntryKind::Capture
+            | EntryKind::DisputeReversal
+            | EntryKind::RefundReversal => false,
         }
     }
 
@@ -69,7 +82,11 @@ impl EntryKind {
     pub fn is_usage(self) -> bool {
         match self {
             EntryKind::Debit | EntryKind::Capture => true,
-            EntryKind::TrialGrant | EntryKind::Purchase | EntryKind::DisputeReversal => false,
+            EntryKind::TrialGrant
+            | EntryKind::Purchase
+            | EntryKind::DisputeReversal
+            | EntryKind::RefundReversal
+            | EntryKind::DisputeReinstatement => false,
         }
     }
 }
@@ -616,11 +633,16 @@ impl Wallet {
         Ok(entry)
     }
 
-    /// Takes back up to `credits` of a disputed payment's credits, never more
-    /// than is available (balance minus active holds), so the balance stays
-    /// non-negative and every hold stays covered. Returns the reversal entry,
-    /// or none when nothing was available to take.
-    pub fn reverse_credits(&mut self, credits: Credits) -> Option<LedgerEntry> {
+    /// Takes back up to `credits` of a disputed or refunded payment's
+    /// credits (`kind` says which), never more than is available (balance
+    /// minus active holds), so the balance stays non-negative and every hold
+    /// stays covered. Returns the reversal entry, or none when nothing was
+    /// available to take.
+    pub fn reverse_credits(&mut self, kind: EntryKind, credits: Credits) -> Option<LedgerEntry> {
+        debug_assert!(matches!(
+            kind,
+            EntryKind::DisputeReversal | EntryKind::RefundReversal
+        ));
         let taken = if credits < self.available() {
             credits
         } else {
@@ -630,7 +652,22 @@ impl Wallet {
             return None;
         }
         self.balance = self.balance.saturating_sub(taken);
-        Some(self.new_entry(EntryKind::DisputeReversal, taken, self.clock, self.day))
+        Some(self.new_entry(kind, taken, self.clock, self.day))
+    }
+
+    /// Gives back `credits` a dispute took, once it was won. Never usage.
+    pub fn reinstate_credits(&mut self, credits: Credits) -> Result<LedgerEntry, Rejection> {
+        assert!(credits.is_positive(), "a reinstatement adds credits");
+        self.balance = self
+            .balance
+            .checked_add(credits)
+            .ok_or(Rejection::BalanceOverflow)?;
+        Ok(self.new_entry(
+            EntryKind::DisputeReinstatement,
+            credits,
+            self.clock,
+            self.day,
+        ))
     }
 
     /// Replaces the caps named in `changes` (`None` removes one). Each must be

@@ -404,7 +404,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Reverse(units) => {
                 let available = model.balance() - model.held();
-                match wallet.reverse_credits(Credits::from_units(units)) {
+                match wallet.reverse_credits(EntryKind::DisputeReversal, Credits::from_units(units))
+                {
                     Some(entry) => {
                         prop_assert_eq!(entry.kind, EntryKind::DisputeReversal);
                         prop_assert_eq!(entry.amount.units(), units.min(available));
