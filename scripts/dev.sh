@@ -140,13 +140,21 @@ echo "    test card for an organization: scripts/test-card.sh <org> [pm_card_vis
 # Events are recorded and listed always; EVENTS_WEBHOOK_URL (say, a receiver
 # of your own on http://127.0.0.1:…) also sends them, signed with .dev.vars'
 # EVENTS_SIGNING_SECRET, through the local queue.
-events_args=()
+var_args=()
 if [ -n "${EVENTS_WEBHOOK_URL:-}" ]; then
   echo "    events are sent to ${EVENTS_WEBHOOK_URL}"
-  events_args=(--var "EVENTS_WEBHOOK_URL:${EVENTS_WEBHOOK_URL}")
+  var_args=(--var "EVENTS_WEBHOOK_URL:${EVENTS_WEBHOOK_URL}")
 fi
+# Limits you may want to try other values of locally pass through from the
+# environment (e.g. `MAX_METADATA_BYTES=4096 make dev`); unset, wrangler.toml's apply.
+for name in MAX_METADATA_BYTES; do
+  if [ -n "${!name:-}" ]; then
+    echo "    ${name}=${!name}"
+    var_args+=(--var "${name}:${!name}")
+  fi
+done
 start_group wrangler dev --ip 127.0.0.1 --port "$PORT" "${inspector_args[@]}" "${persist_args[@]}" \
-  --var "STRIPE_API_BASE:${STRIPE_BASE}" "${events_args[@]}" --show-interactive-dev-session=false
+  --var "STRIPE_API_BASE:${STRIPE_BASE}" "${var_args[@]}" --show-interactive-dev-session=false
 worker_pid=$!
 
 # Runs until a signal, the worker or localstripe exits, or our parent is gone

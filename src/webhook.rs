@@ -47,8 +47,8 @@ pub async fn receive(mut req: Request, env: &Env, settings: &Settings, limit: us
         console_error!("verified Stripe event is unreadable: {err}");
         ApiError::InvalidJson(err.to_string())
     })?;
-    match event {
-        StripeEvent::Ignored => {}
+    let (org, command) = match event {
+        StripeEvent::Ignored => return received(),
         StripeEvent::PaymentIntent(intent) => {
             let Some(org) = intent.org_id.clone().filter(|org| is_org_id(org)) else {
                 console_log!("event {event_id}: PaymentIntent {} is not ours", intent.id);
@@ -59,54 +59,62 @@ pub async fn receive(mut req: Request, env: &Env, settings: &Settings, limit: us
                 purchase_id,
                 outcome: ChargeOutcome::Intent { intent },
             };
-            deliver(env, &org, now_ms, &event_id, command).await?;
+            (org, command)
         }
+        charge_event => {
+            let Some((payment_intent_id, command)) = charge_command(charge_event) else {
+                console_log!("event {event_id}: the charge has no PaymentIntent");
+                return received();
+            };
+            let Some(org) = org_of_intent(stripe_config, &event_id, &payment_intent_id).await?
+            else {
+                return received();
+            };
+            (org, command)
+        }
+    };
+    deliver(env, &org, now_ms, &event_id, command).await?;
+    received()
+}
+
+/// The command of a charge or dispute event, with the PaymentIntent it is
+/// about; `None` when it names none (not a card payment of ours).
+fn charge_command(event: StripeEvent) -> Option<(String, Command)> {
+    Some(match event {
         StripeEvent::DisputeCreated {
             dispute_id,
             payment_intent_id,
         } => {
-            let Some((org, payment_intent_id)) =
-                org_of_intent(stripe_config, &event_id, payment_intent_id).await?
-            else {
-                return received();
-            };
+            let payment_intent_id = payment_intent_id?;
             let command = Command::Dispute {
-                payment_intent_id,
+                payment_intent_id: payment_intent_id.clone(),
                 dispute_id,
             };
-            deliver(env, &org, now_ms, &event_id, command).await?;
+            (payment_intent_id, command)
         }
         StripeEvent::DisputeClosed {
             dispute_id,
             payment_intent_id,
             outcome,
         } => {
-            let Some((org, payment_intent_id)) =
-                org_of_intent(stripe_config, &event_id, payment_intent_id).await?
-            else {
-                return received();
-            };
+            let payment_intent_id = payment_intent_id?;
             let command = Command::DisputeClosed {
-                payment_intent_id,
+                payment_intent_id: payment_intent_id.clone(),
                 dispute_id,
                 outcome,
             };
-            deliver(env, &org, now_ms, &event_id, command).await?;
+            (payment_intent_id, command)
         }
         StripeEvent::ChargeRefunded(refund) => {
-            let Some((org, payment_intent_id)) =
-                org_of_intent(stripe_config, &event_id, refund.payment_intent_id.clone()).await?
-            else {
-                return received();
-            };
+            let payment_intent_id = refund.payment_intent_id.clone()?;
             let command = Command::Refund {
-                payment_intent_id,
+                payment_intent_id: payment_intent_id.clone(),
                 refund,
             };
-            deliver(env, &org, now_ms, &event_id, command).await?;
+            (payment_intent_id, command)
         }
-    }
-    received()
+        StripeEvent::Ignored | StripeEvent::PaymentIntent(_) => return None,
+    })
 }
 
 /// The organization a charge's PaymentIntent was made for. Charges and
@@ -116,14 +124,10 @@ pub async fn receive(mut req: Request, env: &Env, settings: &Settings, limit: us
 async fn org_of_intent(
     stripe_config: &StripeConfig,
     event_id: &str,
-    payment_intent_id: Option<String>,
-) -> Result<Option<(String, String)>, Failure> {
-    let Some(payment_intent_id) = payment_intent_id else {
-        console_log!("event {event_id}: the charge has no PaymentIntent");
-        return Ok(None);
-    };
+    payment_intent_id: &str,
+) -> Result<Option<String>, Failure> {
     let intent = match Stripe::new(stripe_config)
-        .payment_intent(&payment_intent_id)
+        .payment_intent(payment_intent_id)
         .await
     {
         Ok(intent) => intent,
@@ -140,7 +144,7 @@ async fn org_of_intent(
         console_log!("event {event_id}: {payment_intent_id} is not ours");
         return Ok(None);
     };
-    Ok(Some((org, payment_intent_id)))
+    Ok(Some(org))
 }
 
 fn received() -> Answer {

@@ -596,37 +596,47 @@ pub fn settle(
             }
         }
         ChargeOutcome::Intent { intent } => {
-            let mut marker = payment.cloned();
-            if intent.status == IntentStatus::Succeeded
-                && marker.as_ref().is_none_or(CreditedPayment::awaits_credit)
-            {
-                match credit(wallet, settlement.purchase.as_ref(), intent, customer)? {
-                    Ok((entry, mut new_marker)) => {
-                        settlement.entries.push(entry);
-                        // A refund that overtook the success is taken back now.
-                        if let Some(earlier) = &marker {
-                            new_marker.reconciliation.amount_refunded_cents =
-                                earlier.reconciliation.amount_refunded_cents;
-                            let whole = intent.amount_cents.max(new_marker.amount_received_cents);
-                            settlement.entries.extend(take_refund_share(
-                                wallet,
-                                &mut new_marker,
-                                whole,
-                                0,
-                            ));
-                        }
-                        settlement.payment = Some(new_marker.clone());
-                        marker = Some(new_marker);
-                    }
-                    Err(refusal) => settlement.refusal = Some(refusal),
-                }
-            }
-            if let Some(p) = settlement.purchase.as_mut() {
-                settlement.purchase_changed |= follow_intent(p, intent, marker.as_ref(), now);
-            }
+            settle_intent(wallet, &mut settlement, payment, intent, customer)?;
         }
     }
     Ok(settlement)
+}
+
+/// A PaymentIntent's news: a success credits once (taking back at once a
+/// refund that overtook it), and the purchase follows the intent.
+fn settle_intent(
+    wallet: &mut Wallet,
+    settlement: &mut Settlement,
+    payment: Option<&CreditedPayment>,
+    intent: &IntentState,
+    customer: Option<&str>,
+) -> Result<(), Rejection> {
+    let now = wallet.now();
+    let mut marker = payment.cloned();
+    if intent.status == IntentStatus::Succeeded
+        && marker.as_ref().is_none_or(CreditedPayment::awaits_credit)
+    {
+        match credit(wallet, settlement.purchase.as_ref(), intent, customer)? {
+            Ok((entry, mut new_marker)) => {
+                settlement.entries.push(entry);
+                if let Some(earlier) = &marker {
+                    new_marker.reconciliation.amount_refunded_cents =
+                        earlier.reconciliation.amount_refunded_cents;
+                    let whole = intent.amount_cents.max(new_marker.amount_received_cents);
+                    settlement
+                        .entries
+                        .extend(take_refund_share(wallet, &mut new_marker, whole, 0));
+                }
+                settlement.payment = Some(new_marker.clone());
+                marker = Some(new_marker);
+            }
+            Err(refusal) => settlement.refusal = Some(refusal),
+        }
+    }
+    if let Some(p) = settlement.purchase.as_mut() {
+        settlement.purchase_changed |= follow_intent(p, intent, marker.as_ref(), now);
+    }
+    Ok(())
 }
 
 /// A credit's entry and marker, or why there is none.
