@@ -612,6 +612,13 @@ fn settle_intent(
     customer: Option<&str>,
 ) -> Result<(), Rejection> {
     let now = wallet.now();
+    if customer.is_none() || intent.customer.as_deref() != customer {
+        // Not a payment of ours: it credits nothing and moves no purchase
+        // (binding ours to it would hide, or block, its real charge).
+        settlement.refusal =
+            (intent.status == IntentStatus::Succeeded).then_some(CreditRefusal::CustomerMismatch);
+        return Ok(());
+    }
     let mut marker = payment.cloned();
     if intent.status == IntentStatus::Succeeded
         && marker.as_ref().is_none_or(CreditedPayment::awaits_credit)
@@ -1216,7 +1223,9 @@ mod tests {
             .unwrap();
             assert_eq!(refused.refusal, Some(CreditRefusal::CustomerMismatch));
             assert!(refused.entries.is_empty() && refused.payment.is_none());
-            assert_ne!(refused.purchase.unwrap().status, PurchaseStatus::Succeeded);
+            // A stranger's PaymentIntent never binds our purchase.
+            assert!(!refused.purchase_changed);
+            assert_eq!(refused.purchase.unwrap(), team_purchase(&config));
         }
         assert_eq!(wallet.balance, c("200"));
         // The genuine answer still credits afterwards: a refusal leaves no marker.
