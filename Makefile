@@ -49,6 +49,7 @@ lint:
 
 test-unit:
 	cargo test -p wallet-core
+	cargo test -p ai-wallet --lib
 
 test-e2e: worker
 	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'

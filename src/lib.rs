@@ -7,7 +7,9 @@
 
 mod event_delivery;
 mod ledger_shards;
+mod payment_method_cache;
 mod purchases;
+mod read_limits;
 mod reports;
 mod settings;
 mod stripe_api;
@@ -19,6 +21,7 @@ mod webhook;
 pub use wallet_object::WalletObject;
 
 use futures_util::StreamExt;
+use read_limits::ReadClass;
 use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
@@ -59,7 +62,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                     .set("allow", &allow_header(&routes_of(&segments)))?;
                 response
             }
-            Err(Failure::Api(err)) => error_response(&err, None)?,
+            Err(Failure::Api(err)) => {
+                let now = wallet_core::time::from_millis(Date::now().as_millis() as i64);
+                error_response(&err, now.and_then(|now| err.retry_after_seconds(now)))?
+            }
             Err(Failure::Worker(err)) => {
                 console_error!("request failed: {err}");
                 error_response(&ApiError::Internal, None)?
@@ -423,7 +429,8 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["payment-method"], Method::Get) => {
                     authorize(&claims, org, ANY_ROLE)?;
-                    purchases::payment_method(env, settings, org, now_ms).await
+                    read_limits::check(env, settings, org, ReadClass::PaymentMethod).await?;
+                    purchases::payment_method(env, org, now_ms).await
                 }
                 (["purchases"], Method::Post) => {
                     authorize(&claims, org, OWNER)?;
@@ -460,6 +467,11 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["transactions"], Method::Get) => {
                     authorize(&claims, org, ANY_ROLE)?;
+                    let class = match query("format").as_deref() {
+                        Some("csv") => ReadClass::TransactionsCsv,
+                        _ => ReadClass::Transactions,
+                    };
+                    read_limits::check(env, settings, org, class).await?;
                     let query = reports::TransactionsQuery {
                         format: query("format"),
                         limit: query("limit"),
@@ -469,6 +481,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                 }
                 (["usage"], Method::Get) => {
                     authorize(&claims, org, ANY_ROLE)?;
+                    read_limits::check(env, settings, org, ReadClass::Usage).await?;
                     reports::usage(env, org, now_ms, query("from"), query("to")).await
                 }
                 _ => Err(unrouted(this_route)),

@@ -4,6 +4,7 @@
 //! Object; this module talks to Stripe and carries the answers there.
 
 use crate::stripe_api::{PaymentMethodSummary, Stripe, StripeError};
+use crate::wallet_protocol::{self, PaymentMethodOp};
 use crate::{call_wallet, json_response, Answer, Failure};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -12,6 +13,7 @@ use wallet_core::api::{
     PurchaseReply, PurchaseStartReply,
 };
 use wallet_core::purchase::{is_purchase_id, purchase_id, ChargeOutcome, Purchase, PurchaseStatus};
+use wallet_core::stripe::IntentState;
 use wallet_core::token::Role;
 use wallet_core::WalletConfig;
 use worker::{console_error, Env};
@@ -37,11 +39,7 @@ fn stripe(settings: &Settings) -> Result<Stripe, Failure> {
 /// Stripe gave no usable answer: the caller may retry.
 fn unavailable(err: StripeError) -> Failure {
     console_error!("{err}");
-    match err {
-        // 401/403 mean our key is wrong: a configuration problem, not the buyer's.
-        StripeError::Refused(r) if matches!(r.status, 401 | 403) => ApiError::Internal.into(),
-        _ => ApiError::PaymentProviderUnavailable.into(),
-    }
+    err.api_error().into()
 }
 
 /// Sends `command` to the organization's Durable Object and reads its 200
@@ -88,20 +86,46 @@ async fn ensure_customer(
         .ok_or_else(|| ApiError::Internal.into())
 }
 
-/// `GET /v1/orgs/{org}/payment-method`.
-pub async fn payment_method(env: &Env, settings: &Settings, org: &str, now_ms: i64) -> Answer {
-    let stripe = stripe(settings)?;
-    let summary = match customer_id(env, org, now_ms).await? {
-        None => None,
-        Some(customer) => stripe
-            .default_payment_method(&customer)
-            .await
-            .map_err(unavailable)?,
-    };
-    Ok(json_response(
-        200,
-        &PaymentMethodSummary::to_json(summary.as_ref()),
-    )?)
+/// `GET /v1/orgs/{org}/payment-method`: answered by the organization's
+/// Durable Object, which asks Stripe at most once a minute.
+pub async fn payment_method(env: &Env, org: &str, now_ms: i64) -> Answer {
+    Ok(wallet_protocol::payment_method(env, org, now_ms, PaymentMethodOp::Read).await?)
+}
+
+/// The default payment method on file at Stripe now, also handed to the
+/// organization's Durable Object so that reads show it at once.
+async fn current_payment_method(
+    env: &Env,
+    stripe: &Stripe,
+    org: &str,
+    customer: &str,
+    now_ms: i64,
+) -> Result<Option<PaymentMethodSummary>, Failure> {
+    let summary = stripe
+        .default_payment_method(customer)
+        .await
+        .map_err(unavailable)?;
+    remember_payment_method(env, org, now_ms, summary.clone()).await;
+    Ok(summary)
+}
+
+/// Hands a payment method just read or set at Stripe to the organization's
+/// Durable Object. A failure only leaves reads a minute behind: logged.
+async fn remember_payment_method(
+    env: &Env,
+    org: &str,
+    now_ms: i64,
+    summary: Option<PaymentMethodSummary>,
+) {
+    let learned = PaymentMethodOp::Learned { summary };
+    match wallet_protocol::payment_method(env, org, now_ms, learned).await {
+        Ok(answer) if answer.status_code() == 200 => {}
+        Ok(answer) => console_error!(
+            "the wallet of {org} did not keep its payment method: HTTP {}",
+            answer.status_code()
+        ),
+        Err(err) => console_error!("the wallet of {org} did not keep its payment method: {err}"),
+    }
 }
 
 /// Answers 409 `payment_method_required` unless the organization has a
@@ -116,11 +140,7 @@ pub async fn require_payment_method(
     let Some(customer) = customer_id(env, org, now_ms).await? else {
         return Err(ApiError::PaymentMethodRequired.into());
     };
-    match stripe
-        .default_payment_method(&customer)
-        .await
-        .map_err(unavailable)?
-    {
+    match current_payment_method(env, &stripe, org, &customer, now_ms).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::PaymentMethodRequired.into()),
     }
@@ -147,6 +167,7 @@ pub async fn dev_payment_method(
             }
             other => unavailable(other),
         })?;
+    remember_payment_method(env, org, now_ms, Some(summary.clone())).await;
     Ok(json_response(
         200,
         &PaymentMethodSummary::to_json(Some(&summary)),
@@ -190,10 +211,8 @@ pub async fn create(
                 Some(id) => id,
                 None => ensure_customer(env, &stripe, org, now_ms).await?,
             };
-            let method = stripe
-                .default_payment_method(&customer)
-                .await
-                .map_err(unavailable)?
+            let method = current_payment_method(env, &stripe, org, &customer, now_ms)
+                .await?
                 .ok_or(ApiError::PaymentMethodRequired)?;
             let opened: PurchaseStartReply = ask(
                 env,
@@ -255,9 +274,23 @@ pub async fn charge(
     customer: &str,
     purchase: &Purchase,
 ) -> ChargeOutcome {
-    match stripe.charge(org, customer, purchase).await {
+    let answer = stripe.charge(org, customer, purchase).await;
+    if let Err(err) = &answer {
+        console_error!("charge of purchase {}: {err}", purchase.id);
+    }
+    charge_outcome(answer)
+}
+
+/// Stripe's answer to a charge as its outcome. Only a refusal of the charge
+/// itself is `Refused`; our key refused (401/403), no answer, or a key
+/// already used with other parameters leave the outcome unknown (the same
+/// key is sent again later).
+fn charge_outcome(answer: Result<IntentState, StripeError>) -> ChargeOutcome {
+    match answer {
         Ok(intent) => ChargeOutcome::Intent { intent },
-        Err(StripeError::Refused(refusal)) if !matches!(refusal.status, 401 | 403) => {
+        Err(StripeError::Refused(refusal))
+            if !matches!(refusal.status, 401 | 403) && !refusal.leaves_outcome_unknown() =>
+        {
             let decline_code = refusal
                 .is_decline()
                 .then(|| refusal.decline_code.clone().or(refusal.code.clone()))
@@ -267,10 +300,7 @@ pub async fn charge(
                 decline_code,
             }
         }
-        Err(err) => {
-            console_error!("charge of purchase {} has no outcome: {err}", purchase.id);
-            ChargeOutcome::Unknown
-        }
+        Err(_) => ChargeOutcome::Unknown,
     }
 }
 
@@ -330,4 +360,51 @@ pub async fn get(
 
 fn purchase_response(status: u16, purchase: &Purchase, owner: bool) -> Answer {
     Ok(json_response(status, &purchase.to_json(owner))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stripe_api::refusal;
+
+    fn refused(status: u16, body: &str) -> ChargeOutcome {
+        charge_outcome(Err(StripeError::Refused(refusal(status, body.as_bytes()))))
+    }
+
+    #[test]
+    fn a_key_reused_with_other_parameters_is_an_unknown_outcome_never_a_decline() {
+        let body = r#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
+        assert_eq!(refused(400, body), ChargeOutcome::Unknown);
+    }
+
+    #[test]
+    fn a_declined_card_is_refused_with_its_decline_code() {
+        let body = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","payment_intent":{"id":"pi_1"}}}"#;
+        assert_eq!(
+            refused(402, body),
+            ChargeOutcome::Refused {
+                payment_intent_id: Some("pi_1".into()),
+                decline_code: Some("insufficient_funds".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_request_is_refused_without_a_decline_code() {
+        let body = r#"{"error":{"type":"invalid_request_error","code":"resource_missing"}}"#;
+        assert_eq!(
+            refused(400, body),
+            ChargeOutcome::Refused {
+                payment_intent_id: None,
+                decline_code: None,
+            }
+        );
+    }
+
+    #[test]
+    fn our_key_refused_or_no_answer_leave_the_outcome_unknown() {
+        assert_eq!(refused(401, "{}"), ChargeOutcome::Unknown);
+        let none = charge_outcome(Err(StripeError::Unavailable("timeout".into())));
+        assert_eq!(none, ChargeOutcome::Unknown);
+    }
 }

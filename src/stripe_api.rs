@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 use futures_util::future::{select, Either};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -29,6 +30,7 @@ use stripe_core::payment_intent::{
 };
 use stripe_payment::payment_method::AttachPaymentMethod;
 use stripe_types::Currency;
+use wallet_core::api::ApiError;
 use wallet_core::purchase::{
     charge_idempotency_key, customer_idempotency_key, Purchase, CHARGE_LEASE_SECONDS,
 };
@@ -72,6 +74,14 @@ impl Refusal {
     pub fn is_decline(&self) -> bool {
         self.status == 402 || self.error_type.as_deref() == Some("card_error")
     }
+
+    /// Stripe refused this request but not what it stands for: an
+    /// `idempotency_error` ("Keys for idempotent requests can only be used
+    /// with the same parameters") says the key's first request exists, and
+    /// that one may well have charged. Never read as a decline.
+    pub fn leaves_outcome_unknown(&self) -> bool {
+        self.error_type.as_deref() == Some("idempotency_error")
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +110,18 @@ impl Display for StripeError {
     }
 }
 
+impl StripeError {
+    /// The answer for a request that needed Stripe and got no usable answer:
+    /// 503, which the caller may retry; 500 when Stripe refused our key
+    /// (401/403: a configuration problem, not the caller's).
+    pub fn api_error(&self) -> ApiError {
+        match self {
+            StripeError::Refused(r) if matches!(r.status, 401 | 403) => ApiError::Internal,
+            _ => ApiError::PaymentProviderUnavailable,
+        }
+    }
+}
+
 impl StripeClientErr for StripeError {
     fn deserialize_err(msg: impl Display) -> Self {
         StripeError::Unreadable(msg.to_string())
@@ -124,7 +146,7 @@ impl StripeClient for Stripe {
 }
 
 /// The default payment method as the API reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentMethodSummary {
     pub id: String,
     pub type_: String,
@@ -416,7 +438,7 @@ impl Stripe {
 }
 
 /// Reads the fields of Stripe's error object used here.
-fn refusal(status: u16, body: &[u8]) -> Refusal {
+pub fn refusal(status: u16, body: &[u8]) -> Refusal {
     let raw: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let error = &raw["error"];
     let text = |field: &str| error[field].as_str().map(str::to_string);

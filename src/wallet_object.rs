@@ -8,15 +8,19 @@
 //! organization's requests are applied strictly one after another.
 //! Afterwards an alarm, armed in the same commit, replicates to the
 //! organization's D1 shard what the dashboard aggregates (`ledger_shards`),
-//! starts the charge of an auto top-up the commit recorded, and hands events
-//! waiting in the outbox to the delivery queue (`event_delivery`).
+//! hands events waiting in the outbox to the delivery queue
+//! (`event_delivery`), and starts a task of its own that sends the charge of
+//! an auto top-up the commit recorded, so a slow Stripe delays neither.
+//! The object also answers the payment method on file from its cache
+//! (`payment_method_cache`).
 
 use crate::event_delivery;
 use crate::ledger_shards;
+use crate::payment_method_cache::{Lookup, PaymentMethodCache};
 use crate::purchases;
 use crate::settings::settings;
-use crate::stripe_api::Stripe;
-use crate::wallet_protocol;
+use crate::stripe_api::{PaymentMethodSummary, Stripe};
+use crate::wallet_protocol::{self, PaymentMethodOp, PaymentMethodRequest};
 use crate::wallet_store::{self, Statement, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -26,7 +30,7 @@ use wallet_core::decision::{self, Reply};
 use wallet_core::events::EVENTS_RETENTION_DAYS;
 use wallet_core::ledger::{replica_batch, LedgerQuery};
 use wallet_core::purchase::{
-    ChargeOutcome, PurchaseStatus, CHARGE_LEASE_SECONDS, RESEND_WINDOW_SECONDS,
+    ChargeOutcome, Purchase, PurchaseStatus, CHARGE_LEASE_SECONDS, RESEND_WINDOW_SECONDS,
 };
 use wallet_core::time::from_millis;
 use wallet_core::Wallet;
@@ -109,53 +113,68 @@ fn add(counter: &Cell<u64>, n: u64) {
 
 #[durable_object]
 pub struct WalletObject {
+    instance: Rc<Instance>,
+}
+
+/// The object's state in this isolate, shared with the task that sends an
+/// auto top-up's charge (it outlives the alarm that started it).
+struct Instance {
     state: State,
     env: Env,
     wallet: RefCell<Option<Wallet>>,
     loaded: Cell<bool>,
     replica: ReplicaState,
+    /// Whether this instance's charge task is running: at most one at a time.
+    /// A task lost with its instance is harmless: the charge's lease lets the
+    /// next instance's alarm send it again.
+    charging: Cell<bool>,
+    payment_method: RefCell<PaymentMethodCache>,
 }
 
 impl DurableObject for WalletObject {
     fn new(state: State, env: Env) -> Self {
         WalletObject {
-            state,
-            env,
-            wallet: RefCell::new(None),
-            loaded: Cell::new(false),
-            replica: ReplicaState::default(),
+            instance: Rc::new(Instance {
+                state,
+                env,
+                wallet: RefCell::new(None),
+                loaded: Cell::new(false),
+                replica: ReplicaState::default(),
+                charging: Cell::new(false),
+                payment_method: RefCell::new(PaymentMethodCache::default()),
+            }),
         }
     }
 
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        self.instance.fetch(req).await
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.instance.alarm().await
+    }
+}
+
+impl Instance {
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        if req.path() == wallet_protocol::PAYMENT_METHOD_PATH {
+            let request: PaymentMethodRequest = serde_json::from_str(&req.text().await?)?;
+            let now = from_millis(request.now_ms)
+                .ok_or_else(|| Error::RustError("bad request time".into()))?;
+            let reply = self
+                .payment_method(request.op, now)
+                .await
+                .unwrap_or_else(|err| {
+                    console_error!("payment method lookup failed: {err}");
+                    Reply::error(&ApiError::Internal, now)
+                });
+            return wallet_protocol::response(reply);
+        }
         // serde_json over the text: cheaper than JSON.parse plus a walk over JS objects.
         let envelope: Envelope = serde_json::from_str(&req.text().await?)?;
         match envelope.command {
             Command::Ping => return Response::ok("{}"),
-            Command::StorageStats => {
-                self.ensure_loaded()?;
-                let shard_target = self.replica_target();
-                let shard = shard_target.as_ref().map(|(_, shard)| shard.clone());
-                // `pending`: entries still wait for the shard, so `make bench`
-                // can tell a settled flush now that the ledger route is exact.
-                // A fresh instance asks the shard how far it is first.
-                if let (None, Some((org_id, shard))) = (self.replica.watermark.get(), &shard_target)
-                {
-                    let db = ledger_shards::shard(&self.env, shard)?;
-                    let seq = ledger_shards::progress(&db, org_id).await?;
-                    if self.replica.watermark.get().is_none() {
-                        self.replica.watermark.set(Some(seq));
-                    }
-                }
-                let pending = self.pending(&self.state.storage().sql())?;
-                return Response::from_json(&serde_json::json!({
-                    "ledger_shard": shard,
-                    "pending": pending,
-                    "do_rows_written": self.replica.do_rows_written.get(),
-                    "d1_rows_written": self.replica.d1_rows_written.get(),
-                    "d1_batches": self.replica.d1_batches.get(),
-                }));
-            }
+            Command::StorageStats => return self.storage_stats().await,
             _ => {}
         }
         let now = from_millis(envelope.now_ms)
@@ -167,25 +186,41 @@ impl DurableObject for WalletObject {
         wallet_protocol::response(reply)
     }
 
-    /// Replicates to the shard, then prunes. Alarms of one object never
-    /// overlap; requests committed meanwhile arm the next alarm themselves.
-    async fn alarm(&self) -> Result<Response> {
-        self.replica.alarm_at.set(None);
-        // What leaves for Stripe and the event receiver goes first: a flush
-        // can wait its 2 s, a low wallet should not.
-        let charge_retry = match self.send_auto_top_up().await {
-            Ok(retry) => retry,
-            Err(err) => {
-                console_error!("auto top-up charge failed, retrying: {err}");
-                Some(self.charge_backoff_ms())
+    /// `make bench`'s counters. `pending`: entries still wait for the shard,
+    /// so a settled flush can be told now that the ledger route is exact.
+    async fn storage_stats(&self) -> Result<Response> {
+        self.ensure_loaded()?;
+        let shard_target = self.replica_target();
+        let shard = shard_target.as_ref().map(|(_, shard)| shard.clone());
+        // A fresh instance asks the shard how far it is first.
+        if let (None, Some((org_id, shard))) = (self.replica.watermark.get(), &shard_target) {
+            let db = ledger_shards::shard(&self.env, shard)?;
+            let seq = ledger_shards::progress(&db, org_id).await?;
+            if self.replica.watermark.get().is_none() {
+                self.replica.watermark.set(Some(seq));
             }
-        };
+        }
+        let pending = self.pending(&self.state.storage().sql())?;
+        Response::from_json(&serde_json::json!({
+            "ledger_shard": shard,
+            "pending": pending,
+            "do_rows_written": self.replica.do_rows_written.get(),
+            "d1_rows_written": self.replica.d1_rows_written.get(),
+            "d1_batches": self.replica.d1_batches.get(),
+        }))
+    }
+
+    /// Hands events to the delivery queue, replicates to the shard, then
+    /// prunes; an auto top-up's charge goes to Stripe from a task of its own,
+    /// so a slow Stripe never delays replication or events. Alarms of one
+    /// object never overlap; requests committed meanwhile arm the next alarm
+    /// themselves.
+    async fn alarm(self: &Rc<Self>) -> Result<Response> {
+        self.replica.alarm_at.set(None);
+        self.start_charge();
         if let Err(err) = self.queue_events().await {
             console_error!("handing events to the delivery queue failed, retrying: {err}");
             self.arm_alarm(RETRY_MS);
-        }
-        if let Some(delay) = charge_retry {
-            self.arm_alarm(delay);
         }
         // The alarm never fails: an error is logged and the alarm set again,
         // so replication never stops waiting for a request to re-arm it.
@@ -201,9 +236,50 @@ impl DurableObject for WalletObject {
         }
         Response::empty()
     }
-}
 
-impl WalletObject {
+    /// The auto top-up in flight, if any.
+    fn in_flight_purchase(&self) -> Option<String> {
+        self.wallet
+            .borrow()
+            .as_ref()
+            .and_then(|w| w.auto_top_up().in_flight.clone())
+    }
+
+    /// Starts the task that sends the auto top-up in flight to Stripe, unless
+    /// one runs already. The task arms the alarm for its own retry when it
+    /// ends, and at once when another auto top-up started meanwhile.
+    fn start_charge(self: &Rc<Self>) {
+        if let Err(err) = self.ensure_loaded() {
+            console_error!("auto top-up charge not started: {err}");
+            return;
+        }
+        let Some(handled) = self.in_flight_purchase() else {
+            return;
+        };
+        if self.charging.replace(true) {
+            return;
+        }
+        let instance = Rc::clone(self);
+        wasm_bindgen_futures::spawn_local(async move {
+            let retry = match instance.send_auto_top_up().await {
+                Ok(retry) => retry,
+                Err(err) => {
+                    console_error!("auto top-up charge failed, retrying: {err}");
+                    Some(instance.charge_backoff_ms())
+                }
+            };
+            instance.charging.set(false);
+            if let Some(delay) = retry {
+                instance.arm_alarm(delay);
+            } else if instance
+                .in_flight_purchase()
+                .is_some_and(|id| id != handled)
+            {
+                instance.arm_alarm(0.0);
+            }
+        });
+    }
+
     /// One alarm's work: replicate (restoring a pre-shard organization's
     /// entries first), then prune. Returns when the next alarm is due.
     async fn replicate_and_prune(&self) -> Result<Option<f64>> {
@@ -311,47 +387,80 @@ impl WalletObject {
             return Ok(None);
         }
         if !purchase.needs_auto_charge(now) {
-            if let (Some(intent_id), PurchaseStatus::Processing) =
-                (&purchase.payment_intent_id, purchase.status)
-            {
-                // Stripe answered "processing": its webhook settles it; when
-                // none has come for a while, ask Stripe.
-                let waited = now - purchase.updated_at;
-                let poll = chrono::Duration::seconds(INTENT_POLL_SECONDS);
-                if waited < poll {
-                    return Ok(Some((poll - waited).num_milliseconds() as f64 + 1_000.0));
-                }
-                match stripe.payment_intent(intent_id).await {
-                    Ok(intent) => {
-                        self.decide_and_commit(
-                            Command::PurchaseSettle {
-                                purchase_id: Some(purchase_id),
-                                outcome: ChargeOutcome::Intent { intent },
-                            },
-                            now,
-                        )?;
-                    }
-                    Err(err) => console_error!("refreshing auto top-up {purchase_id}: {err}"),
-                }
-                return Ok(Some(INTENT_POLL_SECONDS as f64 * 1000.0));
-            }
-            // Another alarm's send is under way (its lease).
+            return self.follow_sent_charge(&stripe, &purchase, now).await;
+        }
+        self.claim_and_charge(&stripe, &org_id, customer, purchase, now)
+            .await
+    }
+
+    /// An auto top-up whose charge was sent: Stripe answered "processing"
+    /// (its webhook settles it; when none has come for a while, Stripe is
+    /// asked), or another send is under way (its lease). Returns when to look
+    /// again.
+    async fn follow_sent_charge(
+        &self,
+        stripe: &Stripe,
+        purchase: &Purchase,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<f64>> {
+        let (Some(intent_id), PurchaseStatus::Processing) =
+            (&purchase.payment_intent_id, purchase.status)
+        else {
             return Ok(purchase.charge_started_at.map(|at| {
                 let due = at + chrono::Duration::seconds(CHARGE_LEASE_SECONDS);
                 ((due - now).num_milliseconds().max(0) as f64) + 1_000.0
             }));
+        };
+        let waited = now - purchase.updated_at;
+        let poll = chrono::Duration::seconds(INTENT_POLL_SECONDS);
+        if waited < poll {
+            return Ok(Some((poll - waited).num_milliseconds() as f64 + 1_000.0));
         }
-        let method = match &customer {
-            None => None,
-            Some(customer) => stripe
-                .default_payment_method(customer)
-                .await
-                .map_err(|e| Error::RustError(e.to_string()))?
-                .map(|m| m.id),
+        match stripe.payment_intent(intent_id).await {
+            Ok(intent) => {
+                self.decide_and_commit(
+                    Command::PurchaseSettle {
+                        purchase_id: Some(purchase.id.clone()),
+                        outcome: ChargeOutcome::Intent { intent },
+                    },
+                    now,
+                )?;
+            }
+            Err(err) => console_error!("refreshing auto top-up {}: {err}", purchase.id),
+        }
+        Ok(Some(INTENT_POLL_SECONDS as f64 * 1000.0))
+    }
+
+    /// Claims the charge (its lease) in one decision, sends it, and settles
+    /// Stripe's answer in another. Returns when to try again, if it must be.
+    async fn claim_and_charge(
+        &self,
+        stripe: &Stripe,
+        org_id: &str,
+        customer: Option<String>,
+        purchase: Purchase,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<f64>> {
+        // A resend repeats the first attempt: a card changed since then must
+        // not turn an unknown outcome into a charge with other parameters
+        // (Stripe refuses those under the same key).
+        let method = match (&purchase.payment_method_id, &customer) {
+            (Some(sent), _) => Some(sent.clone()),
+            (None, None) => None,
+            (None, Some(customer)) => {
+                let found = stripe
+                    .default_payment_method(customer)
+                    .await
+                    .map_err(|e| Error::RustError(e.to_string()))?;
+                self.payment_method
+                    .borrow_mut()
+                    .learned(customer, found.clone(), now);
+                found.map(|m| m.id)
+            }
         };
         let claimed = self.decide_and_commit(
             Command::AutoTopUpSend {
-                purchase_id: purchase_id.clone(),
+                purchase_id: purchase.id.clone(),
                 payment_method_id: method,
             },
             now,
@@ -364,11 +473,11 @@ impl WalletObject {
             return Ok(None);
         };
         let customer = customer.unwrap_or_default();
-        let outcome = purchases::charge(&stripe, &org_id, &customer, &purchase).await;
+        let outcome = purchases::charge(stripe, org_id, &customer, &purchase).await;
         let unknown = outcome == ChargeOutcome::Unknown;
         self.decide_and_commit(
             Command::PurchaseSettle {
-                purchase_id: Some(purchase_id),
+                purchase_id: Some(purchase.id.clone()),
                 outcome,
             },
             now,
@@ -378,6 +487,73 @@ impl WalletObject {
         }
         self.replica.charge_failures.set(0);
         Ok(None)
+    }
+
+    /// A payment method request: a read, answered from the cache (Stripe is
+    /// asked at most once a minute), or a value the Worker just learned.
+    async fn payment_method(
+        &self,
+        op: PaymentMethodOp,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Reply> {
+        self.ensure_loaded()?;
+        let customer = match self.wallet.borrow().as_ref() {
+            None => return Ok(Reply::error(&ApiError::WalletNotFound, now)),
+            Some(w) => w.stripe_customer_id().map(str::to_string),
+        };
+        let Some(customer) = customer else {
+            // No Stripe customer yet: no card on file, nothing to ask Stripe.
+            return Ok(Reply::json(200, &PaymentMethodSummary::to_json(None)));
+        };
+        let lookup = match op {
+            PaymentMethodOp::Learned { summary } => {
+                self.payment_method
+                    .borrow_mut()
+                    .learned(&customer, summary.clone(), now);
+                Ok(summary)
+            }
+            PaymentMethodOp::Read => self.read_payment_method(&customer, now).await?,
+        };
+        Ok(match lookup {
+            Ok(summary) => Reply::json(200, &PaymentMethodSummary::to_json(summary.as_ref())),
+            Err(err) => Reply::error(&err, now),
+        })
+    }
+
+    /// The cached payment method of `customer`, refreshed from Stripe when
+    /// it is a minute old; concurrent readers share one Stripe request.
+    async fn read_payment_method(
+        &self,
+        customer: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Lookup> {
+        if let Some(cached) = self.payment_method.borrow().cached(customer, now) {
+            return Ok(cached);
+        }
+        let settings = settings(&self.env).map_err(Error::RustError)?;
+        let stripe = match &settings.stripe {
+            Ok(config) => Stripe::new(config),
+            Err(problem) => {
+                console_error!("Stripe is not configured: {problem}");
+                return Ok(Err(ApiError::Internal));
+            }
+        };
+        let refresh = self.payment_method.borrow_mut().refresh(|| {
+            let customer = customer.to_string();
+            async move {
+                stripe
+                    .default_payment_method(&customer)
+                    .await
+                    .map_err(|err| {
+                        console_error!("reading the payment method of {customer}: {err}");
+                        err.api_error()
+                    })
+            }
+        });
+        let lookup = refresh.clone().await;
+        let mut cache = self.payment_method.borrow_mut();
+        cache.refreshed(&refresh, customer, &lookup, now);
+        Ok(cache.cached(customer, now).unwrap_or(lookup))
     }
 
     fn charge_backoff_ms(&self) -> f64 {

@@ -288,7 +288,13 @@ describe('when Stripe is unreachable', () => {
   test('Stripe routes answer 503 payment_provider_unavailable; nothing changes; AI usage goes on', async () => {
     const org = await orgWithCard();
     await stack.stripe.stop();
-    assertError(await paymentMethod(org), 503, 'payment_provider_unavailable');
+    // The card on file is answered by the organization's Durable Object,
+    // from what it last read, even when Stripe cannot be asked again.
+    const later = new Date(Date.now() + 120_000).toISOString();
+    for (const now of [undefined, later]) {
+      const res = await w.call('GET', '/v1/orgs/{org}/payment-method', { org }, { token: ownerToken(org), now });
+      assert.deepEqual(res.json, { has_payment_method: true, type: 'card', brand: 'visa', last4: '4242' }, res.summary);
+    }
     assertError(await buy(org, 'starter'), 503, 'payment_provider_unavailable');
     assertAmount(await w.balance(org), TRIAL);
     const debit = await w.debit(org, '5');

@@ -12,6 +12,11 @@ after(async () => {
   await Promise.all([...relays].map((relay) => relay.stop()));
 });
 
+/** A form body's parameters in a canonical order (Stripe compares parameters, not bytes). */
+function sameParameters(body) {
+  return [...new URLSearchParams(body)].map(([name, value]) => `${name}=${value}`).sort().join('&');
+}
+
 /**
  * Starts a relay on a free loopback port forwarding to `target` (a base URL).
  * While off it answers 503 with `Stripe-Should-Retry: false` (what a client of
@@ -21,8 +26,10 @@ export async function startRelay(target, { idempotent = false } = {}) {
   const port = await freePort();
   // idempotent: answers a POST whose Idempotency-Key it has forwarded before
   // with the first answer, without forwarding it again, as Stripe's API does
-  // (localstripe does not), so a test can show a resent charge is one charge.
-  const firstAnswers = new Map(); // key → Promise<{status, headers, body}>
+  // (localstripe does not), so a test can show a resent charge is one charge;
+  // and, as Stripe does, refuses the key with other parameters (400
+  // idempotency_error), so a resend that changed them is seen.
+  const firstAnswers = new Map(); // key → {params, answer: Promise<{status, headers, body}>}
   // A request matching `withheld` is forwarded but never answered: what the
   // caller sees when the answer is lost (say, the caller's runtime dies).
   let withheld = null;
@@ -65,9 +72,25 @@ export async function startRelay(target, { idempotent = false } = {}) {
       const key = req.headers['idempotency-key'];
       let answer;
       if (idempotent && req.method === 'POST' && key !== undefined) {
-        exchange.replayed = firstAnswers.has(key);
-        if (!exchange.replayed) firstAnswers.set(key, forward());
-        answer = await firstAnswers.get(key);
+        const params = sameParameters(exchange.requestBody);
+        const first = firstAnswers.get(key);
+        exchange.replayed = first !== undefined;
+        if (first === undefined) {
+          firstAnswers.set(key, { params, answer: forward() });
+        } else if (first.params !== params) {
+          exchange.status = 400;
+          exchange.idempotencyError = true;
+          exchange.responseBody = JSON.stringify({
+            error: {
+              type: 'idempotency_error',
+              message: `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${key}' if you meant to execute a different request.`,
+            },
+          });
+          res.writeHead(400, { 'content-type': 'application/json' });
+          res.end(exchange.responseBody);
+          return;
+        }
+        answer = await firstAnswers.get(key).answer;
       } else {
         answer = await forward();
       }

@@ -51,6 +51,8 @@ const PUBLIC_READ: &[u16] = &[200, 500];
 const DEV_TOKEN: &[u16] = &[200, 400, 404, 413, 422, 500];
 /// An organization's read route: 422 names a bad `org`, query or `X-Dev-Now`.
 const ORG_READ: &[u16] = &[200, 401, 403, 404, 422, 500];
+/// A read that costs a shard or Stripe work: ORG_READ plus 429 `rate_limited`.
+const ORG_LIMITED_READ: &[u16] = &[200, 401, 403, 404, 422, 429, 500];
 /// An organization's route with a JSON body.
 const ORG_WRITE: &[u16] = &[200, 400, 401, 403, 404, 413, 422, 500];
 /// Debits and holds: ORG_WRITE answering 201, plus 402, 409 and 429.
@@ -128,7 +130,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/orgs/{org}/payment-method",
         0,
-        &[200, 401, 403, 404, 422, 500, 503],
+        &[200, 401, 403, 404, 422, 429, 500, 503],
     ),
     route(
         "post",
@@ -144,8 +146,8 @@ pub const ROUTES: &[Route] = &[
         MAX_WEBHOOK_BODY_BYTES,
         &[200, 400, 413, 500, 503],
     ),
-    route("get", "/v1/orgs/{org}/transactions", 0, ORG_READ),
-    route("get", "/v1/orgs/{org}/usage", 0, ORG_READ),
+    route("get", "/v1/orgs/{org}/transactions", 0, ORG_LIMITED_READ),
+    route("get", "/v1/orgs/{org}/usage", 0, ORG_LIMITED_READ),
 ];
 
 fn template_matches(template: &str, segments: &[&str]) -> bool {
