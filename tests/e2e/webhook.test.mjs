@@ -1,7 +1,10 @@
 // POST /stripe/webhook: signatures checked as Stripe specifies (every v1, every
-// configured secret, 300 s tolerance) before anything is read; each
-// PaymentIntent credits at most once whatever the duplicates and their order;
-// failures and disputes; everything else acknowledged and ignored.
+// configured secret, 300 s tolerance) before anything is read; only a purchase
+// the organization started, charged to its own Stripe customer, is credited
+// (SPEC §10), each PaymentIntent at most once whatever the duplicates and
+// their order; failures and disputes; everything else acknowledged and
+// ignored. A purchase that only a webhook can credit is made on a 3-D Secure
+// card and authenticated at localstripe (`authenticatedPurchase`).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import Stripe from 'stripe';
@@ -11,8 +14,7 @@ import {
 import {
   WEBHOOK_SECRET, deliver, eventPayload, nowSeconds, purchaseIdFor, signatureHeader, startStack, v1Signature,
 } from './stripe.mjs';
-
-const THREE_D_SECURE_CARD = '4000002500003155';
+import { THREE_D_SECURE_CARD, authenticatedPurchase } from './money.mjs';
 
 let stack;
 let w;
@@ -42,13 +44,16 @@ function syntheticIntent(org, { pack = 'starter', amount = 1000, received = amou
   };
 }
 
-/** A real succeeded PaymentIntent created at localstripe with our metadata. */
-async function paidIntentAtStripe(org, metadata) {
-  const customer = await stack.stripe.post('/v1/customers', { description: `e2e ${org}` });
+/**
+ * A real succeeded PaymentIntent created at localstripe with our metadata,
+ * charged to a new customer (not the organization's).
+ */
+async function paidIntentAtStripe(org, metadata, stripe = stack.stripe) {
+  const customer = await stripe.post('/v1/customers', { description: `e2e ${org}` });
   assert.equal(customer.status, 200, customer.text);
-  const pm = await stack.stripe.post('/v1/payment_methods/pm_card_visa/attach', { customer: customer.json.id });
+  const pm = await stripe.post('/v1/payment_methods/pm_card_visa/attach', { customer: customer.json.id });
   assert.equal(pm.status, 200, pm.text);
-  const pi = await stack.stripe.post('/v1/payment_intents', {
+  const pi = await stripe.post('/v1/payment_intents', {
     amount: 1000,
     currency: 'usd',
     customer: customer.json.id,
@@ -83,91 +88,162 @@ function getPurchase(client, org, id) {
   return client.call('GET', '/v1/orgs/{org}/purchases/{purchase_id}', { org, purchase_id: id }, { token: ownerToken(org) });
 }
 
+/**
+ * A purchase of `pack` that only a webhook can credit: on a 3-D Secure card,
+ * authenticated at localstripe. localstripe's own deliveries are cut off
+ * (the recording relay answers them 503; localstripe never retries), so only
+ * the test's deliveries reach the worker. Returns `{purchase, intent}`.
+ */
+async function pendingPurchase(org, pack, opts) {
+  stack.webhookRelay.setOnline(false);
+  return authenticatedPurchase(w, stack.stripe, org, pack, opts);
+}
+
 describe('crediting exactly once', () => {
   test('the same payment_intent.succeeded delivered 20 times concurrently credits once', async () => {
     const org = await w.newOrg();
-    const pi = await paidIntentAtStripe(org, {});
+    await putCardOnFile(w, org, await stack.stripe.cardPaymentMethod(THREE_D_SECURE_CARD));
+    stack.webhookRelay.setOnline(true); // localstripe's own delivery of the same event comes too
+    const res = await buy(w, org, 'starter');
+    assert.equal(res.json.status, 'requires_action', res.text);
+    const auth = await stack.stripe.authenticate(res.json.payment_intent_id, res.json.client_secret);
+    assert.equal(auth.status, 200, auth.text);
+    const pi = await stack.stripe.paymentIntent(res.json.payment_intent_id);
     const payload = eventPayload('payment_intent.succeeded', pi);
     const answers = await Promise.all(Array.from({ length: 20 }, () => send(payload, signatureHeader(payload))));
-    for (const res of answers) {
-      assert.equal(res.status, 200, res.text);
-      assert.deepEqual(res.json, { received: true });
+    for (const answer of answers) {
+      assert.equal(answer.status, 200, answer.text);
+      assert.deepEqual(answer.json, { received: true });
     }
     assertAmount(await w.balance(org), '1200');
-    await stack.delivery('payment_intent.succeeded', { intent: pi.id }); // localstripe's own, of the same event
+    await stack.delivery('payment_intent.succeeded', { intent: pi.id }); // localstripe's own
     assertAmount(await w.balance(org), '1200');
     const [entry] = await ledgerOf(w, org, 2);
     assert.equal(entry.kind, 'purchase');
     assert.equal(entry.payment_intent_id, pi.id);
+    assert.equal(entry.purchase_id, res.json.id);
     assert.equal(entry.pack_id, 'starter');
     assertAmount(entry.amount, '1000');
     assert.equal(entry.amount_cents, 1000);
     assertAmount(entry.balance_after, '1200');
+    const settled = await getPurchase(w, org, res.json.id);
+    assert.equal(settled.json.status, 'succeeded', settled.text);
   });
 
-  test('a webhook that arrives before the purchase answer: the purchase request does not credit again', async () => {
+  test('credits come from the purchase and what Stripe received, not from the event', async () => {
     const org = await w.newOrg();
-    await putCardOnFile(w, org);
-    const key = randomId('key_');
-    const purchaseId = purchaseIdFor(org, key);
-    // Stripe created and charged the PaymentIntent for this purchase and its
-    // event is here first; the purchase request's own answer comes later.
-    const pi = await paidIntentAtStripe(org, { purchase_id: purchaseId });
-    const payload = eventPayload('payment_intent.succeeded', pi);
+    // The event says "scale" ($1,000 for 120,000) and $10 received for a team
+    // purchase ($50 for 5,250): the purchase's pack, pro rata: 1,050 credits.
+    const { intent: team } = await pendingPurchase(org, 'team');
+    let payload = eventPayload('payment_intent.succeeded', {
+      ...team, amount_received: 1000, metadata: { ...team.metadata, pack_id: 'scale' },
+    });
     assert.equal((await send(payload, signatureHeader(payload))).status, 200);
-    assertAmount(await w.balance(org), '1200');
-    const seen = await getPurchase(w, org, purchaseId);
-    assert.equal(seen.status, 200, seen.text);
-    assert.equal(seen.json.status, 'succeeded');
-    assert.equal(seen.json.payment_intent_id, pi.id);
-
-    const res = await buy(w, org, 'starter', key);
-    assert.equal(res.status, 201, res.text);
-    assert.equal(res.json.id, purchaseId);
-    assert.equal(res.json.status, 'succeeded');
-    assert.equal(res.json.payment_intent_id, pi.id);
-    assertError(await buy(w, org, 'team', key), 409, 'idempotency_key_reused');
-    await stack.delivery('payment_intent.succeeded', { intent: pi.id });
-    assertAmount(await w.balance(org), '1200');
-    assert.equal((await stack.stripe.paymentIntentsOf(org)).length, 1, 'no second charge');
-    assertRunningBalance(await ledgerOf(w, org, 2), '1200');
-  });
-
-  test('credits come from the catalogue and what Stripe received, not from the event', async () => {
-    const org = await w.newOrg();
-    // Metadata says "scale" ($1,000 for 120,000) but Stripe received $10: 1,200 credits.
-    const short = syntheticIntent(org, { pack: 'scale', amount: 100000, received: 1000 });
-    let payload = eventPayload('payment_intent.succeeded', short);
-    assert.equal((await send(payload, signatureHeader(payload))).status, 200);
-    assertAmount(await w.balance(org), '1400');
+    assertAmount(await w.balance(org), '1250');
     // More than the price buys the pack, nothing more.
-    const over = syntheticIntent(org, { pack: 'starter', amount: 1000, received: 5000 });
-    payload = eventPayload('payment_intent.succeeded', over);
+    const { intent: starter } = await pendingPurchase(org, 'starter', { cardOnFile: true });
+    payload = eventPayload('payment_intent.succeeded', { ...starter, amount_received: 5000 });
     assert.equal((await send(payload, signatureHeader(payload))).status, 200);
-    assertAmount(await w.balance(org), '2400');
-    // Another currency, or a pack not in the catalogue, buys nothing (acknowledged, logged).
-    for (const intent of [
-      { ...syntheticIntent(org), currency: 'eur' },
-      syntheticIntent(org, { pack: 'platinum' }),
-    ]) {
-      payload = eventPayload('payment_intent.succeeded', intent);
-      assert.equal((await send(payload, signatureHeader(payload))).status, 200);
-    }
-    assertAmount(await w.balance(org), '2400');
-    const entries = await ledgerOf(w, org, 3);
-    assert.deepEqual(entries.map((e) => [e.pack_id, e.amount, e.amount_cents]), [
-      ['starter', '1000', 5000],
-      ['scale', '1200', 1000],
-      [undefined, TRIAL, undefined],
+    assertAmount(await w.balance(org), '2250');
+    // Another currency buys nothing (acknowledged, logged); the true event still credits.
+    const { intent: third } = await pendingPurchase(org, 'starter', { cardOnFile: true });
+    payload = eventPayload('payment_intent.succeeded', { ...third, currency: 'eur' });
+    assert.equal((await send(payload, signatureHeader(payload))).status, 200);
+    assertAmount(await w.balance(org), '2250');
+    payload = eventPayload('payment_intent.succeeded', third);
+    assert.equal((await send(payload, signatureHeader(payload))).status, 200);
+    assertAmount(await w.balance(org), '3250');
+    const entries = await ledgerOf(w, org, 4);
+    assert.deepEqual(entries.map((e) => [e.payment_intent_id, e.pack_id, e.amount, e.amount_cents]), [
+      [third.id, 'starter', '1000', 1000],
+      [starter.id, 'starter', '1000', 5000],
+      [team.id, 'team', '1050', 1000],
+      [undefined, undefined, TRIAL, undefined],
     ]);
+  });
+});
+
+describe('only our purchases credit (SPEC §10)', () => {
+  test('a signed payment_intent.succeeded naming only {org_id, pack_id} credits nothing: 200, no ledger entry', async () => {
+    const org = await w.newOrg();
+    stack.webhookRelay.setOnline(true);
+    // Never created at Stripe, and no customer.
+    const synthetic = syntheticIntent(org);
+    // Created and paid at Stripe (another customer), metadata naming only the
+    // organization and a pack: localstripe delivers its own event for it too.
+    const paid = await paidIntentAtStripe(org, {});
+    for (const intent of [synthetic, paid, { ...synthetic, id: randomId('pi_'), metadata: { org_id: org, pack_id: 'scale' } }]) {
+      const payload = eventPayload('payment_intent.succeeded', intent);
+      const answers = await Promise.all([1, 2].map(() => send(payload, signatureHeader(payload))));
+      for (const res of answers) {
+        assert.equal(res.status, 200, res.text);
+        assert.deepEqual(res.json, { received: true });
+      }
+    }
+    await stack.delivery('payment_intent.succeeded', { intent: paid.id });
+    assertAmount(await w.balance(org), TRIAL);
+    const entries = await w.ledger(org);
+    assert.deepEqual(entries.map((e) => e.kind), ['trial_grant'], 'no ledger entry');
+    assert.deepEqual(await stack.stripe.paymentIntentsOf(org).then((pis) => pis.map((pi) => pi.id)), [paid.id]);
+  });
+
+  test('an intent naming our purchase but another customer credits nothing; the genuine one credits once', async () => {
+    const org = await w.newOrg();
+    const { purchase, intent } = await pendingPurchase(org, 'starter');
+    assert.match(intent.customer, /^cus_/);
+    assert.equal(intent.metadata.purchase_id, purchase.id);
+    // Paid at Stripe by someone else, with our purchase's metadata.
+    const foreign = await paidIntentAtStripe(org, { purchase_id: purchase.id });
+    assert.notEqual(foreign.customer, intent.customer);
+    const other = await w.newOrg();
+    const { purchase: otherPurchase, intent: otherIntent } = await pendingPurchase(other, 'starter');
+    const impostors = {
+      'paid by another customer': foreign,
+      'our intent, another customer': { ...intent, customer: foreign.customer },
+      'our intent, no customer': { ...intent, customer: null },
+      'another organization\'s purchase named as ours': { ...otherIntent, metadata: { ...otherIntent.metadata, org_id: org } },
+      'a purchase id this organization never started': { ...intent, id: randomId('pi_'), metadata: { ...intent.metadata, purchase_id: purchaseIdFor(org, 'never-started') } },
+      'charged to our customer, naming no purchase': { ...intent, id: randomId('pi_'), metadata: { org_id: org, pack_id: 'starter' } },
+    };
+    for (const [name, body] of Object.entries(impostors)) {
+      const payload = eventPayload('payment_intent.succeeded', body);
+      const res = await send(payload, signatureHeader(payload));
+      assert.equal(res.status, 200, `${name}: ${res.text}`);
+      assert.deepEqual(res.json, { received: true });
+      assertAmount(await w.balance(org), TRIAL, name);
+    }
+    assert.deepEqual((await w.ledger(org)).map((e) => e.kind), ['trial_grant']);
+    assertAmount(await w.balance(other), TRIAL, "the other organization's purchase is not credited either");
+
+    const genuine = eventPayload('payment_intent.succeeded', intent);
+    for (const res of await Promise.all([1, 2, 3].map(() => send(genuine, signatureHeader(genuine))))) {
+      assert.equal(res.status, 200, res.text);
+    }
+    assertAmount(await w.balance(org), '1200');
+    const entries = await ledgerOf(w, org, 2);
+    assert.equal(entries[0].kind, 'purchase');
+    assert.equal(entries[0].payment_intent_id, intent.id);
+    assert.equal(entries[0].purchase_id, purchase.id);
+    assertRunningBalance(entries, '1200');
+    // The impostor paid by another customer, delivered again after the
+    // genuine credit, still credits nothing; the purchase follows its own intent.
+    const again = eventPayload('payment_intent.succeeded', foreign);
+    assert.equal((await send(again, signatureHeader(again))).status, 200);
+    assertAmount(await w.balance(org), '1200');
+    const shown = await getPurchase(w, org, purchase.id);
+    assert.equal(shown.json.status, 'succeeded', shown.text);
+    assert.equal(shown.json.payment_intent_id, intent.id);
+    assertAmount(shown.json.credits_granted, '1000');
+    assertAmount(await w.balance(other), TRIAL);
+    assert.equal(otherPurchase.status, 'requires_action');
   });
 });
 
 describe('signatures', () => {
   test('tampered body, wrong secret, stale or future timestamp, missing or malformed header: 400, nothing credited', async () => {
     const org = await w.newOrg();
-    const intent = syntheticIntent(org);
-    const payload = eventPayload('payment_intent.succeeded', intent);
+    const { intent } = await pendingPurchase(org, 'starter');
+    const payload = eventPayload('payment_intent.succeeded', { ...intent, amount_received: 1000 });
     const tampered = payload.replace('"amount_received":1000', '"amount_received":100000');
     assert.notEqual(tampered, payload);
     const t = nowSeconds();
@@ -204,7 +280,8 @@ describe('signatures', () => {
 
   test('a header with two v1 signatures where only the second matches is accepted', async () => {
     const org = await w.newOrg();
-    const payload = eventPayload('payment_intent.succeeded', syntheticIntent(org));
+    const { intent } = await pendingPurchase(org, 'starter');
+    const payload = eventPayload('payment_intent.succeeded', intent);
     const t = nowSeconds();
     const header = `t=${t},v1=${v1Signature(payload, 'whsec_rotated_away', t)},v1=${v1Signature(payload, WEBHOOK_SECRET, t)}`;
     const res = await send(payload, header);
@@ -215,7 +292,8 @@ describe('signatures', () => {
   test("signatures made by Stripe's own library verify", async () => {
     const org = await w.newOrg();
     const stripe = new Stripe('sk_test_e2e');
-    const payload = eventPayload('payment_intent.succeeded', syntheticIntent(org));
+    const { intent } = await pendingPurchase(org, 'starter');
+    const payload = eventPayload('payment_intent.succeeded', intent);
     const header = stripe.webhooks.generateTestHeaderString({ payload, secret: WEBHOOK_SECRET });
     const res = await send(payload, header);
     assert.equal(res.status, 200, res.text);
@@ -308,7 +386,8 @@ describe('two webhook secrets (rotation)', () => {
   const [OLD, NEW] = ['whsec_old_e2e', 'whsec_new_e2e'];
 
   before(async () => {
-    rotating = await startStack({ webhookSecrets: [OLD, NEW] });
+    // Only the test's deliveries: localstripe's own would credit the purchases too.
+    rotating = await startStack({ webhookSecrets: [OLD, NEW], webhooks: 'none' });
     client = api(rotating.worker.base);
   }, { timeout: 180_000 });
 
@@ -316,13 +395,14 @@ describe('two webhook secrets (rotation)', () => {
 
   test('events signed with either configured secret are accepted, others refused', async () => {
     const org = await client.newOrg();
-    for (const secret of [OLD, NEW]) {
-      const payload = eventPayload('payment_intent.succeeded', syntheticIntent(org));
+    const pending = async (cardOnFile) => (await authenticatedPurchase(client, rotating.stripe, org, 'starter', { cardOnFile })).intent;
+    for (const [i, secret] of [OLD, NEW].entries()) {
+      const payload = eventPayload('payment_intent.succeeded', await pending(i > 0));
       const res = await send(payload, signatureHeader(payload, secret), rotating.worker);
       assert.equal(res.status, 200, `${secret}: ${res.text}`);
     }
     assertAmount(await client.balance(org), '2200');
-    const payload = eventPayload('payment_intent.succeeded', syntheticIntent(org));
+    const payload = eventPayload('payment_intent.succeeded', await pending(true));
     assertError(await send(payload, signatureHeader(payload, WEBHOOK_SECRET), rotating.worker), 400, 'invalid_signature');
     // Stripe signs with both while rotating: one header, two signatures.
     const t = nowSeconds();
@@ -450,5 +530,73 @@ describe('webhooks settle purchases with Stripe out of reach', () => {
     const stored = await getPurchase(client, org, purchase.id);
     assert.equal(stored.json.status, 'succeeded', stored.text);
     relayed.apiRelay.setOnline(true);
+  });
+
+  // The charge reaches Stripe but its answer is held back (the relay forwards
+  // it and withholds the answer), so the events arrive while the purchase
+  // request still waits; the worker's next attempt (after its 25 s timeout)
+  // gets the answer, which must not credit again.
+  test('a webhook that arrives before the purchase answer credits it; the answer, coming later, does not credit again', { timeout: 120_000 }, async () => {
+    relayed.webhookRelay.setOnline(false);
+    relayed.apiRelay.setOnline(true);
+    const org = await client.newOrg();
+    await putCardOnFile(client, org);
+    const key = randomId('key_');
+    const purchaseId = purchaseIdFor(org, key);
+    const isCharge = (e) => e.method === 'POST' && e.path.split('?')[0] === '/v1/payment_intents';
+    const from = relayed.apiRelay.exchanges.length;
+    relayed.apiRelay.withhold(isCharge);
+    let answer;
+    let pi;
+    let foreign;
+    let seen;
+    try {
+      // Settled with the test even if it fails half-way (no stray rejection).
+      const pending = buy(client, org, 'starter', key).catch((err) => ({ status: 'no answer', text: String(err) }));
+      await waitFor(() => relayed.apiRelay.exchanges.slice(from).some((e) => isCharge(e) && e.withheld), 15_000, 50);
+      [pi] = await relayed.stripe.paymentIntentsOf(org);
+      assert.equal(pi.status, 'succeeded');
+      assert.equal(pi.metadata.purchase_id, purchaseId);
+
+      // First, a payment by another customer naming this very purchase: nothing.
+      foreign = await paidIntentAtStripe(org, { purchase_id: purchaseId }, relayed.stripe);
+      const impostor = eventPayload('payment_intent.succeeded', foreign);
+      assert.equal((await send(impostor, signatureHeader(impostor), relayed.worker)).status, 200);
+      assertAmount(await client.balance(org), TRIAL);
+
+      // Then Stripe's event for the real charge: credited, once.
+      const payload = eventPayload('payment_intent.succeeded', pi);
+      const delivered = await Promise.all([1, 2].map(() => send(payload, signatureHeader(payload), relayed.worker)));
+      for (const res of delivered) assert.equal(res.status, 200, res.text);
+      assertAmount(await client.balance(org), '1200');
+      seen = await getPurchase(client, org, purchaseId);
+      assert.equal(seen.status, 200, seen.text);
+
+      relayed.apiRelay.withhold(null);
+      answer = await pending;
+    } finally {
+      relayed.apiRelay.withhold(null);
+    }
+    // Money first: credited once, one charge, whatever the purchase shows.
+    assertAmount(await client.balance(org), '1200');
+    const charges = (await relayed.stripe.paymentIntentsOf(org)).filter((x) => x.customer === pi.customer);
+    assert.deepEqual(charges.map((x) => x.id), [pi.id], 'one charge at Stripe');
+    const entries = await ledgerOf(client, org, 2);
+    assert.equal(entries[0].payment_intent_id, pi.id);
+    assertRunningBalance(entries, '1200');
+    // The purchase follows its own PaymentIntent, not the other customer's
+    // that named it first: succeeded, as the event and the answer said.
+    const which = (res) => `(genuine ${pi.id}, another customer's ${foreign.id}): ${res.text}`;
+    assert.equal(seen.json.payment_intent_id, pi.id, `the purchase after the webhook ${which(seen)}; the answer: ${answer.text}`);
+    assert.equal(seen.json.status, 'succeeded', `the purchase after the webhook ${which(seen)}`);
+    assert.equal(answer.status, 201, answer.text);
+    assert.equal(answer.json.id, purchaseId);
+    assert.equal(answer.json.payment_intent_id, pi.id, `the purchase answer ${which(answer)}`);
+    assert.equal(answer.json.status, 'succeeded', `the purchase answer ${which(answer)}`);
+    const replay = await buy(client, org, 'starter', key);
+    assert.equal(replay.status, 201, replay.text);
+    assert.equal(replay.json.payment_intent_id, pi.id);
+    assertError(await buy(client, org, 'team', key), 409, 'idempotency_key_reused');
+    assertAmount(await client.balance(org), '1200');
   });
 });

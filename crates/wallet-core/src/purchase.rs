@@ -814,9 +814,16 @@ pub fn refund(
     let Some(payment_intent_id) = refund.payment_intent_id.as_deref() else {
         return settlement;
     };
-    let mut marker = payment.unwrap_or_else(|| {
-        CreditedPayment::before_credit(payment_intent_id, settlement.purchase.as_ref())
-    });
+    // Neither credited nor a purchase of ours: not our payment, nothing to do.
+    let Some(mut marker) = payment.or_else(|| {
+        let purchase = settlement.purchase.as_ref()?;
+        Some(CreditedPayment::before_credit(
+            payment_intent_id,
+            Some(purchase),
+        ))
+    }) else {
+        return settlement;
+    };
     let before_cents = marker.reconciliation.amount_refunded_cents;
     if refund.amount_refunded_cents <= before_cents {
         return settlement;
@@ -848,10 +855,12 @@ pub fn dispute(
         purchase,
         ..Settlement::default()
     };
-    let mut marker = match payment {
-        Some(marker) if marker.disputed => return settlement,
-        Some(marker) => marker,
-        None => CreditedPayment::before_credit(payment_intent_id, settlement.purchase.as_ref()),
+    let mut marker = match (payment, settlement.purchase.as_ref()) {
+        (Some(marker), _) if marker.disputed => return settlement,
+        (Some(marker), _) => marker,
+        (None, Some(purchase)) => CreditedPayment::before_credit(payment_intent_id, Some(purchase)),
+        // Neither credited nor a purchase of ours: not our payment.
+        (None, None) => return settlement,
     };
     let unsettled = marker.credits.saturating_sub(marker.credits_settled_back());
     if let Some(mut entry) = wallet.reverse_credits(EntryKind::DisputeReversal, unsettled) {
@@ -1605,6 +1614,20 @@ mod tests {
             Some(DisputeStatus::Lost)
         );
         assert_eq!(wallet.balance, after_dispute);
+    }
+
+    #[test]
+    fn refunds_and_disputes_of_payments_not_ours_change_nothing() {
+        let (mut wallet, _, _) = setup();
+        let mut stranger = charge_refund(5000);
+        stranger.payment_intent_id = Some("pi_stranger".into());
+        let refunded = refund(&mut wallet, None, None, &stranger);
+        let disputed = dispute(&mut wallet, None, None, "pi_stranger");
+        let closed = close_dispute(&mut wallet, None, None, &DisputeOutcome::Won).unwrap();
+        for s in [refunded, disputed, closed] {
+            assert!(s.entries.is_empty() && s.payment.is_none() && s.purchase.is_none());
+        }
+        assert_eq!(wallet.balance, c("200"));
     }
 
     #[test]
