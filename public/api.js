@@ -5,14 +5,44 @@ const SESSION_KEY = 'ai-wallet.session';
 const REQUEST_TIMEOUT_MS = 20_000;
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     const error = body?.error ?? {};
     super(error.message ?? `The server answered ${status}.`);
     this.status = status;
     this.code = error.code ?? (status === 0 ? 'network_error' : 'unexpected_response');
     this.field = error.field;
     this.details = error;
+    /** Whole seconds from the `Retry-After` header (429), or null. */
+    this.retryAfter = retryAfter;
   }
+}
+
+/** `Retry-After` in whole seconds (the API sends delay-seconds), or null. */
+function retryAfterSeconds(res) {
+  const value = res.headers.get('retry-after');
+  return value !== null && /^\d{1,6}$/.test(value.trim()) ? Number(value.trim()) : null;
+}
+
+/** The server limits reads of one organization (usage, transactions, payment method): 429 `rate_limited`. */
+export const isRateLimited = (err) => err?.status === 429 && err.code === 'rate_limited';
+
+/**
+ * After a 429 `rate_limited` on a read: shows "Too many requests right now:
+ * retrying in N s." through `show(text)`, counting down each second, then
+ * calls `retry()` once. Returns a function that cancels it (a newer load
+ * supersedes the retry).
+ */
+export function retryWhenAllowed(err, show, retry) {
+  let left = Math.max(1, err.retryAfter ?? 10);
+  const say = () => show(`Too many requests right now: retrying in ${left} s.`);
+  say();
+  const timer = setInterval(() => {
+    left -= 1;
+    if (left > 0) return say();
+    clearInterval(timer);
+    retry();
+  }, 1000);
+  return () => clearInterval(timer);
 }
 
 /** The claims of a JWT, read only to shape the page; the server checks them. */
@@ -81,7 +111,7 @@ async function send(method, path, { token, body, headers = {}, raw = false } = {
   } catch {
     json = undefined;
   }
-  if (!res.ok) throw new ApiError(res.status, json);
+  if (!res.ok) throw new ApiError(res.status, json, retryAfterSeconds(res));
   return json;
 }
 

@@ -14,6 +14,13 @@ export const DISABLED_REASONS = {
   payment_failed: 'the last automatic charge was declined; enable it again to retry',
   payment_method_required: 'no payment method on file',
   monthly_limit_reached: "paused: this month's limit is used; resumes on the 1st (UTC)",
+  payment_disputed: 'a payment was disputed with the bank; enable it again to resume',
+};
+
+/** What the owner can do about a reason, after it. */
+const OWNER_NEXT_STEP = {
+  payment_method_required: ' Add a card in your Lognitor billing settings, then enable it again.',
+  payment_disputed: ' Check the card on file in your Lognitor billing settings first.',
 };
 
 export const reasonText = (reason) => DISABLED_REASONS[reason] ?? String(reason).replaceAll('_', ' ');
@@ -59,7 +66,7 @@ export function createAutoTopUpView(session, walletView) {
       // The monthly pause says "paused:" itself; the other reasons switched it off.
       notice.textContent = reason === 'monthly_limit_reached'
         ? `${text[0].toUpperCase()}${text.slice(1)}.`
-        : `Off: ${text}.${isOwner && reason === 'payment_method_required' ? ' Add a card in your Lognitor billing settings, then enable it again.' : ''}`;
+        : `Off: ${text}.${isOwner ? (OWNER_NEXT_STEP[reason] ?? '') : ''}`;
     }
     notice.hidden = !reason;
     $('atu-threshold').textContent = state.threshold === null ? 'Not set' : `Below ${formatCredits(state.threshold)} credits`;

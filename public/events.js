@@ -20,6 +20,9 @@ const TYPE_NAMES = {
   'purchase.failed': 'Purchase failed',
   'auto_top_up.failed': 'Automatic top-up failed',
   'settings.changed': 'Settings changed',
+  'purchase.refunded': 'Purchase refunded',
+  'purchase.disputed': 'Payment disputed',
+  'purchase.dispute_closed': 'Dispute closed',
 };
 const SOURCE_NAMES = { auto_top_up: 'automatic top-up', owner: 'bought by the owner' };
 const DELIVERY_NAMES = { pending: 'Pending', delivered: 'Delivered', failing: 'Failing' };
@@ -27,6 +30,17 @@ const DELIVERY_NAMES = { pending: 'Pending', delivered: 'Delivered', failing: 'F
 const credits = (amount) => `${formatCredits(amount)} credits`;
 const sourceName = (source) => SOURCE_NAMES[source] ?? String(source ?? '').replaceAll('_', ' ');
 const declined = (code) => (code ? ` (${code})` : '');
+/** ", N credits already spent were not recovered" when a refund could not take everything back. */
+const unrecovered = (d) => (d.credits_unrecovered && d.credits_unrecovered !== '0'
+  ? `; ${credits(d.credits_unrecovered)} were already spent and are not taken back`
+  : '');
+/** Packs are priced in usd, so refunds of their payments are too. */
+const refundedMoney = (cents) => formatMoney(cents, 'usd');
+const DISPUTE_ENDS = {
+  won: (d) => `Dispute won: ${credits(d.credits_reinstated)} given back.`,
+  lost: () => 'Dispute lost: the credits taken back stay taken back.',
+  closed: () => 'Dispute closed without a decision: nothing more is taken or given back.',
+};
 
 /** One line about an event's data, as people read it. */
 function summarize(event, packName) {
@@ -45,6 +59,14 @@ function summarize(event, packName) {
       return `${packName(d.pack_id)}, ${sourceName(d.source)}: the payment failed${declined(d.decline_code)}; no credits were added.`;
     case 'auto_top_up.failed':
       return `Automatic top-up stopped: ${reasonText(d.reason)}${declined(d.decline_code)}.`;
+    case 'purchase.refunded':
+      return `${refundedMoney(d.amount_refunded_cents)} of a purchase (${sourceName(d.source)}) refunded in all: ` +
+        `${credits(d.credits_taken_back)} taken back now${unrecovered(d)}.`;
+    case 'purchase.disputed':
+      return `The bank disputed a purchase (${sourceName(d.source)}): ${credits(d.credits_reversed)} taken back; ` +
+        'automatic top-up, if it was on, is off until the owner enables it again.';
+    case 'purchase.dispute_closed':
+      return (DISPUTE_ENDS[d.status] ?? DISPUTE_ENDS.closed)(d);
     case 'settings.changed':
       return `${settingName(d.setting)} by ${d.sub} (${ROLE_NAMES[d.role] ?? d.role}): ${describeChange(d, packName).join('; ')}.`;
     default:

@@ -153,7 +153,22 @@ export function featureName(id) {
   return FEATURE_NAMES[id] ?? String(id).replaceAll('_', ' ');
 }
 
-const KIND_NAMES = { trial_grant: 'Trial credit', purchase: 'Purchase' };
+const KIND_NAMES = {
+  trial_grant: 'Trial credit',
+  purchase: 'Purchase',
+  // A share of a purchase refunded in Stripe, taken back (never below zero).
+  refund_reversal: 'Refund',
+  // The unspent credits of a purchase whose payment the bank disputed, taken back.
+  dispute_reversal: 'Dispute',
+  // What a dispute took, given back once the dispute was won.
+  dispute_reinstatement: 'Dispute won',
+};
+
+/** Transaction kinds that take credits back; every other kind the Transactions tab lists adds them. */
+export const TAKEN_BACK_KINDS = new Set(['refund_reversal', 'dispute_reversal']);
+
+/** Whether an entry of `kind` removed credits (its `credits` are always positive; the kind says the direction). */
+export const takesCredits = (kind) => TAKEN_BACK_KINDS.has(kind) || kind === 'debit' || kind === 'capture';
 
 /** A ledger entry's kind as people read it; a purchase automatic top-up made says so (`source`). */
 export function kindName(kind, source) {

@@ -1,10 +1,25 @@
-// The Transactions tab: purchases and grants with the running balance,
-// paged with the API's cursor, and the CSV export of the whole history.
-import { call, downloadFile, orgPath, packCatalogue } from './api.js';
-import { formatCredits, formatDateTime, formatMoney, kindName } from './format.js';
+// The Transactions tab: every entry that is not AI usage (grants, purchases,
+// and what refunds and disputes took back or gave back) with the running
+// balance, paged with the API's cursor, and the CSV export of the whole history.
+import { call, downloadFile, isRateLimited, orgPath, packCatalogue, retryWhenAllowed } from './api.js';
+import { formatCredits, formatDateTime, formatMoney, kindName, takesCredits } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 25;
+
+/** What an entry of each kind did, for the type's tooltip. */
+const KIND_HINTS = {
+  refund_reversal: "Refunded in Stripe: the refunded share of the purchase's credits was taken back (never more than was available).",
+  dispute_reversal: "The payment was disputed at the bank: the purchase's unspent credits were taken back.",
+  dispute_reinstatement: 'The dispute was won: the credits it took were given back.',
+};
+
+/** The "Paid" column: what was paid (or refunded) for an entry, in words. */
+function paidText(tx) {
+  if (tx.amount_cents === null || tx.amount_cents === undefined) return tx.kind === 'trial_grant' ? 'Free' : '—';
+  const money = formatMoney(tx.amount_cents, tx.currency);
+  return tx.kind === 'refund_reversal' ? `${money} refunded` : money;
+}
 
 export function createTransactionsView(session) {
   const org = session.org;
@@ -12,6 +27,7 @@ export function createTransactionsView(session) {
   let cursors = [undefined];
   let loading = false;
   let packNames = null;
+  let cancelRetry = null; // a retry after 429 rate_limited, waiting
 
   async function loadPackNames() {
     try {
@@ -43,10 +59,14 @@ export function createTransactionsView(session) {
       when.dateTime = tx.created_at;
       when.textContent = formatDateTime(tx.created_at);
       cell(row, '').append(when);
-      cell(row, kindName(tx.kind, tx.source));
+      row.dataset.kind = tx.kind;
+      const type = cell(row, kindName(tx.kind, tx.source));
+      if (KIND_HINTS[tx.kind]) type.title = KIND_HINTS[tx.kind];
       cell(row, tx.pack_id ? (packNames?.[tx.pack_id] ?? tx.pack_id) : '—');
-      cell(row, `+${formatCredits(tx.credits)}`, 'num plus');
-      cell(row, tx.amount_cents === null ? 'Free' : formatMoney(tx.amount_cents, tx.currency), 'num');
+      // `credits` is always positive: the kind says whether they were added or taken back.
+      const out = takesCredits(tx.kind);
+      cell(row, `${out ? '\u2212' : '+'}${formatCredits(tx.credits)}`, out ? 'num minus' : 'num plus');
+      cell(row, paidText(tx), 'num');
       cell(row, formatCredits(tx.balance_after), 'num');
       body.append(row);
     }
@@ -60,6 +80,8 @@ export function createTransactionsView(session) {
   async function load() {
     if (loading) return;
     loading = true;
+    cancelRetry?.();
+    cancelRetry = null;
     $('tx-error').hidden = true;
     try {
       if (!packNames) await loadPackNames();
@@ -68,8 +90,18 @@ export function createTransactionsView(session) {
       if (cursor) query.set('starting_after', cursor);
       render(await call('GET', `${orgPath(org, 'transactions')}?${query}`));
     } catch (err) {
-      $('tx-error').textContent = `Transactions could not be loaded: ${err.message}`;
-      $('tx-error').hidden = false;
+      const show = (text) => {
+        $('tx-error').textContent = text;
+        $('tx-error').hidden = false;
+      };
+      if (isRateLimited(err)) {
+        cancelRetry = retryWhenAllowed(err, (text) => show(`Transactions: ${text}`), () => {
+          cancelRetry = null;
+          load();
+        });
+      } else {
+        show(`Transactions could not be loaded: ${err.message}`);
+      }
     } finally {
       loading = false;
     }
@@ -97,7 +129,9 @@ export function createTransactionsView(session) {
       status.textContent = `Downloaded ${name}.`;
       status.className = 'message ok';
     } catch (err) {
-      status.textContent = `The CSV file could not be downloaded: ${err.message}`;
+      status.textContent = isRateLimited(err)
+        ? `Too many requests right now: try the download again in ${err.retryAfter ?? 60} s.`
+        : `The CSV file could not be downloaded: ${err.message}`;
       status.className = 'message error';
     } finally {
       button.disabled = false;

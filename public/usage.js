@@ -1,6 +1,6 @@
 // The AI Usage tab: consumption by feature, by member and per UTC day
 // (Chart.js), with the balance and the projected days until depletion.
-import { call, orgPath } from './api.js';
+import { call, isRateLimited, orgPath, retryWhenAllowed } from './api.js';
 import { daysBefore, featureName, formatCredits, formatDay, formatShare, toUnits } from './format.js';
 
 const $ = (id) => document.getElementById(id);
@@ -11,6 +11,7 @@ export function createUsageView(session, walletView) {
   let report = null;
   let chart = null;
   let loading = null;
+  let cancelRetry = null; // a retry after 429 rate_limited, waiting
 
   function fieldInput(field) {
     return field === 'from' ? $('range-from') : field === 'to' ? $('range-to') : null;
@@ -21,6 +22,8 @@ export function createUsageView(session, walletView) {
     if (range?.from) query.set('from', range.from);
     if (range?.to) query.set('to', range.to);
     const path = `${orgPath(org, 'usage')}${query.size ? `?${query}` : ''}`;
+    cancelRetry?.();
+    cancelRetry = null;
     $('usage-error').hidden = true;
     for (const input of [$('range-from'), $('range-to')]) input.removeAttribute('aria-invalid');
     loading = call('GET', path);
@@ -28,12 +31,21 @@ export function createUsageView(session, walletView) {
       report = await loading;
       render();
     } catch (err) {
+      const show = (text) => {
+        $('usage-error').textContent = text;
+        $('usage-error').hidden = false;
+      };
+      if (isRateLimited(err)) {
+        // The same range again once the server allows it.
+        cancelRetry = retryWhenAllowed(err, (text) => show(`Usage: ${text}`), () => {
+          cancelRetry = null;
+          if (!loading) load(range);
+        });
+        return;
+      }
       const input = fieldInput(err.field);
       input?.setAttribute('aria-invalid', 'true');
-      $('usage-error').textContent = err.status === 422
-        ? `Check the dates: ${err.message}`
-        : `Usage could not be loaded: ${err.message}`;
-      $('usage-error').hidden = false;
+      show(err.status === 422 ? `Check the dates: ${err.message}` : `Usage could not be loaded: ${err.message}`);
     } finally {
       loading = null;
     }

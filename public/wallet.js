@@ -1,6 +1,6 @@
 // The Wallet tab: balance and status, the paused banner, the daily spend
 // cap (owners change it), and the credit packs (owners buy them).
-import { call, orgPath, packCatalogue } from './api.js';
+import { call, isRateLimited, orgPath, packCatalogue, retryWhenAllowed } from './api.js';
 import {
   bonusPercent, creditAmountProblem, formatCredits, formatLocalTime, formatMoney, percentOf,
   pricePerCredit, toUnits, fromUnits,
@@ -18,6 +18,7 @@ export function createWalletView(session) {
   let packs = null;
   let paymentMethod = null;
   let catalogueLoaded = false;
+  let cancelMethodRetry = null; // a retry of the payment method after 429 rate_limited, waiting
   let refreshing = null;
   const listeners = new Set(); // called with each fresh wallet view
   const creditListeners = new Set(); // called when a purchase's credits arrived
@@ -174,12 +175,31 @@ export function createWalletView(session) {
         : `Credit packs could not be loaded: ${err?.message ?? 'unexpected answer'}`;
       $('packs-error').hidden = false;
     }
-    paymentMethod = methodResult.status === 'fulfilled' ? methodResult.value : { error: methodResult.reason };
+    paymentMethodLoaded(methodResult);
+  }
+
+  /** Keeps the payment method (or why it is unknown) and shows it; after 429 rate_limited, asks again when allowed. */
+  function paymentMethodLoaded(result) {
+    cancelMethodRetry?.();
+    cancelMethodRetry = null;
+    paymentMethod = result.status === 'fulfilled' ? result.value : { error: result.reason };
+    if (isRateLimited(paymentMethod.error)) {
+      cancelMethodRetry = retryWhenAllowed(paymentMethod.error, (text) => {
+        paymentMethod.waiting = text;
+        renderPacks();
+      }, async () => {
+        cancelMethodRetry = null;
+        const [again] = await Promise.allSettled([call('GET', orgPath(org, 'payment-method'))]);
+        paymentMethodLoaded(again);
+      });
+      return;
+    }
     renderPacks();
   }
 
   function buyBlockedReason() {
     if (!isOwner) return 'Only the team owner can buy credits. Ask your team owner to top up the wallet.';
+    if (paymentMethod?.waiting) return `The payment method could not be checked yet. ${paymentMethod.waiting}`;
     if (paymentMethod?.error) {
       return paymentMethod.error.status === 404
         ? 'Payments are not available on this server yet.'
@@ -299,6 +319,10 @@ export function createWalletView(session) {
     const amount = `${formatCredits(purchase.credits ?? pack.credits)} credits`;
     if (purchase.status === 'failed') {
       return setPurchaseStatus('The payment failed and no credits were added. Try another card in your Lognitor billing settings.', 'error');
+    }
+    if (purchase.status === 'canceled') {
+      // Only automatic top-ups are canceled (before their charge was sent), but say it plainly if one shows here.
+      return setPurchaseStatus('The purchase was canceled before anything was charged; no credits were added.', 'error');
     }
     if (purchase.status === 'requires_action') {
       return setPurchaseStatus('Your card issuer asks for extra authentication, which this page cannot complete. ' +

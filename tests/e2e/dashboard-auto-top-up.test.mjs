@@ -2,11 +2,12 @@
 // dashboard, in a real browser (Debian's Chromium driven by playwright-core,
 // as dashboard.test.mjs) against the real worker and its own localstripe (a
 // card on file needs one). Every change made in the page is checked through
-// the API too. Screenshots go to tests/artifacts/ (gitignored).
+// the API too. Refunds and disputes are Stripe's signed events, as Stripe
+// sends them (tests/e2e/stripe.mjs). Screenshots go to tests/artifacts/ (gitignored).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { api, ownerToken, token, waitFor } from './harness.mjs';
-import { startStack } from './stripe.mjs';
+import { api, ownerToken, randomId, token, waitFor } from './harness.mjs';
+import { deliver, eventPayload, signatureHeader, startStack } from './stripe.mjs';
 import {
   TIME_ZONE, assertNoProblems, launchBrowser, openPage as browserOpenPage, shot, signIn as browserSignIn,
 } from './browser.mjs';
@@ -65,6 +66,29 @@ const shownIds = (page) => page.locator('#events-body tr').evaluateAll((rows) =>
 const detailsOf = (page, id) => page.locator(`#events-body tr[data-id="${id}"] td.details`).textContent();
 const deliveryText = ({ status, attempts }) =>
   `${status[0].toUpperCase()}${status.slice(1)} · ${attempts} attempt${attempts === 1 ? '' : 's'}`;
+
+/** Sends a Stripe event about `object`, signed as Stripe signs it; the worker must acknowledge it. */
+async function stripeEvent(type, object) {
+  const payload = eventPayload(type, object);
+  const res = await deliver(worker.base, payload, signatureHeader(payload));
+  assert.equal(res.status, 200, `${type}: ${res.text}`);
+  assert.deepEqual(res.json, { received: true });
+}
+
+/** Answers the page's next GET of `route` (of `org`) with 429 rate_limited and `Retry-After`, as the read limits do. */
+async function rateLimitOnce(page, org, route, retryAfter) {
+  const pattern = new RegExp(`/v1/orgs/${org}/${route}(\\?|$)`);
+  let answered = 0;
+  await page.route(pattern, async (r) => {
+    if (answered++ > 0) return r.continue();
+    await r.fulfill({
+      status: 429,
+      headers: { 'retry-after': String(retryAfter), 'content-type': 'application/json' },
+      body: JSON.stringify({ error: { code: 'rate_limited', message: `Too many reads of this kind for this organization; retry in ${retryAfter} seconds.` } }),
+    });
+  });
+  return () => answered;
+}
 
 async function assertNoSidewaysScroll(page) {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -316,6 +340,101 @@ describe('automatic top-up and the low-balance alert', () => {
     assert.deepEqual(await page.locator('#tx-body tr td:nth-child(2)').allTextContents(), ['Automatic top-up', 'Automatic top-up', 'Trial credit']);
     await shot(page, 'auto-top-up-transactions');
     assertNoProblems(page);
+    await page.close();
+  });
+
+  test('a refund and a dispute issued in Stripe show in Transactions as credits taken back, a won dispute as given back, and the dispute switches automatic top-up off with its reason', async () => {
+    const org = await w.newOrg();
+    await putCardOnFile(org);
+    const on = await put(org, 'auto-top-up', { enabled: true, threshold: '100', pack_id: 'starter', monthly_limit: 3 });
+    assert.equal(on.status, 200, on.summary);
+    // The owner buys the Team pack (5,250 credits for $50): 5,450 with the trial.
+    const bought = await w.req('POST', `/v1/orgs/${org}/purchases`, {
+      token: ownerToken(org), body: { pack_id: 'team' }, headers: { 'idempotency-key': randomId('key_') },
+    });
+    assert.equal(bought.status, 201, bought.summary);
+    assert.equal(bought.json.status, 'succeeded', bought.summary);
+    const pi = bought.json.payment_intent_id;
+    assert.equal((await read(org, 'wallet')).balance, '5450');
+
+    // Support refunds $25 of the $50 in Stripe's dashboard: half the pack's credits go back (2,625, all available).
+    const charge = { id: randomId('ch_'), object: 'charge', amount: 5000, amount_refunded: 2500, currency: 'usd', payment_intent: pi, status: 'succeeded' };
+    await stripeEvent('charge.refunded', { ...charge, refunded: false });
+    assert.equal((await read(org, 'wallet')).balance, '2825');
+    // Then the bank disputes the payment: the rest (2,625) goes back and automatic top-up switches off.
+    const dispute = { id: randomId('dp_'), object: 'dispute', amount: 2500, currency: 'usd', charge: charge.id, payment_intent: pi, reason: 'fraudulent', status: 'needs_response' };
+    await stripeEvent('charge.dispute.created', dispute);
+    assert.equal((await read(org, 'wallet')).balance, '200');
+    const off = await read(org, 'auto-top-up');
+    assert.deepEqual([off.enabled, off.disabled_reason, off.in_flight], [false, 'payment_disputed', false]);
+
+    const page = await openPage();
+    await signIn(page, { org, sub: 'olivia', role: 'owner' });
+    await page.locator('#atu-state', { hasText: 'Off' }).waitFor();
+    assert.equal(await page.locator('#atu-reason').textContent(),
+      'Off: a payment was disputed with the bank; enable it again to resume. Check the card on file in your Lognitor billing settings first.');
+    assert.equal(await page.getByLabel('Top up automatically').isChecked(), false);
+    await shot(page, 'auto-top-up-disputed');
+
+    // The dispute is won: exactly what it took comes back, once (Stripe delivers it twice).
+    await stripeEvent('charge.dispute.closed', { ...dispute, status: 'won' });
+    await stripeEvent('charge.dispute.closed', { ...dispute, status: 'won' });
+    assert.equal((await read(org, 'wallet')).balance, '2825');
+    const purchase = await read(org, `purchases/${bought.json.id}`);
+    assert.deepEqual(
+      [purchase.status, purchase.amount_refunded_cents, purchase.credits_refunded, purchase.credits_unrecovered, purchase.dispute_status, purchase.credits_reinstated],
+      ['disputed', 2500, '2625', '0', 'won', '2625']);
+
+    // Transactions (from the shard, a few seconds behind) list what refunds and disputes did, newest first.
+    const txs = await waitFor(async () => {
+      const first = await read(org, 'transactions?limit=10');
+      return first.data.length === 5 && first.data;
+    }, 10_000);
+    assert.deepEqual(txs.map((t) => [t.kind, t.credits]), [
+      ['dispute_reinstatement', '2625'], ['dispute_reversal', '2625'], ['refund_reversal', '2625'], ['purchase', '5250'], ['trial_grant', '200'],
+    ]);
+    // The tab's first request is refused by the read limit: the page says so and asks again when allowed.
+    const limited = await rateLimitOnce(page, org, 'transactions', 2);
+    await page.getByRole('tab', { name: 'Transactions' }).click();
+    const txError = page.locator('#tx-error');
+    await txError.filter({ hasText: 'Too many requests right now: retrying in' }).waitFor();
+    assert.match(await txError.textContent(), /^Transactions: Too many requests right now: retrying in [12] s\.$/);
+    await page.locator(`#tx-body tr[data-id="${txs[0].id}"]`).waitFor();
+    assert.equal(await txError.isVisible(), false, 'the message goes once the retry answered');
+    assert.equal(limited(), 2, 'refused once, then asked again');
+    const rows = await page.locator('#tx-body tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].slice(1).map((td) => td.textContent)));
+    assert.deepEqual(rows, [
+      ['Dispute won', 'Team', '+2,625', '—', '2,825'],
+      ['Dispute', 'Team', '\u22122,625', '—', '200'],
+      ['Refund', 'Team', '\u22122,625', '$25.00 refunded', '2,825'],
+      ['Purchase', 'Team', '+5,250', '$50.00', '5,450'],
+      ['Trial credit', '—', '+200', 'Free', '200'],
+    ]);
+    assert.deepEqual(await page.locator('#tx-body td.minus').count(), 2, 'credits taken back are marked as such');
+    await shot(page, 'transactions-refund-dispute');
+
+    // The events say the same in words.
+    await page.getByRole('tab', { name: 'Wallet' }).click();
+    const events = await eventsOf(org);
+    const byType = (type) => events.filter((e) => e.type === type);
+    assert.deepEqual([byType('purchase.refunded').length, byType('purchase.disputed').length, byType('purchase.dispute_closed').length], [1, 1, 1]);
+    const [refunded] = byType('purchase.refunded');
+    const [disputed] = byType('purchase.disputed');
+    const [closed] = byType('purchase.dispute_closed');
+    await page.locator(`#events-body tr[data-id="${closed.id}"]`).waitFor();
+    assert.equal(await detailsOf(page, refunded.id), '$25.00 of a purchase (bought by the owner) refunded in all: 2,625 credits taken back now.');
+    assert.equal(await detailsOf(page, disputed.id), 'The bank disputed a purchase (bought by the owner): 2,625 credits taken back; ' +
+      'automatic top-up, if it was on, is off until the owner enables it again.');
+    assert.equal(await detailsOf(page, closed.id), 'Dispute won: 2,625 credits given back.');
+    assert.equal(await page.locator(`#events-body tr[data-id="${closed.id}"] td.event-type`).textContent(), 'Dispute closed purchase.dispute_closed');
+
+    // Usage refused once by the read limit: the message, then the report.
+    await rateLimitOnce(page, org, 'usage', 1);
+    await page.getByRole('tab', { name: 'AI Usage' }).click();
+    await page.locator('#usage-error', { hasText: 'Usage: Too many requests right now: retrying in 1 s.' }).waitFor();
+    await page.locator('#usage-error').waitFor({ state: 'hidden' });
+    await page.locator('#usage-balance', { hasText: '2,825' }).waitFor();
+    assertNoProblems(page, ['429 /v1/orgs/']);
     await page.close();
   });
 
