@@ -44,11 +44,11 @@ test: setup
 
 lint:
 	cargo fmt --all --check
-	cargo clippy -p wallet-core --all-targets -- -D warnings
+	cargo clippy -p wallet-domain -p wallet-core --all-targets -- -D warnings
 	cargo clippy -p ai-wallet --target wasm32-unknown-unknown -- -D warnings
 
 test-unit:
-	cargo test -p wallet-core
+	cargo test -p wallet-domain -p wallet-core
 	cargo test -p ai-wallet --lib
 
 test-e2e: worker

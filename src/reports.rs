@@ -377,6 +377,7 @@ pub async fn usage(
         .as_str()
         .and_then(|b| Credits::parse(b).ok())
         .ok_or(Failure::Api(ApiError::Internal))?;
-    let report = reports::usage_report(range, today, &rollups, balance)?;
+    let report =
+        reports::usage_report(range, today, &rollups, balance).ok_or(ApiError::Internal)?;
     Ok(json_response(200, &report)?)
 }

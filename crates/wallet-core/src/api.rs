@@ -189,8 +189,7 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub const MAX_METADATA_KEYS: usize = 20;
 pub const MAX_METADATA_KEY_CHARS: usize = 40;
 pub const MAX_METADATA_VALUE_CHARS: usize = 500;
-pub const LIST_LIMIT_DEFAULT: u32 = 50;
-pub const LIST_LIMIT_MAX: u32 = 100;
+pub use crate::paging::{list_limit, list_params, Invalid, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiError {
@@ -226,6 +225,16 @@ pub enum ApiError {
     },
     Rejected(Rejection),
     Internal,
+}
+
+/// A value the domain refused is a 422 naming its field.
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> ApiError {
+        ApiError::InvalidRequest {
+            field: invalid.field,
+            message: invalid.message,
+        }
+    }
 }
 
 impl ApiError {
@@ -921,42 +930,6 @@ impl FeatureCapsBody {
     }
 }
 
-/// Parses a list route's `limit` (default 50, at most 100).
-pub fn list_limit(limit: Option<&str>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(LIST_LIMIT_DEFAULT),
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=LIST_LIMIT_MAX).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!("must be an integer from 1 to {LIST_LIMIT_MAX}"),
-                )
-            }),
-    }
-}
-
-/// Parses `limit` and `starting_after` of a list route.
-pub fn list_params(
-    limit: Option<&str>,
-    starting_after: Option<&str>,
-) -> Result<(u32, Option<u64>), ApiError> {
-    let limit = list_limit(limit)?;
-    let cursor = match starting_after {
-        None => None,
-        Some(id) => Some(
-            crate::wallet::seq_of(id)
-                .filter(|_| id.starts_with("le_"))
-                .ok_or_else(|| {
-                    ApiError::invalid("starting_after", "must be a ledger entry id (le_…)")
-                })?,
-        ),
-    };
-    Ok((limit, cursor))
-}
-
 /// A stable digest of a request, to tell a replay from a reuse of its key.
 pub fn fingerprint(route: &str, body: &impl Serialize) -> String {
     let mut hasher = Sha256::new();
@@ -1478,6 +1451,28 @@ mod tests {
         assert_eq!(
             err.body()["error"]["resumes_at"],
             "2030-01-02T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn null_is_not_an_auto_top_up_setting() {
+        for body in [
+            r#"{"enabled":false,"threshold":null}"#,
+            r#"{"enabled":false,"pack_id":null}"#,
+            r#"{"enabled":false,"monthly_limit":null}"#,
+        ] {
+            let field = body.split('"').nth(3).unwrap();
+            let err = parse_body::<crate::auto_top_up::AutoTopUpBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.body()["error"]["field"], field, "{body}");
+        }
+        let absent: crate::auto_top_up::AutoTopUpBody =
+            parse_body(br#"{"enabled":false}"#).unwrap();
+        assert_eq!(absent.threshold, None);
+        // It travels to the Durable Object and back as it came.
+        let envelope = serde_json::to_string(&absent).unwrap();
+        assert_eq!(
+            serde_json::from_str::<crate::auto_top_up::AutoTopUpBody>(&envelope).unwrap(),
+            absent
         );
     }
 }

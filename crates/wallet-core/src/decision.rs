@@ -357,7 +357,7 @@ pub fn decide(
                     }
                     Reply::json(200, &())
                 }
-                Err(err) => Reply::error(&err, now),
+                Err(err) => Reply::error(&ApiError::from(err), now),
             }
         }
         Command::SetAlerts { body, actor } => {

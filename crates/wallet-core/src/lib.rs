@@ -1,28 +1,25 @@
-//! The AI Wallet's rules as pure functions over plain data.
+//! The AI Wallet's wire and decision machine over the pure domain
+//! (`wallet-domain`).
 //!
-//! This crate has no I/O, no clock and no Worker dependency: the Durable
-//! Object shell loads state, calls in here with `now`, and persists what comes
-//! back. Everything here runs under native `cargo test`.
+//! Layers: `wallet-domain` (base ← domain) ← `api` (wire: request bodies,
+//! `ApiError`, views, the route table, the Worker ⇄ object protocol) ←
+//! `decision` (the machine: replay check, advance, dispatch, observe).
+//! `deployment` checks a production configuration.
+//!
+//! Architecture Invariant: no I/O, no clock, no `worker` dependency: the
+//! Durable Object shell loads state, calls in here with `now`, and persists
+//! what comes back. The domain modules are re-exported under their own
+//! names, so `wallet_core::wallet::Wallet` is the domain's type.
 
 pub mod api;
-pub mod audit;
-pub mod auto_top_up;
-pub mod config;
 pub mod decision;
 pub mod deployment;
-pub mod events;
-pub mod ledger;
-pub mod money;
-pub mod purchase;
-pub mod reports;
-pub mod stripe;
-pub mod time;
-pub mod token;
-pub mod wallet;
 
-pub use config::{Pack, WalletConfig};
-pub use money::Credits;
-pub use wallet::{
-    DebitRequest, EntryKind, Hold, HoldRequest, HoldStatus, LedgerEntry, PurchaseCredit, Rejection,
-    Wallet,
+pub use wallet_domain::{
+    audit, auto_top_up, config, csv, events, ids, ledger, money, paging, purchase, reports, stripe,
+    time, token, wallet,
+};
+pub use wallet_domain::{
+    Credits, DebitRequest, EntryKind, Hold, HoldRequest, HoldStatus, LedgerEntry, Pack,
+    PurchaseCredit, Rejection, Wallet, WalletConfig,
 };

@@ -17,7 +17,6 @@ use crate::wallet::{EntryKind, LedgerEntry, PurchaseCredit, PurchaseSource, Reje
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Stripe keeps an idempotency key for at least 24 hours. A purchase whose
 /// charge request got no answer is sent again (same key) only within this
@@ -27,56 +26,14 @@ pub const RESEND_WINDOW_SECONDS: i64 = 23 * 3600;
 /// While one request's charge call is in flight, a concurrent replay of the
 /// same purchase does not send another (longer than the Stripe call's timeouts).
 pub const CHARGE_LEASE_SECONDS: i64 = 90;
-/// Hex digits of a purchase id after `pur_` (96 bits).
-const PURCHASE_ID_HEX: usize = 24;
-
-fn digest_hex(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
-    }
-    hex::encode(hasher.finalize())
-}
-
-/// The purchase made with `idempotency_key` in `org_id`: derived, so a retry
-/// names the same purchase before anything is stored.
-pub fn purchase_id(org_id: &str, idempotency_key: &str) -> String {
-    let digest = digest_hex(&["ai-wallet purchase", org_id, idempotency_key]);
-    format!("pur_{}", &digest[..PURCHASE_ID_HEX])
-}
-
-/// The purchase auto top-up starts as the `ordinal`-th of `month` in
-/// `org_id`. Its own namespace: no owner's Idempotency-Key can name it.
-pub fn auto_top_up_purchase_id(org_id: &str, month: &str, ordinal: u32) -> String {
-    let digest = digest_hex(&["ai-wallet auto top-up", org_id, month, &ordinal.to_string()]);
-    format!("pur_{}", &digest[..PURCHASE_ID_HEX])
-}
 
 /// The fingerprint an auto top-up purchase records in place of a request's.
 pub const AUTO_TOP_UP_FINGERPRINT: &str = "auto_top_up";
 
-pub fn is_purchase_id(text: &str) -> bool {
-    text.strip_prefix("pur_").is_some_and(|hex| {
-        hex.len() == PURCHASE_ID_HEX
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-/// Stripe `Idempotency-Key` of a purchase's charge: a retried purchase
-/// resends the same key, so Stripe answers with the first PaymentIntent.
-pub fn charge_idempotency_key(purchase_id: &str) -> String {
-    format!("ai-wallet-charge-{purchase_id}")
-}
-
-/// Stripe `Idempotency-Key` for creating an organization's customer.
-pub fn customer_idempotency_key(org_id: &str) -> String {
-    let digest = digest_hex(&["ai-wallet customer", org_id]);
-    format!("ai-wallet-customer-{}", &digest[..32])
-}
-
+pub use crate::ids::{
+    auto_top_up_purchase_id, charge_idempotency_key, customer_idempotency_key, is_purchase_id,
+    purchase_id,
+};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PurchaseStatus {

@@ -9,14 +9,15 @@
 //! `available` reaches zero and re-arms when credits return;
 //! `wallet.daily_cap_reached` fires the first time in a UTC day.
 
-use crate::api::{list_limit, ApiError};
+pub use crate::ids::{event_id, event_seq};
 use crate::money::Credits;
+use crate::paging::{list_limit, Invalid};
 use crate::time::rfc3339;
 use chrono::{DateTime, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// The event types, as receivers see them in `type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,29 +59,6 @@ impl EventType {
             EventType::PurchaseDisputeClosed => "purchase.dispute_closed",
         }
     }
-}
-
-/// Hex digits of the organization part of an event id.
-const ORG_HEX: usize = 16;
-
-/// `evt_<16 hex of the organization>_<12-digit sequence>`: unique across
-/// organizations (receivers dedupe by id), and one organization's ids sort
-/// in the order its events happened.
-pub fn event_id(org_id: &str, seq: u64) -> String {
-    let digest = Sha256::new()
-        .chain_update(b"ai-wallet events\0")
-        .chain_update(org_id.as_bytes())
-        .finalize();
-    format!("evt_{}_{seq:012}", &hex::encode(digest)[..ORG_HEX])
-}
-
-/// The sequence number of an event id of `org_id`.
-pub fn event_seq(org_id: &str, id: &str) -> Option<u64> {
-    let (_, digits) = id.rsplit_once('_')?;
-    let seq = (digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse::<u64>().ok())
-        .flatten()?;
-    (event_id(org_id, seq) == id).then_some(seq)
 }
 
 /// One event as the decision records it. `body` is the exact JSON sent to
@@ -169,12 +147,12 @@ pub fn events_query(
     org_id: &str,
     limit: Option<&str>,
     starting_after: Option<&str>,
-) -> Result<EventsQuery, ApiError> {
+) -> Result<EventsQuery, Invalid> {
     let limit = list_limit(limit)?;
     let before_seq = starting_after
         .map(|id| {
             event_seq(org_id, id).ok_or_else(|| {
-                ApiError::invalid(
+                Invalid::new(
                     "starting_after",
                     "must be an event id (evt_…) of this organization",
                 )
@@ -324,16 +302,16 @@ impl AlertsBody {
         self.low_balance_threshold.flatten()
     }
 
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let Some(threshold) = self.low_balance_threshold else {
-            return Err(ApiError::invalid(
+            return Err(Invalid::new(
                 "low_balance_threshold",
                 "is required: a credit amount, or null to turn the alert off",
             ));
         };
         match threshold {
             Some(t) if !t.is_positive() || t > crate::auto_top_up::THRESHOLD_MAX => {
-                Err(ApiError::invalid(
+                Err(Invalid::new(
                     "low_balance_threshold",
                     format!(
                         "must be greater than 0 and at most {}, or null",

@@ -11,6 +11,7 @@
 use crate::auto_top_up::{AutoTopUp, AutoTopUpBody};
 use crate::config::WalletConfig;
 use crate::events::{Alerts, AlertsBody, Figures};
+pub use crate::ids::{entry_id, hold_id, seq_of};
 use crate::money::Credits;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -139,25 +140,6 @@ impl LedgerEntry {
             -self.amount.units()
         }
     }
-}
-
-pub fn entry_id(seq: u64) -> String {
-    format!("le_{seq:012}")
-}
-
-pub fn hold_id(seq: u64) -> String {
-    format!("hold_{seq:012}")
-}
-
-/// Sequence number of an entry or hold id made by this module.
-pub fn seq_of(id: &str) -> Option<u64> {
-    let digits = id
-        .strip_prefix("le_")
-        .or_else(|| id.strip_prefix("hold_"))?;
-    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -957,7 +939,7 @@ impl Wallet {
     }
 
     /// Applies the owner's auto top-up settings, all or nothing.
-    pub fn set_auto_top_up(&mut self, body: &AutoTopUpBody) -> Result<(), crate::api::ApiError> {
+    pub fn set_auto_top_up(&mut self, body: &AutoTopUpBody) -> Result<(), crate::paging::Invalid> {
         self.auto_top_up.update(body)
     }
 

@@ -3,9 +3,9 @@
 //! and the usage rollup of a stretch of entries that the D1 shard receives
 //! instead of the raw debits.
 
-use crate::api::{list_params, ApiError};
+use crate::csv::csv_line;
 use crate::money::Credits;
-use crate::reports::csv_line;
+use crate::paging::{list_params, Invalid};
 use crate::time::{parse_utc, rfc3339};
 use crate::wallet::{EntryKind, LedgerEntry, Metadata, PurchaseSource};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -126,22 +126,22 @@ pub fn ledger_query(
     from: Option<&str>,
     to: Option<&str>,
     format: Option<&str>,
-) -> Result<(LedgerQuery, bool), ApiError> {
+) -> Result<(LedgerQuery, bool), Invalid> {
     let csv = match format {
         None | Some("json") => false,
         Some("csv") => true,
-        Some(_) => return Err(ApiError::invalid("format", "must be json or csv")),
+        Some(_) => return Err(Invalid::new("format", "must be json or csv")),
     };
     if csv && limit.is_some() {
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             "limit",
             "does not apply to format=csv, which exports the whole range",
         ));
     }
     let (limit, before_seq) = list_params(limit, starting_after)?;
-    let instant = |field: &str, text: Option<&str>| -> Result<Option<DateTime<Utc>>, ApiError> {
+    let instant = |field: &str, text: Option<&str>| -> Result<Option<DateTime<Utc>>, Invalid> {
         text.map(|t| {
-            parse_utc(t).ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 UTC time"))
+            parse_utc(t).ok_or_else(|| Invalid::new(field, "must be an RFC 3339 UTC time"))
         })
         .transpose()
     };
@@ -149,7 +149,7 @@ pub fn ledger_query(
     let to = instant("to", to)?;
     if let (Some(from), Some(to)) = (from, to) {
         if from > to {
-            return Err(ApiError::invalid("to", "must not be earlier than from"));
+            return Err(Invalid::new("to", "must not be earlier than from"));
         }
     }
     Ok((
@@ -363,10 +363,7 @@ mod tests {
         let (q, csv) = ledger_query(None, None, None, None, Some("csv")).unwrap();
         assert!(csv);
         assert_eq!(q.limit, CSV_CHUNK_ENTRIES);
-        let field = |r: Result<(LedgerQuery, bool), ApiError>| match r.unwrap_err() {
-            ApiError::InvalidRequest { field, .. } => field,
-            other => panic!("{other:?}"),
-        };
+        let field = |r: Result<(LedgerQuery, bool), Invalid>| r.unwrap_err().field;
         assert_eq!(
             field(ledger_query(None, None, Some("yesterday"), None, None)),
             "from"

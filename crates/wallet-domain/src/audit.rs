@@ -2,8 +2,9 @@
 //! setting, and its value before and after. Written by the decision that made
 //! the change, in the same transaction; a refused change writes nothing.
 
-use crate::api::{list_limit, ApiError};
-use crate::reports::csv_line;
+use crate::csv::csv_line;
+pub use crate::ids::audit_id;
+use crate::paging::{list_limit, Invalid};
 use crate::time::rfc3339;
 use crate::token::Role;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -47,11 +48,6 @@ pub struct AuditRecord {
     pub at: DateTime<Utc>,
     pub before: Value,
     pub after: Value,
-}
-
-/// Audit ids: `aud_` and the trail's own sequence number (12 digits).
-pub fn audit_id(seq: u64) -> String {
-    format!("aud_{seq:012}")
 }
 
 fn audit_seq(id: &str) -> Option<u64> {
@@ -111,11 +107,11 @@ pub fn audit_query(
     limit: Option<&str>,
     starting_after: Option<&str>,
     format: Option<&str>,
-) -> Result<(AuditQuery, bool), ApiError> {
+) -> Result<(AuditQuery, bool), Invalid> {
     let csv = match format {
         None | Some("json") => false,
         Some("csv") => true,
-        Some(_) => return Err(ApiError::invalid("format", "must be json or csv")),
+        Some(_) => return Err(Invalid::new("format", "must be json or csv")),
     };
     if csv && (limit.is_some() || starting_after.is_some()) {
         let field = if limit.is_some() {
@@ -123,7 +119,7 @@ pub fn audit_query(
         } else {
             "starting_after"
         };
-        return Err(ApiError::invalid(
+        return Err(Invalid::new(
             field,
             "does not apply to format=csv, which exports the whole trail",
         ));
@@ -131,9 +127,8 @@ pub fn audit_query(
     let limit = list_limit(limit)?;
     let before_seq = starting_after
         .map(|id| {
-            audit_seq(id).ok_or_else(|| {
-                ApiError::invalid("starting_after", "must be an audit record id (aud_…)")
-            })
+            audit_seq(id)
+                .ok_or_else(|| Invalid::new("starting_after", "must be an audit record id (aud_…)"))
         })
         .transpose()?;
     Ok((
@@ -156,10 +151,7 @@ mod tests {
         assert_eq!(audit_seq("le_000000000007"), None);
         let (q, csv) = audit_query(Some("5"), Some("aud_000000000009"), None).unwrap();
         assert_eq!((q.limit, q.before_seq, csv), (5, Some(9), false));
-        let field = |r: Result<(AuditQuery, bool), ApiError>| match r.unwrap_err() {
-            ApiError::InvalidRequest { field, .. } => field,
-            other => panic!("{other:?}"),
-        };
+        let field = |r: Result<(AuditQuery, bool), Invalid>| r.unwrap_err().field;
         assert_eq!(field(audit_query(Some("0"), None, None)), "limit");
         assert_eq!(
             field(audit_query(None, Some("le_000000000001"), None)),
