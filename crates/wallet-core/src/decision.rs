@@ -7,20 +7,17 @@
 //! in memory exactly as storage has it (no hold expires twice, no credit is
 //! counted that storage does not hold).
 
-use crate::api::{
-    entry_json, hold_json, ApiError, BatchSlot, Command, CustomerReply, DebitBody, PurchaseReply,
-    PurchaseStartReply, SignupBody,
-};
+mod payments;
+mod settings;
+mod spending;
+
+use crate::api::{ApiError, BatchSlot, Command, SignupBody};
 use crate::audit::{Actor, AuditRecord, Setting};
-use crate::auto_top_up::DisabledReason;
 use crate::config::WalletConfig;
 use crate::events::{Event, EventType};
-use crate::purchase::{
-    self, is_purchase_id, ChargeOutcome, CreditedPayment, Purchase, PurchaseStatus, Settlement,
-    Start,
-};
-use crate::wallet::{seq_of, Hold, LedgerEntry, PurchaseSource, Wallet};
-use crate::{DebitRequest, HoldRequest, Rejection};
+use crate::purchase::{is_purchase_id, ChargeOutcome, CreditedPayment, Purchase};
+use crate::wallet::{seq_of, Hold, LedgerEntry, Wallet};
+use crate::Rejection;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -48,6 +45,14 @@ impl Reply {
             status: err.status(),
             body: err.body().to_string(),
             retry_after: err.retry_after_seconds(now),
+        }
+    }
+
+    fn text(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            body,
+            retry_after: None,
         }
     }
 
@@ -259,7 +264,9 @@ pub fn execute<S: StoredState>(
     Ok(decide(wallet, command, &loaded, config, now))
 }
 
-/// Decides `command` on (a copy of) `wallet` at `now`, over what was read.
+/// Decides `command` on (a copy of) `wallet` at `now`, over what was read:
+/// a replay answers its original reply; anything else advances the clock,
+/// is dispatched to its family, and ends in [`Step::finish`].
 pub fn decide(
     wallet: Option<&Wallet>,
     command: &Command,
@@ -273,8 +280,18 @@ pub fn decide(
     let Some(current) = wallet else {
         return Decision::answer(Reply::error(&ApiError::WalletNotFound, now));
     };
-    // A replay answers the original response and changes nothing.
-    if let Command::Debit {
+    if let Some(reply) = replayed(command, loaded, now) {
+        return Decision::answer(reply);
+    }
+    let mut step = Step::begin(current, loaded, config, now);
+    let reply = dispatch(&mut step, current, command);
+    step.finish(command, reply)
+}
+
+/// The stored answer of a debit or hold whose key was used before (409
+/// when the request differs), or `None` when it is new.
+fn replayed(command: &Command, loaded: &Loaded, now: DateTime<Utc>) -> Option<Reply> {
+    let (Command::Debit {
         idempotency_key,
         fingerprint,
         ..
@@ -283,47 +300,112 @@ pub fn decide(
         idempotency_key,
         fingerprint,
         ..
-    } = command
-    {
-        if let Some(stored) = loaded.replies.get(idempotency_key) {
-            return Decision::answer(if stored.fingerprint == *fingerprint {
-                Reply {
-                    status: stored.status,
-                    body: stored.response.clone(),
-                    retry_after: None,
-                }
-            } else {
-                Reply::error(&ApiError::IdempotencyKeyReused, now)
-            });
+    }) = command
+    else {
+        return None;
+    };
+    let stored = loaded.replies.get(idempotency_key)?;
+    Some(if stored.fingerprint == *fingerprint {
+        Reply::text(stored.status, stored.response.clone())
+    } else {
+        Reply::error(&ApiError::IdempotencyKeyReused, now)
+    })
+}
+
+/// The decision under way: the copy of the wallet it works on (advanced to
+/// `now`), what was read, and what it has gathered so far. Every family of
+/// commands changes state only through it.
+pub(crate) struct Step<'a> {
+    pub wallet: Wallet,
+    pub loaded: &'a Loaded,
+    pub config: &'a WalletConfig,
+    /// The wallet's clock after advancing (never earlier than before).
+    pub now: DateTime<Utc>,
+    pub d: Decision,
+    /// Events of this decision other than the wallet alerts, in order.
+    pub due: Vec<(EventType, Value)>,
+    /// The wallet row must be written.
+    pub changed: bool,
+    /// A debit or hold was refused at the daily cap (its event, once a day).
+    pub cap_refused: bool,
+    /// Nothing after the reply: no event, no auto top-up (a payment that
+    /// names another organization).
+    pub ended_early: bool,
+    expired: Vec<Hold>,
+}
+
+impl<'a> Step<'a> {
+    fn begin(
+        current: &Wallet,
+        loaded: &'a Loaded,
+        config: &'a WalletConfig,
+        now: DateTime<Utc>,
+    ) -> Step<'a> {
+        let mut wallet = current.clone();
+        let advanced = wallet.advance(now);
+        let now = wallet.now();
+        let mut d = Decision::answer(Reply::json(200, &()));
+        d.writes = advanced.expired.iter().cloned().map(Write::Hold).collect();
+        Step {
+            wallet,
+            loaded,
+            config,
+            now,
+            d,
+            due: Vec::new(),
+            changed: advanced.day_changed || !advanced.expired.is_empty(),
+            cap_refused: false,
+            ended_early: false,
+            expired: advanced.expired,
         }
     }
 
-    let mut wallet = current.clone();
-    let advanced = wallet.advance(now);
-    let now = wallet.now();
-    let mut d = Decision {
-        reply: Reply::json(200, &()),
-        wallet: None,
-        writes: advanced.expired.iter().cloned().map(Write::Hold).collect(),
-        entry_written: false,
-        notes: Vec::new(),
-        wake: false,
-    };
-    let mut changed = advanced.day_changed || !advanced.expired.is_empty();
-    // Events of this decision other than the wallet alerts, in order.
-    let mut due: Vec<(EventType, Value)> = Vec::new();
-    let mut cap_refused = false;
-    // A hold that expired just now is closed as storage is about to record it.
-    let closed_hold = |hold_id: &str| -> Option<Hold> {
-        advanced
-            .expired
+    /// A hold closed in storage, or one that expired just now (closed as
+    /// storage is about to record it).
+    fn closed_hold(&self, hold_id: &str) -> Option<Hold> {
+        self.expired
             .iter()
             .find(|h| h.id == hold_id)
-            .or(loaded.closed_hold.as_ref().filter(|h| h.id == hold_id))
+            .or(self.loaded.closed_hold.as_ref().filter(|h| h.id == hold_id))
             .cloned()
-    };
+    }
 
-    d.reply = match command {
+    /// Every decision ends here: its events and auto top-up (`observe`),
+    /// the settings views answered after those effects, the wallet row.
+    fn finish(mut self, command: &Command, reply: Reply) -> Decision {
+        self.d.reply = reply;
+        if !self.ended_early {
+            let due = std::mem::take(&mut self.due);
+            self.changed |= observe(
+                &mut self.wallet,
+                due,
+                self.cap_refused,
+                self.config,
+                &mut self.d,
+            );
+            let ok = self.d.reply.status == 200;
+            match command {
+                Command::AutoTopUp | Command::SetAutoTopUp { .. } if ok => {
+                    self.d.reply = Reply::json(200, &self.wallet.auto_top_up().view(self.now));
+                }
+                Command::Alerts | Command::SetAlerts { .. } if ok => {
+                    let view = self.wallet.alerts().view(self.wallet.available());
+                    self.d.reply = Reply::json(200, &view);
+                }
+                _ => {}
+            }
+        }
+        if self.changed {
+            self.d.wallet = Some((self.wallet, WalletWrite::Update));
+        }
+        self.d
+    }
+}
+
+/// The one place a decided command is dispatched, to its family
+/// (`settings`, `spending`, `payments`).
+fn dispatch(s: &mut Step, current: &Wallet, command: &Command) -> Reply {
+    match command {
         // Answered by the shell before any decision.
         Command::Open(_)
         | Command::Ping
@@ -334,401 +416,68 @@ pub fn decide(
         | Command::Events(_)
         | Command::EventsPending { .. }
         | Command::EventDelivered { .. }
-        | Command::EventFailed { .. } => Reply::error(&ApiError::Internal, now),
-        // Answered after the decision's own effects (below), so the view
-        // shows a purchase this very change started.
+        | Command::EventFailed { .. } => Reply::error(&ApiError::Internal, s.now),
+        // Their views are answered after the decision's own effects.
         Command::AutoTopUp | Command::Alerts => Reply::json(200, &()),
-        Command::SetAutoTopUp { body, actor } => {
-            let before = auto_top_up_settings(&wallet);
-            match wallet.set_auto_top_up(body) {
-                Ok(()) => {
-                    let after = auto_top_up_settings(&wallet);
-                    let settings = wallet.auto_top_up();
-                    let other_pack = settings.pack_id != current.auto_top_up().pack_id;
-                    if !settings.enabled || other_pack {
-                        cancel_unsent_auto_top_up(&mut wallet, loaded.purchase.as_ref(), &mut d);
-                    }
-                    if wallet.auto_top_up() != current.auto_top_up() {
-                        changed = true;
-                    }
-                    if after != before {
-                        d.writes
-                            .push(audit(Setting::AutoTopUp, actor, now, before, after));
-                    }
-                    Reply::json(200, &())
-                }
-                Err(err) => Reply::error(&ApiError::from(err), now),
-            }
-        }
-        Command::SetAlerts { body, actor } => {
-            let before = json!(wallet.alerts().low_balance_threshold);
-            wallet.set_alerts(body);
-            let after = json!(wallet.alerts().low_balance_threshold);
-            if after != before {
-                changed = true;
-                d.writes
-                    .push(audit(Setting::Alerts, actor, now, before, after));
-            }
-            Reply::json(200, &())
-        }
-        Command::AutoTopUpSend {
-            purchase_id,
-            payment_method_id,
-        } => send_auto_top_up(
-            &mut wallet,
-            loaded.purchase.as_ref().filter(|p| p.id == *purchase_id),
-            payment_method_id.as_deref(),
-            &mut d,
-            &mut due,
-            &mut changed,
-        ),
-        Command::View => Reply::json(200, &wallet.view(config)),
-        Command::LedgerShard => Reply::json(
-            200,
-            &serde_json::json!({
-                "ledger_shard": wallet.ledger_shard().unwrap_or(crate::config::LEGACY_LEDGER_SHARD)
-            }),
-        ),
-        Command::SetDailyCap { body, actor } => {
-            let before = wallet.daily_cap();
-            match wallet.set_daily_cap(body.daily_cap, config) {
-                Ok(()) => {
-                    changed = true;
-                    if wallet.daily_cap() != before {
-                        d.writes.push(Write::Audit(AuditRecord {
-                            setting: Setting::DailyCap,
-                            actor: actor.clone(),
-                            at: now,
-                            before: serde_json::json!(before),
-                            after: serde_json::json!(wallet.daily_cap()),
-                        }));
-                    }
-                    Reply::json(200, &wallet.view(config))
-                }
-                Err(r) => Reply::rejected(r, now),
-            }
-        }
-        Command::SetFeatureCaps { body, actor } => {
-            let before = serde_json::json!(wallet.feature_caps());
-            match wallet.set_feature_caps(&body.caps, config) {
-                Ok(()) => {
-                    let after = serde_json::json!(wallet.feature_caps());
-                    if after != before {
-                        changed = true;
-                        d.writes.push(Write::Audit(AuditRecord {
-                            setting: Setting::FeatureCaps,
-                            actor: actor.clone(),
-                            at: now,
-                            before,
-                            after,
-                        }));
-                    }
-                    Reply::json(200, &wallet.view(config))
-                }
-                Err(r) => Reply::rejected(r, now),
-            }
-        }
-        Command::Debit {
-            idempotency_key,
-            fingerprint,
-            body,
-        } => {
-            let reply = debit(
-                &mut wallet,
-                config,
-                (idempotency_key, fingerprint),
-                body,
-                &mut d,
-                &mut cap_refused,
-            );
-            changed |= reply.status < 300;
-            reply
-        }
-        Command::DebitBatch { items } => {
-            let (reply, any) = batch(
-                &mut wallet,
-                config,
-                items,
-                &loaded.replies,
-                &mut d,
-                &mut cap_refused,
-            );
-            changed |= any;
-            reply
-        }
-        Command::PlaceHold {
-            idempotency_key,
-            fingerprint,
-            body,
-        } => {
-            let request = HoldRequest {
-                feature: body.feature.clone(),
-                amount: body.amount,
-                user_id: body.user_id.clone(),
-                project_id: body.project_id.clone(),
-                ttl_seconds: body.ttl_seconds.unwrap_or(config.hold_ttl_default_seconds),
-            };
-            match wallet.place_hold(&request, config) {
-                Ok(hold) => {
-                    let text = hold_json(&hold, None).to_string();
-                    d.writes.push(Write::Hold(hold.clone()));
-                    d.writes.push(Write::Op(OpRow {
-                        seq: seq_of(&hold.id).expect("hold ids carry their seq"),
-                        idempotency: Some((idempotency_key.clone(), fingerprint.clone())),
-                        status: 201,
-                        response: Some(text.clone()),
-                        entry: None,
-                        created_at_ms: now.timestamp_millis(),
-                    }));
-                    changed = true;
-                    Reply {
-                        status: 201,
-                        body: text,
-                        retry_after: None,
-                    }
-                }
-                Err(r) => {
-                    cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
-                    Reply::rejected(r, now)
-                }
-            }
-        }
-        Command::Capture { hold_id, body } => {
-            let closed = closed_hold(hold_id);
-            match wallet.capture(hold_id, body.amount, closed.as_ref()) {
-                Ok((hold, entry)) => {
-                    let text = hold_json(&hold, entry.as_ref()).to_string();
-                    d.writes.push(Write::Hold(hold));
-                    if let Some(entry) = entry {
-                        d.writes.push(Write::Op(OpRow {
-                            seq: entry.seq,
-                            idempotency: None,
-                            status: 200,
-                            response: Some(text.clone()),
-                            entry: Some(entry),
-                            created_at_ms: now.timestamp_millis(),
-                        }));
-                        d.entry_written = true;
-                    }
-                    changed = true;
-                    Reply {
-                        status: 200,
-                        body: text,
-                        retry_after: None,
-                    }
-                }
-                Err(Rejection::HoldAlreadyClosed { .. }) => {
-                    let hold = closed.expect("only a stored hold is already closed");
-                    match &loaded.first_capture_response {
-                        Some(body) if hold.capture_entry_id.is_some() => Reply {
-                            status: 200,
-                            body: body.clone(),
-                            retry_after: None,
-                        },
-                        _ => Reply::json(200, &hold_json(&hold, None)),
-                    }
-                }
-                Err(r) => Reply::rejected(r, now),
-            }
-        }
-        Command::Release { hold_id } => {
-            let closed = closed_hold(hold_id);
-            match wallet.release(hold_id, closed.as_ref()) {
-                Ok(hold) => {
-                    let reply = Reply::json(200, &hold_json(&hold, None));
-                    d.writes.push(Write::Hold(hold));
-                    changed = true;
-                    reply
-                }
-                Err(Rejection::HoldAlreadyClosed { .. }) => Reply::json(
-                    200,
-                    &hold_json(&closed.expect("only a stored hold is already closed"), None),
-                ),
-                Err(r) => Reply::rejected(r, now),
-            }
-        }
-        Command::StripeCustomer => Reply::json(
-            200,
-            &CustomerReply {
-                stripe_customer_id: wallet.stripe_customer_id().map(str::to_string),
-            },
-        ),
+        Command::View => Reply::json(200, &s.wallet.view(s.config)),
+        Command::LedgerShard => settings::ledger_shard(s),
+        Command::StripeCustomer => settings::stripe_customer(s),
         Command::SetStripeCustomer { stripe_customer_id } => {
-            // The first customer recorded stays: concurrent first purchases
-            // may each create one at Stripe, but the organization keeps one.
-            changed |= wallet.record_stripe_customer(stripe_customer_id);
-            Reply::json(
-                200,
-                &CustomerReply {
-                    stripe_customer_id: wallet.stripe_customer_id().map(str::to_string),
-                },
-            )
+            settings::set_stripe_customer(s, stripe_customer_id)
         }
+        Command::SetAutoTopUp { body, actor } => settings::set_auto_top_up(s, current, body, actor),
+        Command::SetAlerts { body, actor } => settings::set_alerts(s, body, actor),
+        Command::SetDailyCap { body, actor } => settings::set_daily_cap(s, body, actor),
+        Command::SetFeatureCaps { body, actor } => settings::set_feature_caps(s, body, actor),
+        Command::Debit {
+            idempotency_key: k,
+            fingerprint: f,
+            body,
+        } => spending::debit(s, k, f, body),
+        Command::DebitBatch { items } => spending::batch(s, items),
+        Command::PlaceHold {
+            idempotency_key: k,
+            fingerprint: f,
+            body,
+        } => spending::place_hold(s, k, f, body),
+        Command::Capture { hold_id, body } => spending::capture(s, hold_id, body),
+        Command::Release { hold_id } => spending::release(s, hold_id),
         Command::PurchaseStart {
-            purchase_id,
-            idempotency_key,
-            fingerprint,
+            purchase_id: id,
+            idempotency_key: k,
+            fingerprint: f,
             pack_id,
-        } => begin_purchase(
-            &wallet,
-            loaded,
-            (purchase_id, idempotency_key, fingerprint, pack_id),
-            None,
-            config,
-            &mut d,
-        ),
+        } => payments::begin(s, (id, k, f, pack_id), None),
         Command::PurchaseOpen {
-            purchase_id,
-            idempotency_key,
-            fingerprint,
+            purchase_id: id,
+            idempotency_key: k,
+            fingerprint: f,
             pack_id,
-            payment_method_id,
-        } => begin_purchase(
-            &wallet,
-            loaded,
-            (purchase_id, idempotency_key, fingerprint, pack_id),
-            Some(payment_method_id),
-            config,
-            &mut d,
-        ),
-        Command::PurchaseGet { .. } => match &loaded.purchase {
-            Some(purchase) => Reply::json(200, purchase),
-            None => Reply::error(&ApiError::PurchaseNotFound, now),
-        },
+            payment_method_id: pm,
+        } => payments::begin(s, (id, k, f, pack_id), Some(pm)),
+        Command::PurchaseGet { .. } => payments::get(s),
         Command::PurchaseSettle {
             purchase_id,
             outcome,
-        } => {
-            if let ChargeOutcome::Intent { intent } = outcome {
-                if intent.org_id.as_deref() != Some(wallet.org_id()) {
-                    d.notes.push(format!(
-                        "PaymentIntent {} names another organization; ignored",
-                        intent.id
-                    ));
-                    return Decision {
-                        reply: Reply::json(200, &PurchaseReply { purchase: None }),
-                        wallet: changed.then_some((wallet, WalletWrite::Update)),
-                        ..d
-                    };
-                }
-            }
-            let by_id = purchase_id
-                .as_deref()
-                .filter(|id| is_purchase_id(id))
-                .and(loaded.purchase.clone());
-            let purchase = by_id.or_else(|| loaded.purchase_by_intent.clone());
-            let status_before = purchase.as_ref().map(|p| p.status);
-            let customer = wallet.stripe_customer_id().map(str::to_string);
-            match purchase::settle(
-                &mut wallet,
-                purchase,
-                loaded.credited_payment.as_ref(),
-                outcome,
-                customer.as_deref(),
-            ) {
-                Ok(settlement) => {
-                    if let Some(refusal) = &settlement.refusal {
-                        d.notes.push(format!(
-                            "succeeded PaymentIntent {} not credited: {refusal:?}; needs a person",
-                            outcome_intent_id(outcome).unwrap_or("-")
-                        ));
-                    }
-                    changed |= !settlement.entries.is_empty();
-                    if let Some(p) = &settlement.purchase {
-                        changed |= purchase_ended(&mut wallet, p, status_before, &mut due);
-                    }
-                    record_settlement(settlement, &mut d, now)
-                }
-                Err(r) => Reply::rejected(r, now),
-            }
-        }
+        } => payments::settle(s, purchase_id.as_deref(), outcome),
         Command::Dispute {
-            payment_intent_id,
+            payment_intent_id: pi,
             dispute_id,
-        } => {
-            let settlement = purchase::dispute(
-                &mut wallet,
-                loaded.purchase_by_intent.clone(),
-                loaded.credited_payment.clone(),
-                payment_intent_id,
-            );
-            changed |= disputed(
-                &mut wallet,
-                &settlement,
-                dispute_id,
-                loaded,
-                &mut d,
-                &mut due,
-            );
-            record_settlement(settlement, &mut d, now)
-        }
+        } => payments::dispute(s, pi, dispute_id),
         Command::Refund {
-            payment_intent_id,
+            payment_intent_id: pi,
             refund,
-        } => {
-            let settlement = purchase::refund(
-                &mut wallet,
-                loaded.purchase_by_intent.clone(),
-                loaded.credited_payment.clone(),
-                refund,
-            );
-            changed |= refunded(&settlement, payment_intent_id, refund, &mut d, &mut due);
-            record_settlement(settlement, &mut d, now)
-        }
+        } => payments::refund(s, pi, refund),
         Command::DisputeClosed {
-            payment_intent_id,
+            payment_intent_id: pi,
             dispute_id,
             outcome,
-        } => {
-            let status_before = loaded
-                .credited_payment
-                .as_ref()
-                .and_then(|m| m.reconciliation.dispute_status);
-            match purchase::close_dispute(
-                &mut wallet,
-                loaded.purchase_by_intent.clone(),
-                loaded.credited_payment.clone(),
-                outcome,
-            ) {
-                Ok(settlement) => {
-                    let closed = settlement
-                        .payment
-                        .as_ref()
-                        .is_some_and(|m| m.reconciliation.dispute_status != status_before);
-                    if closed {
-                        due.push((
-                            EventType::PurchaseDisputeClosed,
-                            payment_news(
-                                &settlement,
-                                payment_intent_id,
-                                json!({
-                                    "dispute_id": dispute_id,
-                                    "status": outcome.as_str(),
-                                }),
-                            ),
-                        ));
-                    }
-                    changed |= !settlement.entries.is_empty();
-                    record_settlement(settlement, &mut d, now)
-                }
-                Err(r) => Reply::rejected(r, now),
-            }
-        }
-    };
-    changed |= observe(&mut wallet, due, cap_refused, config, &mut d);
-    match command {
-        Command::AutoTopUp | Command::SetAutoTopUp { .. } if d.reply.status == 200 => {
-            d.reply = Reply::json(200, &wallet.auto_top_up().view(now));
-        }
-        Command::Alerts | Command::SetAlerts { .. } if d.reply.status == 200 => {
-            d.reply = Reply::json(200, &wallet.alerts().view(wallet.available()));
-        }
-        _ => {}
+        } => payments::close_dispute(s, pi, dispute_id, outcome),
+        Command::AutoTopUpSend {
+            purchase_id,
+            payment_method_id: pm,
+        } => payments::send(s, purchase_id, pm.as_deref()),
     }
-    if changed {
-        d.wallet = Some((wallet, WalletWrite::Update));
-    }
-    d
 }
 
 fn audit(setting: Setting, actor: &Actor, at: DateTime<Utc>, before: Value, after: Value) -> Write {
@@ -827,137 +576,6 @@ fn observe(
     changed
 }
 
-/// A purchase reached (or left) a final state in this decision: its event,
-/// and auto top-up may start again, or is switched off by a failure.
-fn purchase_ended(
-    wallet: &mut Wallet,
-    purchase: &Purchase,
-    status_before: Option<PurchaseStatus>,
-    due: &mut Vec<(EventType, Value)>,
-) -> bool {
-    if status_before == Some(purchase.status) {
-        return false;
-    }
-    let auto = purchase.source == PurchaseSource::AutoTopUp;
-    let failure = match purchase.status {
-        PurchaseStatus::Succeeded => {
-            due.push((
-                EventType::PurchaseSucceeded,
-                json!({
-                    "purchase_id": purchase.id,
-                    "pack_id": purchase.pack_id,
-                    "credits": purchase.credits_granted,
-                    "amount_cents": purchase.amount_cents,
-                    "currency": purchase.currency,
-                    "source": purchase.source.as_str(),
-                }),
-            ));
-            None
-        }
-        PurchaseStatus::Failed => {
-            due.push((EventType::PurchaseFailed, purchase_failed_data(purchase)));
-            Some(DisabledReason::PaymentFailed)
-        }
-        // Off-session nobody is there to authenticate: for auto top-up
-        // that is a failed charge (the owner may still finish it).
-        PurchaseStatus::RequiresAction if auto => Some(DisabledReason::PaymentFailed),
-        PurchaseStatus::RequiresAction
-        | PurchaseStatus::Processing
-        | PurchaseStatus::Disputed
-        | PurchaseStatus::Canceled => {
-            return false;
-        }
-    };
-    end_auto_top_up(wallet, purchase, failure, due)
-}
-
-fn purchase_failed_data(purchase: &Purchase) -> Value {
-    json!({
-        "purchase_id": purchase.id,
-        "pack_id": purchase.pack_id,
-        "source": purchase.source.as_str(),
-        "decline_code": purchase.decline_code,
-    })
-}
-
-/// Ends the in-flight auto top-up `purchase` (if it is that one), with the
-/// `auto_top_up.failed` event of a failure. Whether the wallet changed.
-fn end_auto_top_up(
-    wallet: &mut Wallet,
-    purchase: &Purchase,
-    failure: Option<DisabledReason>,
-    due: &mut Vec<(EventType, Value)>,
-) -> bool {
-    match wallet.auto_top_up_mut().end(&purchase.id, failure) {
-        crate::auto_top_up::Ended::Unrelated => false,
-        crate::auto_top_up::Ended::Succeeded => true,
-        crate::auto_top_up::Ended::Failed(reason) => {
-            due.push((
-                EventType::AutoTopUpFailed,
-                json!({
-                    "purchase_id": purchase.id,
-                    "reason": reason.as_str(),
-                    "decline_code": purchase.decline_code,
-                }),
-            ));
-            true
-        }
-    }
-}
-
-/// `AutoTopUpSend`: claims the in-flight purchase's charge for the payment
-/// method on file, or, with none on file, ends it and switches auto top-up off.
-fn send_auto_top_up(
-    wallet: &mut Wallet,
-    purchase: Option<&Purchase>,
-    payment_method_id: Option<&str>,
-    d: &mut Decision,
-    due: &mut Vec<(EventType, Value)>,
-    changed: &mut bool,
-) -> Reply {
-    let now = wallet.now();
-    let Some(purchase) = purchase else {
-        return Reply::error(&ApiError::PurchaseNotFound, now);
-    };
-    let mut purchase = purchase.clone();
-    let in_flight = wallet.auto_top_up().in_flight.as_deref() == Some(purchase.id.as_str());
-    let send_charge = in_flight && purchase.needs_auto_charge(now);
-    // A resend repeats the first attempt: the card it charged, whatever
-    // the default is now (Stripe refuses a key reused with other parameters).
-    let payment_method_id = purchase
-        .payment_method_id
-        .clone()
-        .or(payment_method_id.map(str::to_string));
-    if send_charge {
-        match &payment_method_id {
-            Some(method) => {
-                purchase.payment_method_id = Some(method.clone());
-                purchase.charge_started_at = Some(now);
-            }
-            None => {
-                purchase.status = PurchaseStatus::Failed;
-                purchase.charge_started_at = None;
-                due.push((EventType::PurchaseFailed, purchase_failed_data(&purchase)));
-                *changed |= end_auto_top_up(
-                    wallet,
-                    &purchase,
-                    Some(DisabledReason::PaymentMethodRequired),
-                    due,
-                );
-            }
-        }
-        purchase.updated_at = now;
-        d.writes.push(Write::Purchase(purchase.clone()));
-    }
-    Reply::json(
-        200,
-        &PurchaseStartReply::Existing {
-            send_charge: send_charge && payment_method_id.is_some(),
-            purchase: Box::new(purchase),
-        },
-    )
-}
-
 /// Signup: creates the wallet with its trial grant and ledger shard, or
 /// answers the existing one.
 fn open(
@@ -1005,361 +623,15 @@ fn open(
     d
 }
 
-/// Decides one debit (already known not to be a replay) and records it.
-fn debit(
-    wallet: &mut Wallet,
-    config: &WalletConfig,
-    (idempotency_key, fingerprint): (&str, &str),
-    body: &DebitBody,
-    d: &mut Decision,
-    cap_refused: &mut bool,
-) -> Reply {
-    let request = DebitRequest {
-        feature: body.feature.clone(),
-        amount: body.amount,
-        user_id: body.user_id.clone(),
-        project_id: body.project_id.clone(),
-        metadata: body.metadata.clone(),
-    };
-    match wallet.debit(&request, config) {
-        Ok(entry) => {
-            let mut response = entry_json(&entry);
-            response["spent_today"] = serde_json::json!(wallet.spent_today());
-            response["cap_remaining"] = serde_json::json!(wallet.cap_remaining());
-            let text = response.to_string();
-            d.writes.push(Write::Op(OpRow {
-                seq: entry.seq,
-                idempotency: Some((idempotency_key.to_string(), fingerprint.to_string())),
-                status: 201,
-                response: Some(text.clone()),
-                entry: Some(entry),
-                created_at_ms: wallet.now().timestamp_millis(),
-            }));
-            d.entry_written = true;
-            Reply {
-                status: 201,
-                body: text,
-                retry_after: None,
-            }
-        }
-        Err(r) => {
-            *cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
-            Reply::rejected(r, wallet.now())
-        }
-    }
-}
-
-/// Applies a batch in order; each item answers as a single debit would,
-/// and a key repeated within the batch is a replay of its first use.
-/// Returns the reply and whether any item debited.
-fn batch(
-    wallet: &mut Wallet,
-    config: &WalletConfig,
-    items: &[BatchSlot],
-    stored: &HashMap<String, StoredReply>,
-    d: &mut Decision,
-    cap_refused: &mut bool,
-) -> (Reply, bool) {
-    let mut seen: HashMap<&str, StoredReply> = HashMap::new();
-    let mut any = false;
-    let mut out = String::with_capacity(items.len() * 400 + 16);
-    out.push_str("{\"results\":[");
-    for slot in items {
-        match slot {
-            BatchSlot::Invalid {
-                idempotency_key,
-                status,
-                error,
-            } => {
-                let body = serde_json::json!({ "error": error }).to_string();
-                push_batch_result(&mut out, idempotency_key.as_deref(), *status, &body);
-            }
-            BatchSlot::Debit {
-                idempotency_key,
-                fingerprint,
-                body,
-            } => {
-                let earlier = seen
-                    .get(idempotency_key.as_str())
-                    .or_else(|| stored.get(idempotency_key));
-                let (status, text) = match earlier {
-                    Some(s) if s.fingerprint == *fingerprint => (s.status, s.response.clone()),
-                    Some(_) => {
-                        let err = ApiError::IdempotencyKeyReused;
-                        (err.status(), err.body().to_string())
-                    }
-                    None => {
-                        let reply = debit(
-                            wallet,
-                            config,
-                            (idempotency_key, fingerprint),
-                            body,
-                            d,
-                            cap_refused,
-                        );
-                        if reply.status < 300 {
-                            any = true;
-                            seen.insert(
-                                idempotency_key,
-                                StoredReply {
-                                    fingerprint: fingerprint.clone(),
-                                    status: reply.status,
-                                    response: reply.body.clone(),
-                                },
-                            );
-                        }
-                        (reply.status, reply.body)
-                    }
-                };
-                push_batch_result(&mut out, Some(idempotency_key), status, &text);
-            }
-        }
-    }
-    out.push_str("]}");
-    (
-        Reply {
-            status: 200,
-            body: out,
-            retry_after: None,
-        },
-        any,
-    )
-}
-
-/// Appends one batch item's result: its key, status, and the entry or the
-/// error. The stored texts are spliced in as they are, not parsed again.
-fn push_batch_result(out: &mut String, key: Option<&str>, status: u16, body: &str) {
-    if !out.ends_with('[') {
-        out.push(',');
-    }
-    out.push_str("{\"idempotency_key\":");
-    out.push_str(&serde_json::to_string(&key).expect("keys serialize"));
-    out.push_str(",\"status\":");
-    out.push_str(&status.to_string());
-    if status < 300 {
-        out.push_str(",\"entry\":");
-        out.push_str(body);
-    } else {
-        // Error bodies are exactly {"error":{...}} (ApiError::body).
-        let error = body
-            .strip_prefix("{\"error\":")
-            .and_then(|b| b.strip_suffix('}'));
-        out.push_str(",\"error\":");
-        out.push_str(error.unwrap_or("null"));
-    }
-    out.push('}');
-}
-
-/// `PurchaseStart` (no payment method: only looks) and `PurchaseOpen`.
-fn begin_purchase(
-    wallet: &Wallet,
-    loaded: &Loaded,
-    (purchase_id, idempotency_key, fingerprint, pack_id): (&str, &str, &str, &str),
-    payment_method_id: Option<&String>,
-    config: &WalletConfig,
-    d: &mut Decision,
-) -> Reply {
-    let now = wallet.now();
-    let started = |purchase: Box<Purchase>, send_charge: bool| {
-        Reply::json(
-            200,
-            &PurchaseStartReply::Existing {
-                purchase,
-                send_charge,
-            },
-        )
-    };
-    match purchase::start(
-        loaded.purchase.clone(),
-        idempotency_key,
-        fingerprint,
-        pack_id,
-        now,
-    ) {
-        Start::KeyReused => Reply::error(&ApiError::IdempotencyKeyReused, now),
-        Start::Existing {
-            purchase,
-            send_charge,
-            changed,
-        } => {
-            if changed {
-                d.writes.push(Write::Purchase((*purchase).clone()));
-            }
-            started(purchase, send_charge)
-        }
-        Start::New => match (payment_method_id, config.pack(pack_id)) {
-            (None, _) => Reply::json(
-                200,
-                &PurchaseStartReply::New {
-                    stripe_customer_id: wallet.stripe_customer_id().map(str::to_string),
-                },
-            ),
-            (Some(_), None) => Reply::error(
-                &ApiError::invalid("pack_id", "is not in the catalogue"),
-                now,
-            ),
-            (Some(payment_method_id), Some(pack)) => {
-                let purchase = Purchase::open(
-                    purchase_id,
-                    pack,
-                    idempotency_key,
-                    fingerprint,
-                    payment_method_id,
-                    now,
-                );
-                d.writes.push(Write::Purchase(purchase.clone()));
-                started(Box::new(purchase), true)
-            }
-        },
-    }
-}
-
-/// The data of a `purchase.*` event about a payment's reconciliation: the
-/// purchase and what its marker now records, plus `extra`.
-fn payment_news(settlement: &Settlement, payment_intent_id: &str, extra: Value) -> Value {
-    let marker = settlement.payment.as_ref();
-    let purchase = settlement.purchase.as_ref();
-    let mut data = json!({
-        "purchase_id": purchase.map(|p| p.id.clone()).or_else(|| marker.and_then(|m| m.purchase_id.clone())),
-        "payment_intent_id": payment_intent_id,
-        "source": purchase.map(|p| p.source.as_str()),
-        "credits": marker.map(|m| m.credits),
-        "credits_reversed": marker.map(|m| m.credits_reversed),
-        "credits_refunded": marker.map(|m| m.reconciliation.credits_refunded),
-        "credits_unrecovered": marker.map(|m| m.reconciliation.credits_unrecovered),
-        "credits_reinstated": marker.map(|m| m.reconciliation.credits_reinstated),
-        "amount_refunded_cents": marker.map(|m| m.reconciliation.amount_refunded_cents),
-    });
-    if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
-        data.extend(extra);
-    }
-    data
-}
-
-/// After `charge.dispute.created`: the event, and auto top-up switched off
-/// (its charge canceled if never sent), since the card may be stolen.
-fn disputed(
-    wallet: &mut Wallet,
-    settlement: &Settlement,
-    dispute_id: &str,
-    loaded: &Loaded,
-    d: &mut Decision,
-    due: &mut Vec<(EventType, Value)>,
-) -> bool {
-    let Some(marker) = settlement.payment.as_ref() else {
-        return false;
-    };
-    d.notes.push(format!(
-        "dispute {dispute_id} on {}: took back {} credits",
-        marker.payment_intent_id, marker.credits_reversed
-    ));
-    due.push((
-        EventType::PurchaseDisputed,
-        payment_news(
-            settlement,
-            &marker.payment_intent_id,
-            json!({ "dispute_id": dispute_id }),
-        ),
-    ));
-    let mut changed = wallet
-        .auto_top_up_mut()
-        .switch_off(DisabledReason::PaymentDisputed);
-    changed |= cancel_unsent_auto_top_up(wallet, loaded.purchase.as_ref(), d);
-    changed || !settlement.entries.is_empty()
-}
-
-/// After `charge.refunded`: the event when this delivery was news.
-fn refunded(
-    settlement: &Settlement,
-    payment_intent_id: &str,
-    refund: &crate::stripe::ChargeRefund,
-    d: &mut Decision,
-    due: &mut Vec<(EventType, Value)>,
-) -> bool {
-    if settlement.payment.is_none() {
-        return false;
-    }
-    let taken: i64 = settlement.entries.iter().map(|e| e.amount.units()).sum();
-    d.notes.push(format!(
-        "refund of {} cents in all on {payment_intent_id} ({}): took back {} credits",
-        refund.amount_refunded_cents,
-        refund.charge_id,
-        crate::money::Credits::from_units(taken)
-    ));
-    due.push((
-        EventType::PurchaseRefunded,
-        payment_news(
-            settlement,
-            payment_intent_id,
-            json!({
-                "charge_id": refund.charge_id,
-                "credits_taken_back": crate::money::Credits::from_units(taken),
-            }),
-        ),
-    ));
-    !settlement.entries.is_empty()
-}
-
-/// Cancels the in-flight auto top-up `purchase` when its charge was never
-/// sent; a sent one is only followed to its outcome. Whether it did.
-fn cancel_unsent_auto_top_up(
-    wallet: &mut Wallet,
-    purchase: Option<&Purchase>,
-    d: &mut Decision,
-) -> bool {
-    let now = wallet.now();
-    let Some(mut purchase) = purchase.cloned() else {
-        return false;
-    };
-    if wallet.auto_top_up().in_flight.as_deref() != Some(purchase.id.as_str())
-        || !purchase.cancel_unsent(now)
-    {
-        return false;
-    }
-    wallet.auto_top_up_mut().forget_in_flight(&purchase.id);
-    d.notes.push(format!(
-        "auto top-up {} canceled before its charge was sent",
-        purchase.id
-    ));
-    d.writes.push(Write::Purchase(purchase));
-    true
-}
-
-/// Queues a settlement's writes and answers its purchase.
-fn record_settlement(settlement: Settlement, d: &mut Decision, now: DateTime<Utc>) -> Reply {
-    for entry in settlement.entries {
-        d.writes.push(Write::Op(OpRow {
-            seq: entry.seq,
-            idempotency: None,
-            status: 200,
-            response: None,
-            entry: Some(entry),
-            created_at_ms: now.timestamp_millis(),
-        }));
-        d.entry_written = true;
-    }
-    if let Some(payment) = settlement.payment {
-        d.writes.push(Write::CreditedPayment(payment));
-    }
-    if settlement.purchase_changed {
-        if let Some(purchase) = &settlement.purchase {
-            d.writes.push(Write::Purchase(purchase.clone()));
-        }
-    }
-    Reply::json(
-        200,
-        &PurchaseReply {
-            purchase: settlement.purchase,
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CaptureBody, HoldBody};
+    use crate::api::{CaptureBody, DebitBody, HoldBody, PurchaseStartReply};
+    use crate::auto_top_up::DisabledReason;
     use crate::money::Credits;
+    use crate::purchase::PurchaseStatus;
     use crate::wallet::HoldStatus;
+    use crate::wallet::PurchaseSource;
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()

@@ -1,0 +1,220 @@
+//! AI spending: debits (single and batched), holds, captures and releases.
+//! A replay of a debit or hold was answered before any of this runs.
+
+use super::{OpRow, Reply, Step, StoredReply, Write};
+use crate::api::{entry_json, hold_json, ApiError, BatchSlot, CaptureBody, DebitBody, HoldBody};
+use crate::wallet::seq_of;
+use crate::{DebitRequest, HoldRequest, Rejection};
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Decides one debit (already known not to be a replay) and records it.
+pub(super) fn debit(
+    s: &mut Step,
+    idempotency_key: &str,
+    fingerprint: &str,
+    body: &DebitBody,
+) -> Reply {
+    let request = DebitRequest {
+        feature: body.feature.clone(),
+        amount: body.amount,
+        user_id: body.user_id.clone(),
+        project_id: body.project_id.clone(),
+        metadata: body.metadata.clone(),
+    };
+    match s.wallet.debit(&request, s.config) {
+        Ok(entry) => {
+            let mut response = entry_json(&entry);
+            response["spent_today"] = json!(s.wallet.spent_today());
+            response["cap_remaining"] = json!(s.wallet.cap_remaining());
+            let text = response.to_string();
+            s.d.writes.push(Write::Op(OpRow {
+                seq: entry.seq,
+                idempotency: Some((idempotency_key.to_string(), fingerprint.to_string())),
+                status: 201,
+                response: Some(text.clone()),
+                entry: Some(entry),
+                created_at_ms: s.now.timestamp_millis(),
+            }));
+            s.d.entry_written = true;
+            s.changed = true;
+            Reply::text(201, text)
+        }
+        Err(r) => {
+            s.cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
+            Reply::rejected(r, s.now)
+        }
+    }
+}
+
+/// Applies a batch in order; each item answers as a single debit would,
+/// and a key repeated within the batch is a replay of its first use.
+pub(super) fn batch(s: &mut Step, items: &[BatchSlot]) -> Reply {
+    let mut seen: HashMap<&str, StoredReply> = HashMap::new();
+    let mut out = String::with_capacity(items.len() * 400 + 16);
+    out.push_str("{\"results\":[");
+    for slot in items {
+        match slot {
+            BatchSlot::Invalid {
+                idempotency_key,
+                status,
+                error,
+            } => {
+                let body = json!({ "error": error }).to_string();
+                push_batch_result(&mut out, idempotency_key.as_deref(), *status, &body);
+            }
+            BatchSlot::Debit {
+                idempotency_key,
+                fingerprint,
+                body,
+            } => {
+                let (status, text) = batch_debit(s, &mut seen, idempotency_key, fingerprint, body);
+                push_batch_result(&mut out, Some(idempotency_key), status, &text);
+            }
+        }
+    }
+    out.push_str("]}");
+    Reply::text(200, out)
+}
+
+/// One debit of a batch: the answer of its key's first use (earlier in the
+/// batch or stored), or the debit decided now.
+fn batch_debit<'a>(
+    s: &mut Step,
+    seen: &mut HashMap<&'a str, StoredReply>,
+    idempotency_key: &'a str,
+    fingerprint: &str,
+    body: &DebitBody,
+) -> (u16, String) {
+    let earlier = seen
+        .get(idempotency_key)
+        .or_else(|| s.loaded.replies.get(idempotency_key));
+    match earlier {
+        Some(first) if first.fingerprint == fingerprint => (first.status, first.response.clone()),
+        Some(_) => {
+            let err = ApiError::IdempotencyKeyReused;
+            (err.status(), err.body().to_string())
+        }
+        None => {
+            let reply = debit(s, idempotency_key, fingerprint, body);
+            if reply.status < 300 {
+                let first = StoredReply {
+                    fingerprint: fingerprint.to_string(),
+                    status: reply.status,
+                    response: reply.body.clone(),
+                };
+                seen.insert(idempotency_key, first);
+            }
+            (reply.status, reply.body)
+        }
+    }
+}
+
+/// Appends one batch item's result: its key, status, and the entry or the
+/// error. The stored texts are spliced in as they are, not parsed again.
+fn push_batch_result(out: &mut String, key: Option<&str>, status: u16, body: &str) {
+    if !out.ends_with('[') {
+        out.push(',');
+    }
+    out.push_str("{\"idempotency_key\":");
+    out.push_str(&serde_json::to_string(&key).expect("keys serialize"));
+    out.push_str(",\"status\":");
+    out.push_str(&status.to_string());
+    if status < 300 {
+        out.push_str(",\"entry\":");
+        out.push_str(body);
+    } else {
+        // Error bodies are exactly {"error":{...}} (ApiError::body).
+        let error = body
+            .strip_prefix("{\"error\":")
+            .and_then(|b| b.strip_suffix('}'));
+        out.push_str(",\"error\":");
+        out.push_str(error.unwrap_or("null"));
+    }
+    out.push('}');
+}
+
+pub(super) fn place_hold(
+    s: &mut Step,
+    idempotency_key: &str,
+    fingerprint: &str,
+    body: &HoldBody,
+) -> Reply {
+    let request = HoldRequest {
+        feature: body.feature.clone(),
+        amount: body.amount,
+        user_id: body.user_id.clone(),
+        project_id: body.project_id.clone(),
+        ttl_seconds: body
+            .ttl_seconds
+            .unwrap_or(s.config.hold_ttl_default_seconds),
+    };
+    match s.wallet.place_hold(&request, s.config) {
+        Ok(hold) => {
+            let text = hold_json(&hold, None).to_string();
+            s.d.writes.push(Write::Hold(hold.clone()));
+            s.d.writes.push(Write::Op(OpRow {
+                seq: seq_of(&hold.id).expect("hold ids carry their seq"),
+                idempotency: Some((idempotency_key.to_string(), fingerprint.to_string())),
+                status: 201,
+                response: Some(text.clone()),
+                entry: None,
+                created_at_ms: s.now.timestamp_millis(),
+            }));
+            s.changed = true;
+            Reply::text(201, text)
+        }
+        Err(r) => {
+            s.cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
+            Reply::rejected(r, s.now)
+        }
+    }
+}
+
+pub(super) fn capture(s: &mut Step, hold_id: &str, body: &CaptureBody) -> Reply {
+    let closed = s.closed_hold(hold_id);
+    match s.wallet.capture(hold_id, body.amount, closed.as_ref()) {
+        Ok((hold, entry)) => {
+            let text = hold_json(&hold, entry.as_ref()).to_string();
+            s.d.writes.push(Write::Hold(hold));
+            if let Some(entry) = entry {
+                s.d.writes.push(Write::Op(OpRow {
+                    seq: entry.seq,
+                    idempotency: None,
+                    status: 200,
+                    response: Some(text.clone()),
+                    entry: Some(entry),
+                    created_at_ms: s.now.timestamp_millis(),
+                }));
+                s.d.entry_written = true;
+            }
+            s.changed = true;
+            Reply::text(200, text)
+        }
+        Err(Rejection::HoldAlreadyClosed { .. }) => {
+            let hold = closed.expect("only a stored hold is already closed");
+            match &s.loaded.first_capture_response {
+                Some(body) if hold.capture_entry_id.is_some() => Reply::text(200, body.clone()),
+                _ => Reply::json(200, &hold_json(&hold, None)),
+            }
+        }
+        Err(r) => Reply::rejected(r, s.now),
+    }
+}
+
+pub(super) fn release(s: &mut Step, hold_id: &str) -> Reply {
+    let closed = s.closed_hold(hold_id);
+    match s.wallet.release(hold_id, closed.as_ref()) {
+        Ok(hold) => {
+            let reply = Reply::json(200, &hold_json(&hold, None));
+            s.d.writes.push(Write::Hold(hold));
+            s.changed = true;
+            reply
+        }
+        Err(Rejection::HoldAlreadyClosed { .. }) => Reply::json(
+            200,
+            &hold_json(&closed.expect("only a stored hold is already closed"), None),
+        ),
+        Err(r) => Reply::rejected(r, s.now),
+    }
+}
