@@ -18,7 +18,7 @@ use futures_util::future::{select, Either};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use wallet_core::api::Command;
+use wallet_core::api::OutboxRequest;
 use wallet_core::events::{
     retry_delay_seconds, signature_header, DeliveryConfig, DELIVERY_BATCH, DELIVERY_TIMEOUT_SECONDS,
 };
@@ -129,7 +129,7 @@ async fn deliver(env: &Env, delivery: &DeliveryConfig, org_id: &str) -> Result<O
         let pending: Pending = ask(
             env,
             org_id,
-            Command::EventsPending {
+            OutboxRequest::EventsPending {
                 limit: DELIVERY_BATCH,
             },
         )
@@ -140,11 +140,12 @@ async fn deliver(env: &Env, delivery: &DeliveryConfig, org_id: &str) -> Result<O
         for (seq, body, _) in &pending.events {
             match post(delivery, body).await {
                 Ok(()) => {
-                    ask::<Attempts>(env, org_id, Command::EventDelivered { seq: *seq }).await?;
+                    ask::<Attempts>(env, org_id, OutboxRequest::EventDelivered { seq: *seq })
+                        .await?;
                 }
                 Err(problem) => {
                     let failed: Attempts =
-                        ask(env, org_id, Command::EventFailed { seq: *seq }).await?;
+                        ask(env, org_id, OutboxRequest::EventFailed { seq: *seq }).await?;
                     let delay_seconds =
                         retry_delay_seconds(delivery.retry_base_seconds, failed.attempts.max(1));
                     console_log!(
@@ -162,10 +163,10 @@ async fn deliver(env: &Env, delivery: &DeliveryConfig, org_id: &str) -> Result<O
 async fn ask<T: serde::de::DeserializeOwned>(
     env: &Env,
     org_id: &str,
-    command: Command,
+    request: OutboxRequest,
 ) -> Result<T> {
     let now_ms = Date::now().as_millis() as i64;
-    let mut response = wallet_protocol::call(env, org_id, now_ms, command).await?;
+    let mut response = wallet_protocol::call(env, org_id, now_ms, request).await?;
     if response.status_code() != 200 {
         return Err(worker::Error::RustError(format!(
             "the wallet answered {}",

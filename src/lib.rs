@@ -26,8 +26,9 @@ use serde_json::{json, Value};
 use settings::{settings, Settings};
 use wallet_core::api::{
     allow_header, check_idempotency_key, fingerprint, parse_batch, parse_body, routes_of, ApiError,
-    CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody, FeatureCapsBody, HoldBody,
-    PurchaseBody, ReleaseBody, SignupBody,
+    BenchRequest, CaptureBody, Command, DailyCapBody, DebitBody, DevPaymentMethodBody,
+    FeatureCapsBody, HoldBody, OutboxRequest, PurchaseBody, Query, ReleaseBody, SignupBody,
+    WalletRequest,
 };
 use wallet_core::auto_top_up::AutoTopUpBody;
 use wallet_core::events::AlertsBody;
@@ -106,6 +107,13 @@ enum Failure {
 impl From<ApiError> for Failure {
     fn from(err: ApiError) -> Failure {
         Failure::Api(err)
+    }
+}
+
+/// A value the domain refused: 422 naming its field.
+impl From<wallet_core::paging::Invalid> for Failure {
+    fn from(invalid: wallet_core::paging::Invalid) -> Failure {
+        Failure::Api(invalid.into())
     }
 }
 
@@ -209,8 +217,13 @@ pub(crate) async fn read_body(
 }
 
 /// Sends `command` to the organization's Durable Object; its answer is final.
-async fn call_wallet(env: &Env, org: &str, now_ms: i64, command: Command) -> Answer {
-    Ok(wallet_protocol::call(env, org, now_ms, command).await?)
+async fn call_wallet(
+    env: &Env,
+    org: &str,
+    now_ms: i64,
+    request: impl Into<WalletRequest>,
+) -> Answer {
+    Ok(wallet_protocol::call(env, org, now_ms, request).await?)
 }
 
 async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
@@ -234,10 +247,10 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
     match (parts.as_slice(), method.clone()) {
         // Benchmark floor and counters, only when configured for `make bench`.
         (["bench", "floor", org], Method::Post) if settings.bench_routes => {
-            return call_wallet(env, org, 0, Command::Ping).await;
+            return call_wallet(env, org, 0, BenchRequest::Ping).await;
         }
         (["bench", "storage", org], Method::Get) if settings.bench_routes => {
-            return call_wallet(env, org, 0, Command::StorageStats).await;
+            return call_wallet(env, org, 0, BenchRequest::StorageStats).await;
         }
         _ => {}
     }
@@ -352,7 +365,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                         query("limit").as_deref(),
                         query("starting_after").as_deref(),
                     )?;
-                    call_wallet(env, org, now_ms, Command::Events(events_query)).await
+                    call_wallet(env, org, now_ms, Query::Events(events_query)).await
                 }
                 (["audit"], Method::Get) => {
                     authorize(&claims, org, OWNER_OR_ADMIN)?;
@@ -463,7 +476,7 @@ async fn route(mut req: Request, env: &Env, settings: &Settings) -> Answer {
                     if !bytes.iter().all(u8::is_ascii_whitespace) {
                         parse_body::<ReleaseBody>(&bytes)?;
                     }
-                    call_wallet(env, org, now_ms, Command::RefillShard).await
+                    call_wallet(env, org, now_ms, OutboxRequest::RefillShard).await
                 }
                 (["transactions"], Method::Get) => {
                     authorize(&claims, org, ANY_ROLE)?;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use wallet_core::api::{entry_json, list_params, ApiError, Command};
+use wallet_core::api::{entry_json, list_params, ApiError, Command, Query};
 use wallet_core::audit::{AuditQuery, AuditRecord, AUDIT_CSV_HEADER};
 use wallet_core::ledger::{self, EntryRow, LedgerQuery, LEDGER_CSV_HEADER};
 use wallet_core::reports::{self, Transaction, CSV_HEADER, CSV_PAGE_ROWS};
@@ -69,7 +69,7 @@ async fn ledger_page(
     now_ms: i64,
     query: LedgerQuery,
 ) -> Result<(Vec<wallet_core::LedgerEntry>, bool), Failure> {
-    let mut answer = call_wallet(env, org, now_ms, Command::Ledger(query)).await?;
+    let mut answer = call_wallet(env, org, now_ms, Query::Ledger(query)).await?;
     if answer.status_code() != 200 {
         return Err(Failure::Answered(answer));
     }
@@ -96,7 +96,7 @@ async fn audit_page(
     now_ms: i64,
     query: AuditQuery,
 ) -> Result<(Vec<(u64, AuditRecord)>, bool), Failure> {
-    let mut answer = call_wallet(env, org, now_ms, Command::Audit(query)).await?;
+    let mut answer = call_wallet(env, org, now_ms, Query::Audit(query)).await?;
     if answer.status_code() != 200 {
         return Err(Failure::Answered(answer));
     }

@@ -24,7 +24,10 @@ use crate::wallet_protocol::{self, PaymentMethodOp, PaymentMethodRequest};
 use crate::wallet_store::{self, Statement, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wallet_core::api::{ApiError, Command, Envelope, PurchaseStartReply};
+use wallet_core::api::{
+    ApiError, BenchRequest, Command, Envelope, OutboxRequest, PurchaseStartReply, Query,
+    WalletRequest,
+};
 use wallet_core::config::LEGACY_LEDGER_SHARD;
 use wallet_core::decision::{self, Reply};
 use wallet_core::events::EVENTS_RETENTION_DAYS;
@@ -172,14 +175,19 @@ impl Instance {
         }
         // serde_json over the text: cheaper than JSON.parse plus a walk over JS objects.
         let envelope: Envelope = serde_json::from_str(&req.text().await?)?;
-        match envelope.command {
-            Command::Ping => return Response::ok("{}"),
-            Command::StorageStats => return self.storage_stats().await,
-            _ => {}
-        }
         let now = from_millis(envelope.now_ms)
             .ok_or_else(|| Error::RustError("bad request time".into()))?;
-        let reply = self.execute(envelope).unwrap_or_else(|err| {
+        // The one place each kind of request is dispatched.
+        let reply = match envelope.request {
+            WalletRequest::Bench(BenchRequest::Ping) => return Response::ok("{}"),
+            WalletRequest::Bench(BenchRequest::StorageStats) => return self.storage_stats().await,
+            WalletRequest::Read(query) => self.read(&query, now),
+            WalletRequest::Outbox(request) => self.outbox(request, now),
+            WalletRequest::Decide(command) => self
+                .ensure_loaded()
+                .and_then(|()| self.decide_and_commit(command, now)),
+        };
+        let reply = reply.unwrap_or_else(|err| {
             console_error!("wallet operation failed: {err}");
             Reply::error(&ApiError::Internal, now)
         });
@@ -785,38 +793,39 @@ impl Instance {
         }
     }
 
-    fn execute(&self, envelope: Envelope) -> Result<Reply> {
-        let now = from_millis(envelope.now_ms)
-            .ok_or_else(|| Error::RustError("bad request time".into()))?;
+    /// A page of the object's own tables.
+    fn read(&self, query: &Query, now: chrono::DateTime<chrono::Utc>) -> Result<Reply> {
         self.ensure_loaded()?;
         let sql = self.state.storage().sql();
-        match &envelope.command {
-            Command::Ledger(query) => return self.ledger(&sql, query, now),
-            Command::Audit(query) => return self.audit(&sql, query, now),
-            Command::RefillShard => return self.refill_shard(now),
-            Command::Events(query) => return self.events(&sql, query, now),
-            Command::EventsPending { limit } => {
-                let pending = wallet_store::events_pending(&sql, (*limit).min(100))?;
+        match query {
+            Query::Ledger(query) => self.ledger(&sql, query, now),
+            Query::Audit(query) => self.audit(&sql, query, now),
+            Query::Events(query) => self.events(&sql, query, now),
+        }
+    }
+
+    /// The outboxes' side of delivery: events for the queue consumer, and an
+    /// operator's refill of the D1 shard.
+    fn outbox(&self, request: OutboxRequest, now: chrono::DateTime<chrono::Utc>) -> Result<Reply> {
+        self.ensure_loaded()?;
+        let sql = self.state.storage().sql();
+        let (seq, delivered) = match request {
+            OutboxRequest::RefillShard => return self.refill_shard(now),
+            OutboxRequest::EventsPending { limit } => {
+                let pending = wallet_store::events_pending(&sql, limit.min(100))?;
                 return Ok(Reply::json(200, &serde_json::json!({ "events": pending })));
             }
-            Command::EventDelivered { seq } | Command::EventFailed { seq } => {
-                let delivered = matches!(envelope.command, Command::EventDelivered { .. });
-                let attempts = wallet_store::record_attempt(
-                    &sql,
-                    *seq,
-                    delivered,
-                    Date::now().as_millis() as i64,
-                )?;
-                // The event's row was updated (attempts 0: nothing waited).
-                add(&self.replica.do_rows_written, u64::from(attempts > 0));
-                return Ok(Reply::json(
-                    200,
-                    &serde_json::json!({ "attempts": attempts }),
-                ));
-            }
-            _ => {}
-        }
-        self.decide_and_commit(envelope.command, now)
+            OutboxRequest::EventDelivered { seq } => (seq, true),
+            OutboxRequest::EventFailed { seq } => (seq, false),
+        };
+        let attempts =
+            wallet_store::record_attempt(&sql, seq, delivered, Date::now().as_millis() as i64)?;
+        // The event's row was updated (attempts 0: nothing waited).
+        add(&self.replica.do_rows_written, u64::from(attempts > 0));
+        Ok(Reply::json(
+            200,
+            &serde_json::json!({ "attempts": attempts }),
+        ))
     }
 
     /// Decides `command` and commits it; the wallet in memory moves only

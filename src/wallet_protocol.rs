@@ -6,7 +6,7 @@
 
 use crate::stripe_api::PaymentMethodSummary;
 use serde::{Deserialize, Serialize};
-use wallet_core::api::{Command, Envelope};
+use wallet_core::api::{Envelope, WalletRequest};
 use wallet_core::decision::Reply;
 use wasm_bindgen::JsValue;
 use worker::{Env, Error, Headers, Method, Request, RequestInit, Response, Result};
@@ -34,9 +34,15 @@ pub enum PaymentMethodOp {
     },
 }
 
-/// Sends `command` to the organization's Durable Object; its answer is final.
-pub async fn call(env: &Env, org: &str, now_ms: i64, command: Command) -> Result<Response> {
-    let envelope = serde_json::to_string(&Envelope { now_ms, command })
+/// Sends `request` to the organization's Durable Object; its answer is final.
+pub async fn call(
+    env: &Env,
+    org: &str,
+    now_ms: i64,
+    request: impl Into<WalletRequest>,
+) -> Result<Response> {
+    let request = request.into();
+    let envelope = serde_json::to_string(&Envelope { now_ms, request })
         .map_err(|e| Error::RustError(e.to_string()))?;
     post(env, org, "/op", &envelope).await
 }

@@ -331,11 +331,19 @@ impl ApiError {
         }
     }
 
-    /// The JSON error body. Messages are written for people; nothing internal leaks.
+    /// The JSON error body: `code`, `message` and the variant's details.
+    /// Messages are written for people; nothing internal leaks.
     pub fn body(&self) -> Value {
         let mut error = Map::new();
         error.insert("code".into(), json!(self.code()));
-        let message: String = match self {
+        let message = self.message(&mut error);
+        error.insert("message".into(), json!(message));
+        json!({ "error": error })
+    }
+
+    /// The message of this error, adding its details to `error`.
+    fn message(&self, error: &mut Map<String, Value>) -> String {
+        match self {
             ApiError::Unauthorized => "A valid bearer token is required.".into(),
             ApiError::Forbidden => {
                 "This token may not perform this action on this organization.".into()
@@ -376,86 +384,99 @@ impl ApiError {
             ApiError::Internal => {
                 "Something went wrong on our side; the request may be retried.".into()
             }
-            ApiError::Rejected(r) => match r {
-                Rejection::InsufficientCredits {
-                    available,
-                    requested,
-                } => {
-                    error.insert("available".into(), json!(available));
-                    error.insert("requested".into(), json!(requested));
-                    "Not enough credits are available for this operation.".into()
-                }
-                Rejection::DailyCapReached {
-                    resumes_at,
-                    daily_cap,
-                    cap_remaining,
-                    requested,
-                } => {
-                    error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
-                    error.insert("daily_cap".into(), json!(daily_cap));
-                    error.insert("cap_remaining".into(), json!(cap_remaining));
-                    error.insert("requested".into(), json!(requested));
-                    "The daily spend cap is reached; AI features resume at 00:00 UTC.".into()
-                }
-                Rejection::FeatureCapReached {
-                    feature,
-                    resumes_at,
-                    feature_cap,
-                    cap_remaining,
-                    requested,
-                } => {
-                    error.insert("feature".into(), json!(feature));
-                    error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
-                    error.insert("feature_cap".into(), json!(feature_cap));
-                    error.insert("cap_remaining".into(), json!(cap_remaining));
-                    error.insert("requested".into(), json!(requested));
-                    format!(
-                        "The daily cap of {feature} is reached; it resumes at 00:00 UTC, other features go on."
-                    )
-                }
-                Rejection::FeatureCapOutOfRange { feature, max } => {
-                    let field = format!("caps.{feature}");
-                    error.insert("field".into(), json!(field));
-                    if max.is_positive() {
-                        format!("{field} must be greater than 0 and at most the daily cap, {max}")
-                    } else {
-                        format!("{field} is not a feature")
-                    }
-                }
-                Rejection::AmountOutOfRange { max } => {
-                    error.insert("field".into(), json!("amount"));
-                    format!("amount must be greater than 0 and at most {max}")
-                }
-                Rejection::DailyCapOutOfRange { max } => {
-                    error.insert("field".into(), json!("daily_cap"));
-                    format!("daily_cap must be greater than 0 and at most {max}")
-                }
-                Rejection::HoldTtlOutOfRange { max_seconds } => {
-                    error.insert("field".into(), json!("ttl_seconds"));
-                    format!("ttl_seconds must be between 1 and {max_seconds}")
-                }
-                Rejection::CaptureExceedsHold { held, requested } => {
-                    error.insert("field".into(), json!("amount"));
-                    error.insert("held".into(), json!(held));
-                    error.insert("requested".into(), json!(requested));
-                    "amount must be between 0 and the held amount".into()
-                }
-                Rejection::TooManyActiveHolds { limit } => {
-                    error.insert("limit".into(), json!(limit));
-                    "Too many holds are active; capture or release some first.".into()
-                }
-                Rejection::HoldNotFound => "No such hold.".into(),
-                Rejection::HoldNotActive { status } | Rejection::HoldAlreadyClosed { status } => {
-                    error.insert("hold_status".into(), json!(status.as_str()));
-                    format!("The hold is {} and can no longer change.", status.as_str())
-                }
-                Rejection::BalanceOverflow => {
-                    "The balance would exceed the largest amount a wallet holds.".into()
-                }
-            },
-        };
-        error.insert("message".into(), json!(message));
-        json!({ "error": error })
+            ApiError::Rejected(r) => rejection_message(r, error),
+        }
+    }
+}
+
+/// The message of a refused operation, adding its details to `error`.
+fn rejection_message(r: &Rejection, error: &mut Map<String, Value>) -> String {
+    match r {
+        Rejection::InsufficientCredits { .. }
+        | Rejection::DailyCapReached { .. }
+        | Rejection::FeatureCapReached { .. } => spend_refusal_message(r, error),
+        Rejection::FeatureCapOutOfRange { feature, max } => {
+            let field = format!("caps.{feature}");
+            error.insert("field".into(), json!(field));
+            if max.is_positive() {
+                format!("{field} must be greater than 0 and at most the daily cap, {max}")
+            } else {
+                format!("{field} is not a feature")
+            }
+        }
+        Rejection::AmountOutOfRange { max } => {
+            error.insert("field".into(), json!("amount"));
+            format!("amount must be greater than 0 and at most {max}")
+        }
+        Rejection::DailyCapOutOfRange { max } => {
+            error.insert("field".into(), json!("daily_cap"));
+            format!("daily_cap must be greater than 0 and at most {max}")
+        }
+        Rejection::HoldTtlOutOfRange { max_seconds } => {
+            error.insert("field".into(), json!("ttl_seconds"));
+            format!("ttl_seconds must be between 1 and {max_seconds}")
+        }
+        Rejection::CaptureExceedsHold { held, requested } => {
+            error.insert("field".into(), json!("amount"));
+            error.insert("held".into(), json!(held));
+            error.insert("requested".into(), json!(requested));
+            "amount must be between 0 and the held amount".into()
+        }
+        Rejection::TooManyActiveHolds { limit } => {
+            error.insert("limit".into(), json!(limit));
+            "Too many holds are active; capture or release some first.".into()
+        }
+        Rejection::HoldNotFound => "No such hold.".into(),
+        Rejection::HoldNotActive { status } | Rejection::HoldAlreadyClosed { status } => {
+            error.insert("hold_status".into(), json!(status.as_str()));
+            format!("The hold is {} and can no longer change.", status.as_str())
+        }
+        Rejection::BalanceOverflow => {
+            "The balance would exceed the largest amount a wallet holds.".into()
+        }
+    }
+}
+
+/// The message of a debit or hold refused for want of credits or cap room.
+fn spend_refusal_message(r: &Rejection, error: &mut Map<String, Value>) -> String {
+    match r {
+        Rejection::InsufficientCredits {
+            available,
+            requested,
+        } => {
+            error.insert("available".into(), json!(available));
+            error.insert("requested".into(), json!(requested));
+            "Not enough credits are available for this operation.".into()
+        }
+        Rejection::DailyCapReached {
+            resumes_at,
+            daily_cap,
+            cap_remaining,
+            requested,
+        } => {
+            error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
+            error.insert("daily_cap".into(), json!(daily_cap));
+            error.insert("cap_remaining".into(), json!(cap_remaining));
+            error.insert("requested".into(), json!(requested));
+            "The daily spend cap is reached; AI features resume at 00:00 UTC.".into()
+        }
+        Rejection::FeatureCapReached {
+            feature,
+            resumes_at,
+            feature_cap,
+            cap_remaining,
+            requested,
+        } => {
+            error.insert("feature".into(), json!(feature));
+            error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
+            error.insert("feature_cap".into(), json!(feature_cap));
+            error.insert("cap_remaining".into(), json!(cap_remaining));
+            error.insert("requested".into(), json!(requested));
+            format!(
+                    "The daily cap of {feature} is reached; it resumes at 00:00 UTC, other features go on."
+                )
+        }
+        _ => unreachable!("only spend refusals come here"),
     }
 }
 
@@ -953,8 +974,6 @@ pub enum Command {
         body: FeatureCapsBody,
         actor: crate::audit::Actor,
     },
-    /// A page of the audit trail.
-    Audit(crate::audit::AuditQuery),
     Debit {
         idempotency_key: String,
         fingerprint: String,
@@ -975,10 +994,6 @@ pub enum Command {
     Release {
         hold_id: String,
     },
-    /// Benchmark floor: answer at once, touching nothing.
-    Ping,
-    /// Benchmark counters: storage rows this instance has written.
-    StorageStats,
     /// The organization's Stripe customer: `{"stripe_customer_id": …}`.
     StripeCustomer,
     /// Records the Stripe customer unless one is recorded; answers the one kept.
@@ -1028,13 +1043,8 @@ pub enum Command {
         dispute_id: String,
         outcome: crate::stripe::DisputeOutcome,
     },
-    /// One page of the ledger, read from the Durable Object's own entries.
-    Ledger(crate::ledger::LedgerQuery),
     /// The D1 shard that holds this organization's reports: `{"ledger_shard": …}`.
     LedgerShard,
-    /// Checks the shard's watermark at once and sends it whatever it lacks
-    /// (an operator refilling a restored or emptied shard).
-    RefillShard,
     /// `GET …/auto-top-up`.
     AutoTopUp,
     /// `PUT …/auto-top-up`; the Worker checked the payment method on file
@@ -1049,26 +1059,12 @@ pub enum Command {
         body: crate::events::AlertsBody,
         actor: crate::audit::Actor,
     },
-    /// A page of events, newest first (read by the shell).
-    Events(crate::events::EventsQuery),
     /// Auto top-up's charge is due (sent by the object's alarm): the default
     /// payment method on file now, `None` when there is none. Answers a
     /// [`PurchaseStartReply::Existing`].
     AutoTopUpSend {
         purchase_id: String,
         payment_method_id: Option<String>,
-    },
-    /// The oldest events not yet delivered, in order (the queue consumer).
-    EventsPending {
-        limit: u32,
-    },
-    /// The receiver answered 2xx to event `seq`.
-    EventDelivered {
-        seq: u64,
-    },
-    /// An attempt to deliver event `seq` failed; answers its attempts so far.
-    EventFailed {
-        seq: u64,
     },
 }
 
@@ -1097,11 +1093,86 @@ pub struct CustomerReply {
     pub stripe_customer_id: Option<String>,
 }
 
+/// Everything asked of an organization's Durable Object, one kind per way
+/// it is answered, each matched in one place in the object.
+// One per request, deserialized and moved once: boxing the large variant
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalletRequest {
+    /// Decided by the machine on a copy of the wallet, committed, answered.
+    Decide(Command),
+    /// A page of the object's own tables; nothing is decided.
+    Read(Query),
+    /// The outboxes' delivery: events to the queue consumer, entries to the
+    /// organization's D1 shard.
+    Outbox(OutboxRequest),
+    /// `make bench`'s floor and counters.
+    Bench(BenchRequest),
+}
+
+/// A page of the object's own tables, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    Ledger(crate::ledger::LedgerQuery),
+    Audit(crate::audit::AuditQuery),
+    Events(crate::events::EventsQuery),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxRequest {
+    /// The oldest events not yet delivered, in order (the queue consumer).
+    EventsPending { limit: u32 },
+    /// The receiver answered 2xx to event `seq`.
+    EventDelivered { seq: u64 },
+    /// An attempt to deliver event `seq` failed; answers its attempts so far.
+    EventFailed { seq: u64 },
+    /// Checks the shard's watermark at once and sends it whatever it lacks
+    /// (an operator refilling a restored or emptied shard).
+    RefillShard,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchRequest {
+    /// Answer at once, touching nothing.
+    Ping,
+    /// Storage rows this instance has written.
+    StorageStats,
+}
+
+impl From<Command> for WalletRequest {
+    fn from(command: Command) -> WalletRequest {
+        WalletRequest::Decide(command)
+    }
+}
+
+impl From<Query> for WalletRequest {
+    fn from(query: Query) -> WalletRequest {
+        WalletRequest::Read(query)
+    }
+}
+
+impl From<OutboxRequest> for WalletRequest {
+    fn from(request: OutboxRequest) -> WalletRequest {
+        WalletRequest::Outbox(request)
+    }
+}
+
+impl From<BenchRequest> for WalletRequest {
+    fn from(request: BenchRequest) -> WalletRequest {
+        WalletRequest::Bench(request)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The request's time, milliseconds since the Unix epoch.
     pub now_ms: i64,
-    pub command: Command,
+    pub request: WalletRequest,
 }
 
 /// A ledger entry as clients see it.

@@ -215,21 +215,12 @@ pub fn reads_for(wallet: Option<&Wallet>, command: &Command) -> Reads {
         | Command::View
         | Command::SetDailyCap { .. }
         | Command::SetFeatureCaps { .. }
-        | Command::Audit(_)
         | Command::StripeCustomer
         | Command::SetStripeCustomer { .. }
-        | Command::Ping
-        | Command::StorageStats
-        | Command::Ledger(_)
         | Command::LedgerShard
-        | Command::RefillShard
         | Command::AutoTopUp
         | Command::Alerts
-        | Command::SetAlerts { .. }
-        | Command::Events(_)
-        | Command::EventsPending { .. }
-        | Command::EventDelivered { .. }
-        | Command::EventFailed { .. } => {}
+        | Command::SetAlerts { .. } => {}
     }
     reads
 }
@@ -406,17 +397,8 @@ impl<'a> Step<'a> {
 /// (`settings`, `spending`, `payments`).
 fn dispatch(s: &mut Step, current: &Wallet, command: &Command) -> Reply {
     match command {
-        // Answered by the shell before any decision.
-        Command::Open(_)
-        | Command::Ping
-        | Command::StorageStats
-        | Command::Ledger(_)
-        | Command::Audit(_)
-        | Command::RefillShard
-        | Command::Events(_)
-        | Command::EventsPending { .. }
-        | Command::EventDelivered { .. }
-        | Command::EventFailed { .. } => Reply::error(&ApiError::Internal, s.now),
+        // Decided by `open` before any step.
+        Command::Open(_) => Reply::error(&ApiError::Internal, s.now),
         // Their views are answered after the decision's own effects.
         Command::AutoTopUp | Command::Alerts => Reply::json(200, &()),
         Command::View => Reply::json(200, &s.wallet.view(s.config)),

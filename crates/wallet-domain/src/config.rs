@@ -74,124 +74,143 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    fn new(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The named variables, each read with its documented default.
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    fn text(&self, name: &'static str, default: &str) -> String {
+        (self.0)(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A positive credit amount, parsed exactly.
+    fn credits(&self, name: &'static str, default: &str) -> Result<Credits, ConfigError> {
+        let value = Credits::parse(self.text(name, default).trim())
+            .map_err(|e| ConfigError::new(name, e.message()))?;
+        if !value.is_positive() {
+            return Err(ConfigError::new(name, "must be positive"));
+        }
+        Ok(value)
+    }
+
+    /// An integer from 1 to `max`.
+    fn integer(&self, name: &'static str, default: &str, max: i64) -> Result<i64, ConfigError> {
+        let value: i64 = self
+            .text(name, default)
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(name, "must be an integer"))?;
+        if value <= 0 || value > max {
+            return Err(ConfigError::new(
+                name,
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// A positive (or, with `zero_ok`, non-negative) decimal.
+    fn decimal(
+        &self,
+        name: &'static str,
+        default: &str,
+        zero_ok: bool,
+    ) -> Result<Decimal, ConfigError> {
+        Decimal::from_str(self.text(name, default).trim())
+            .ok()
+            .filter(|d| d.is_sign_positive() && (zero_ok || !d.is_zero()))
+            .ok_or_else(|| {
+                let kind = if zero_ok { "non-negative" } else { "positive" };
+                ConfigError::new(name, format!("must be a {kind} decimal"))
+            })
+    }
+}
+
+/// `CREDITS_PER_USD` and the trial grant it makes of `TRIAL_USD`. Rounding
+/// rule: trial credits are truncated toward zero at four fractional digits,
+/// so a grant never exceeds the configured dollars.
+fn trial(vars: &Vars) -> Result<(Decimal, Credits), ConfigError> {
+    let credits_per_usd = vars.decimal("CREDITS_PER_USD", "100", false)?;
+    let trial_usd = vars.decimal("TRIAL_USD", "2", true)?;
+    let trial_credits = trial_usd
+        .checked_mul(credits_per_usd)
+        .map(|d| d.round_dp_with_strategy(4, RoundingStrategy::ToZero))
+        .and_then(|d| Credits::from_decimal(d).ok())
+        .ok_or_else(|| ConfigError::new("TRIAL_USD", "trial credits out of range"))?;
+    Ok((credits_per_usd, trial_credits))
+}
+
+/// `FEATURES`: a comma-separated list of identifiers.
+fn features(text: &str) -> Result<Vec<String>, ConfigError> {
+    let features: Vec<String> = text
+        .split(',')
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if features.is_empty() || features.iter().any(|f| !is_identifier(f, 64)) {
+        return Err(ConfigError::new(
+            "FEATURES",
+            "must be a comma-separated list of identifiers ([a-z0-9_], at most 64 chars)",
+        ));
+    }
+    Ok(features)
+}
+
+/// `LEDGER_SHARDS` and the open ones among them (`LEDGER_SHARDS_OPEN`,
+/// default all).
+fn shards(vars: &Vars) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+    let ledger_shards = shard_list(
+        "LEDGER_SHARDS",
+        &vars.text("LEDGER_SHARDS", LEGACY_LEDGER_SHARD),
+    )?;
+    let ledger_shards_open = match (vars.0)("LEDGER_SHARDS_OPEN") {
+        None => ledger_shards.clone(),
+        Some(open) => shard_list("LEDGER_SHARDS_OPEN", &open)?,
+    };
+    if let Some(stray) = ledger_shards_open
+        .iter()
+        .find(|name| !ledger_shards.contains(name))
+    {
+        return Err(ConfigError::new(
+            "LEDGER_SHARDS_OPEN",
+            format!("{stray} is not listed in LEDGER_SHARDS"),
+        ));
+    }
+    Ok((ledger_shards, ledger_shards_open))
+}
+
 impl WalletConfig {
     /// Builds the configuration from named variables; `lookup` returns a
     /// variable's text or `None` when it is unset (the documented default applies).
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<WalletConfig, ConfigError> {
-        let text =
-            |name: &'static str, default: &str| lookup(name).unwrap_or_else(|| default.to_string());
-        let credits = |name: &'static str, default: &str| -> Result<Credits, ConfigError> {
-            let value = Credits::parse(text(name, default).trim()).map_err(|e| ConfigError {
-                variable: name,
-                problem: e.message().to_string(),
-            })?;
-            if !value.is_positive() {
-                return Err(ConfigError {
-                    variable: name,
-                    problem: "must be positive".into(),
-                });
-            }
-            Ok(value)
-        };
-        let integer = |name: &'static str, default: &str, max: i64| -> Result<i64, ConfigError> {
-            let value: i64 = text(name, default)
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError {
-                    variable: name,
-                    problem: "must be an integer".into(),
-                })?;
-            if value <= 0 || value > max {
-                return Err(ConfigError {
-                    variable: name,
-                    problem: format!("must be between 1 and {max}"),
-                });
-            }
-            Ok(value)
-        };
-
-        let credits_per_usd = Decimal::from_str(text("CREDITS_PER_USD", "100").trim())
-            .ok()
-            .filter(|d| d.is_sign_positive() && !d.is_zero())
-            .ok_or(ConfigError {
-                variable: "CREDITS_PER_USD",
-                problem: "must be a positive decimal".into(),
-            })?;
-        let trial_usd = Decimal::from_str(text("TRIAL_USD", "2").trim())
-            .ok()
-            .filter(|d| d.is_sign_positive())
-            .ok_or(ConfigError {
-                variable: "TRIAL_USD",
-                problem: "must be a non-negative decimal".into(),
-            })?;
-        // Rounding rule: trial credits are truncated toward zero at four
-        // fractional digits, so a grant never exceeds the configured dollars.
-        let trial_credits = trial_usd
-            .checked_mul(credits_per_usd)
-            .map(|d| d.round_dp_with_strategy(4, RoundingStrategy::ToZero))
-            .and_then(|d| Credits::from_decimal(d).ok())
-            .ok_or(ConfigError {
-                variable: "TRIAL_USD",
-                problem: "trial credits out of range".into(),
-            })?;
-
-        let daily_cap_default = credits("DAILY_CAP_DEFAULT", "500")?;
-        let daily_cap_max = credits("DAILY_CAP_MAX", "50000")?;
+        let vars = Vars(&lookup);
+        let (credits_per_usd, trial_credits) = trial(&vars)?;
+        let daily_cap_default = vars.credits("DAILY_CAP_DEFAULT", "500")?;
+        let daily_cap_max = vars.credits("DAILY_CAP_MAX", "50000")?;
         if daily_cap_default > daily_cap_max {
-            return Err(ConfigError {
-                variable: "DAILY_CAP_DEFAULT",
-                problem: "exceeds DAILY_CAP_MAX".into(),
-            });
+            return Err(ConfigError::new(
+                "DAILY_CAP_DEFAULT",
+                "exceeds DAILY_CAP_MAX",
+            ));
         }
-        let max_operation = credits("MAX_OPERATION_CREDITS", "10000")?;
-
-        let features: Vec<String> = text("FEATURES", DEFAULT_FEATURES)
-            .split(',')
-            .map(|f| f.trim().to_string())
-            .filter(|f| !f.is_empty())
-            .collect();
-        if features.is_empty() || features.iter().any(|f| !is_identifier(f, 64)) {
-            return Err(ConfigError {
-                variable: "FEATURES",
-                problem:
-                    "must be a comma-separated list of identifiers ([a-z0-9_], at most 64 chars)"
-                        .into(),
-            });
-        }
-
-        let packs = parse_packs(&text("PACKS", DEFAULT_PACKS))?;
-        let hold_ttl_max_seconds = integer("HOLD_TTL_MAX_SECONDS", "3600", 86_400)?;
-        let hold_ttl_default_seconds =
-            integer("HOLD_TTL_DEFAULT_SECONDS", "300", hold_ttl_max_seconds)?;
-        let max_active_holds = integer("MAX_ACTIVE_HOLDS", "1000", 100_000)? as usize;
+        let hold_ttl_max_seconds = vars.integer("HOLD_TTL_MAX_SECONDS", "3600", 86_400)?;
         let idempotency_retention_seconds =
-            integer("IDEMPOTENCY_RETENTION_SECONDS", "86400", 30 * 86_400)?;
+            vars.integer("IDEMPOTENCY_RETENTION_SECONDS", "86400", 30 * 86_400)?;
         if idempotency_retention_seconds < 86_400 {
-            return Err(ConfigError {
-                variable: "IDEMPOTENCY_RETENTION_SECONDS",
-                problem: "must be at least 86400 (24 hours)".into(),
-            });
+            return Err(ConfigError::new(
+                "IDEMPOTENCY_RETENTION_SECONDS",
+                "must be at least 86400 (24 hours)",
+            ));
         }
-
-        // Metadata is stored with its entry for good: what it may cost is bounded.
-        let max_metadata_bytes = integer("MAX_METADATA_BYTES", "1024", 16 * 1024)? as usize;
-
-        let ledger_shards =
-            shard_list("LEDGER_SHARDS", &text("LEDGER_SHARDS", LEGACY_LEDGER_SHARD))?;
-        let ledger_shards_open = match lookup("LEDGER_SHARDS_OPEN") {
-            None => ledger_shards.clone(),
-            Some(open) => shard_list("LEDGER_SHARDS_OPEN", &open)?,
-        };
-        if let Some(stray) = ledger_shards_open
-            .iter()
-            .find(|name| !ledger_shards.contains(name))
-        {
-            return Err(ConfigError {
-                variable: "LEDGER_SHARDS_OPEN",
-                problem: format!("{stray} is not listed in LEDGER_SHARDS"),
-            });
-        }
-
+        let (ledger_shards, ledger_shards_open) = shards(&vars)?;
         Ok(WalletConfig {
             ledger_shards,
             ledger_shards_open,
@@ -199,14 +218,19 @@ impl WalletConfig {
             trial_credits,
             daily_cap_default,
             daily_cap_max,
-            max_operation,
-            features,
-            packs,
-            hold_ttl_default_seconds,
+            max_operation: vars.credits("MAX_OPERATION_CREDITS", "10000")?,
+            features: features(&vars.text("FEATURES", DEFAULT_FEATURES))?,
+            packs: parse_packs(&vars.text("PACKS", DEFAULT_PACKS))?,
+            hold_ttl_default_seconds: vars.integer(
+                "HOLD_TTL_DEFAULT_SECONDS",
+                "300",
+                hold_ttl_max_seconds,
+            )?,
             hold_ttl_max_seconds,
-            max_active_holds,
+            max_active_holds: vars.integer("MAX_ACTIVE_HOLDS", "1000", 100_000)? as usize,
             idempotency_retention_seconds,
-            max_metadata_bytes,
+            // Metadata is stored with its entry for good: what it may cost is bounded.
+            max_metadata_bytes: vars.integer("MAX_METADATA_BYTES", "1024", 16 * 1024)? as usize,
         })
     }
 

@@ -97,39 +97,45 @@ impl StripeConfig {
             ));
         }
 
-        let webhook_secrets: Vec<String> = lookup("STRIPE_WEBHOOK_SECRETS")
-            .unwrap_or_default()
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if webhook_secrets.is_empty() || webhook_secrets.len() > MAX_WEBHOOK_SECRETS {
-            return Err(problem(
-                "STRIPE_WEBHOOK_SECRETS",
-                "must list 1 to 4 webhook signing secrets, comma-separated",
-            ));
-        }
-        if webhook_secrets
-            .iter()
-            .any(|s| s.len() > MAX_STRIPE_TEXT || !s.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            return Err(problem(
-                "STRIPE_WEBHOOK_SECRETS",
-                "secrets must be printable ASCII without spaces",
-            ));
-        }
-        if !development && webhook_secrets.iter().any(|s| s == DEV_WEBHOOK_SECRET) {
-            return Err(problem(
-                "STRIPE_WEBHOOK_SECRETS",
-                "the development secret is refused outside development",
-            ));
-        }
+        let webhook_secrets = webhook_secrets(lookup("STRIPE_WEBHOOK_SECRETS"), development)?;
         Ok(StripeConfig {
             api_base,
             secret_key,
             webhook_secrets,
         })
     }
+}
+
+/// `STRIPE_WEBHOOK_SECRETS`: 1 to 4 comma-separated secrets (rotation);
+/// the development secret only in development.
+fn webhook_secrets(text: Option<String>, development: bool) -> Result<Vec<String>, ConfigError> {
+    let problem = |problem: &str| ConfigError {
+        variable: "STRIPE_WEBHOOK_SECRETS",
+        problem: problem.to_string(),
+    };
+    let webhook_secrets: Vec<String> = text
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if webhook_secrets.is_empty() || webhook_secrets.len() > MAX_WEBHOOK_SECRETS {
+        return Err(problem(
+            "must list 1 to 4 webhook signing secrets, comma-separated",
+        ));
+    }
+    if webhook_secrets
+        .iter()
+        .any(|s| s.len() > MAX_STRIPE_TEXT || !s.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(problem("secrets must be printable ASCII without spaces"));
+    }
+    if !development && webhook_secrets.iter().any(|s| s == DEV_WEBHOOK_SECRET) {
+        return Err(problem(
+            "the development secret is refused outside development",
+        ));
+    }
+    Ok(webhook_secrets)
 }
 
 /// How far a signature's timestamp may be from now, either way.
