@@ -3,9 +3,9 @@
 //! a test card on file. Credits move only in the organization's Durable
 //! Object; this module talks to Stripe and carries the answers there.
 
+use crate::http::{call_wallet, json_response, Answer, Failure};
 use crate::stripe_api::{PaymentMethodSummary, Stripe, StripeError};
 use crate::wallet_protocol::{self, PaymentMethodOp};
-use crate::{call_wallet, json_response, Answer, Failure};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use wallet_core::api::{
@@ -207,34 +207,8 @@ pub async fn create(
             send_charge,
         } => (purchase, send_charge, None),
         PurchaseStartReply::New { stripe_customer_id } => {
-            let customer = match stripe_customer_id {
-                Some(id) => id,
-                None => ensure_customer(env, &stripe, org, now_ms).await?,
-            };
-            let method = current_payment_method(env, &stripe, org, &customer, now_ms)
-                .await?
-                .ok_or(ApiError::PaymentMethodRequired)?;
-            let opened: PurchaseStartReply = ask(
-                env,
-                org,
-                now_ms,
-                Command::PurchaseOpen {
-                    purchase_id,
-                    idempotency_key,
-                    fingerprint,
-                    pack_id: body.pack_id,
-                    payment_method_id: method.id,
-                },
-            )
-            .await?;
-            let PurchaseStartReply::Existing {
-                purchase,
-                send_charge,
-            } = opened
-            else {
-                return Err(ApiError::Internal.into());
-            };
-            (purchase, send_charge, Some(customer))
+            let request = (purchase_id, idempotency_key, fingerprint, body.pack_id);
+            open(env, &stripe, org, stripe_customer_id, request, now_ms).await?
         }
     };
     if !send_charge {
@@ -263,6 +237,42 @@ pub async fn create(
     }
     let purchase = settled.purchase.ok_or(ApiError::Internal)?;
     purchase_response(201, &purchase, true)
+}
+
+/// A new purchase: the organization's customer (created at Stripe the
+/// first time) and its card on file, then the purchase opened in the
+/// object, to be charged by this request.
+async fn open(
+    env: &Env,
+    stripe: &Stripe,
+    org: &str,
+    stripe_customer_id: Option<String>,
+    (purchase_id, idempotency_key, fingerprint, pack_id): (String, String, String, String),
+    now_ms: i64,
+) -> Result<(Box<Purchase>, bool, Option<String>), Failure> {
+    let customer = match stripe_customer_id {
+        Some(id) => id,
+        None => ensure_customer(env, stripe, org, now_ms).await?,
+    };
+    let method = current_payment_method(env, stripe, org, &customer, now_ms)
+        .await?
+        .ok_or(ApiError::PaymentMethodRequired)?;
+    let command = Command::PurchaseOpen {
+        purchase_id,
+        idempotency_key,
+        fingerprint,
+        pack_id,
+        payment_method_id: method.id,
+    };
+    let opened: PurchaseStartReply = ask(env, org, now_ms, command).await?;
+    let PurchaseStartReply::Existing {
+        purchase,
+        send_charge,
+    } = opened
+    else {
+        return Err(ApiError::Internal.into());
+    };
+    Ok((purchase, send_charge, Some(customer)))
 }
 
 /// Sends a purchase's charge (off-session, to its payment method) and reads

@@ -3,7 +3,8 @@
 //! CSV) and usage, from the organization's D1 shard. The rules live in
 //! `wallet_core::reports` and `wallet_core::ledger`.
 
-use crate::{call_wallet, json_response, ledger_shards, Answer, Failure};
+use crate::http::{call_wallet, json_response, Answer, Failure};
+use crate::ledger_shards;
 use futures_util::future::join;
 use futures_util::stream::{self, TryStreamExt};
 use serde::Deserialize;

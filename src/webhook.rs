@@ -11,8 +11,8 @@
 //! Stripe's retries and duplicates change nothing; errors answer 5xx so that
 //! Stripe retries.
 
+use crate::http::{call_wallet, json_response, read_body, Answer, Failure};
 use crate::stripe_api::{Stripe, StripeError};
-use crate::{call_wallet, json_response, read_body, Answer, Failure};
 use serde_json::json;
 use wallet_core::api::{is_org_id, ApiError, Command};
 use wallet_core::purchase::{is_purchase_id, ChargeOutcome};

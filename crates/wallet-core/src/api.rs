@@ -6,6 +6,7 @@ use crate::config::WalletConfig;
 use crate::money::Credits;
 use crate::purchase::{ChargeOutcome, Purchase};
 use crate::time::rfc3339;
+use crate::token::Role;
 use crate::wallet::{Hold, LedgerEntry, Metadata, Rejection};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -29,19 +30,48 @@ pub struct Route {
     /// Every status the route can answer (the document lists exactly these).
     /// A method the path does not take answers 405 with `Allow` instead.
     pub statuses: &'static [u16],
+    /// Who may call it.
+    pub access: Access,
 }
+
+/// Who may call a route: the Worker checks this before anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No bearer token: health, the document, development helpers (404
+    /// outside development) and Stripe's signed webhook.
+    Open,
+    /// Any valid token.
+    Token,
+    /// A token of the organization named (by the path, or by the body of
+    /// the signup hook) with one of these roles.
+    Org(&'static [Role]),
+}
+
+pub const ANY_ROLE: &[Role] = &[Role::Owner, Role::Admin, Role::Member, Role::Viewer];
+pub const ANY_ROLE_OR_SERVICE: &[Role] = &[
+    Role::Owner,
+    Role::Admin,
+    Role::Member,
+    Role::Viewer,
+    Role::Service,
+];
+pub const OWNER: &[Role] = &[Role::Owner];
+pub const OWNER_OR_ADMIN: &[Role] = &[Role::Owner, Role::Admin];
+pub const SERVICE: &[Role] = &[Role::Service];
 
 const fn route(
     method: &'static str,
     path: &'static str,
     body_limit: usize,
     statuses: &'static [u16],
+    access: Access,
 ) -> Route {
     Route {
         method,
         path,
         body_limit,
         statuses,
+        access,
     }
 }
 
@@ -62,92 +92,187 @@ const HOLD_CLOSE: &[u16] = &[200, 400, 401, 403, 404, 409, 413, 422, 500];
 /// Every route the Worker answers. The OpenAPI document must describe
 /// exactly these, each with exactly its statuses (checked by a test).
 pub const ROUTES: &[Route] = &[
-    route("get", "/healthz", 0, PUBLIC_READ),
-    route("get", "/openapi.json", 0, PUBLIC_READ),
-    route("post", "/dev/token", MAX_BODY_BYTES, DEV_TOKEN),
+    route("get", "/healthz", 0, PUBLIC_READ, Access::Open),
+    route("get", "/openapi.json", 0, PUBLIC_READ, Access::Open),
+    route(
+        "post",
+        "/dev/token",
+        MAX_BODY_BYTES,
+        DEV_TOKEN,
+        Access::Open,
+    ),
     route(
         "post",
         "/dev/orgs/{org}/payment-method",
         MAX_BODY_BYTES,
         &[200, 400, 404, 413, 422, 500, 503],
+        Access::Open,
     ),
     route(
         "post",
         "/v1/orgs",
         MAX_BODY_BYTES,
         &[200, 201, 400, 401, 403, 409, 413, 422, 500],
+        Access::Org(SERVICE),
     ),
-    route("get", "/v1/orgs/{org}/wallet", 0, ORG_READ),
-    route("put", "/v1/orgs/{org}/daily-cap", MAX_BODY_BYTES, ORG_WRITE),
+    route(
+        "get",
+        "/v1/orgs/{org}/wallet",
+        0,
+        ORG_READ,
+        Access::Org(ANY_ROLE_OR_SERVICE),
+    ),
+    route(
+        "put",
+        "/v1/orgs/{org}/daily-cap",
+        MAX_BODY_BYTES,
+        ORG_WRITE,
+        Access::Org(OWNER),
+    ),
     route(
         "put",
         "/v1/orgs/{org}/feature-caps",
         MAX_BODY_BYTES,
         ORG_WRITE,
+        Access::Org(OWNER),
     ),
-    route("get", "/v1/orgs/{org}/audit", 0, ORG_READ),
-    route("get", "/v1/orgs/{org}/auto-top-up", 0, ORG_READ),
+    route(
+        "get",
+        "/v1/orgs/{org}/audit",
+        0,
+        ORG_READ,
+        Access::Org(OWNER_OR_ADMIN),
+    ),
+    route(
+        "get",
+        "/v1/orgs/{org}/auto-top-up",
+        0,
+        ORG_READ,
+        Access::Org(ANY_ROLE),
+    ),
     // 409 payment_method_required; 503 when Stripe does not answer the check.
     route(
         "put",
         "/v1/orgs/{org}/auto-top-up",
         MAX_BODY_BYTES,
         &[200, 400, 401, 403, 404, 409, 413, 422, 500, 503],
+        Access::Org(OWNER),
     ),
-    route("get", "/v1/orgs/{org}/alerts", 0, ORG_READ),
-    route("put", "/v1/orgs/{org}/alerts", MAX_BODY_BYTES, ORG_WRITE),
-    route("get", "/v1/orgs/{org}/events", 0, ORG_READ),
-    route("post", "/v1/orgs/{org}/debits", MAX_BODY_BYTES, ORG_SPEND),
+    route(
+        "get",
+        "/v1/orgs/{org}/alerts",
+        0,
+        ORG_READ,
+        Access::Org(ANY_ROLE),
+    ),
+    route(
+        "put",
+        "/v1/orgs/{org}/alerts",
+        MAX_BODY_BYTES,
+        ORG_WRITE,
+        Access::Org(OWNER),
+    ),
+    route(
+        "get",
+        "/v1/orgs/{org}/events",
+        0,
+        ORG_READ,
+        Access::Org(OWNER_OR_ADMIN),
+    ),
+    route(
+        "post",
+        "/v1/orgs/{org}/debits",
+        MAX_BODY_BYTES,
+        ORG_SPEND,
+        Access::Org(SERVICE),
+    ),
     route(
         "post",
         "/v1/orgs/{org}/debits/batch",
         MAX_BATCH_BODY_BYTES,
         ORG_WRITE,
+        Access::Org(SERVICE),
     ),
-    route("post", "/v1/orgs/{org}/holds", MAX_BODY_BYTES, ORG_SPEND),
+    route(
+        "post",
+        "/v1/orgs/{org}/holds",
+        MAX_BODY_BYTES,
+        ORG_SPEND,
+        Access::Org(SERVICE),
+    ),
     route(
         "post",
         "/v1/orgs/{org}/holds/{hold_id}/capture",
         MAX_BODY_BYTES,
         HOLD_CLOSE,
+        Access::Org(SERVICE),
     ),
     route(
         "post",
         "/v1/orgs/{org}/holds/{hold_id}/release",
         MAX_BODY_BYTES,
         HOLD_CLOSE,
+        Access::Org(SERVICE),
     ),
-    route("get", "/v1/orgs/{org}/ledger", 0, ORG_READ),
+    route(
+        "get",
+        "/v1/orgs/{org}/ledger",
+        0,
+        ORG_READ,
+        Access::Org(OWNER_OR_ADMIN),
+    ),
     route(
         "post",
         "/v1/orgs/{org}/ledger/refill",
         MAX_BODY_BYTES,
         &[202, 400, 401, 403, 404, 413, 422, 500],
+        Access::Org(SERVICE),
     ),
     // 422: only an `X-Dev-Now` that is not a time (development).
-    route("get", "/v1/packs", 0, &[200, 401, 422, 500]),
+    route("get", "/v1/packs", 0, &[200, 401, 422, 500], Access::Token),
     route(
         "get",
         "/v1/orgs/{org}/payment-method",
         0,
         &[200, 401, 403, 404, 422, 429, 500, 503],
+        Access::Org(ANY_ROLE),
     ),
     route(
         "post",
         "/v1/orgs/{org}/purchases",
         MAX_BODY_BYTES,
         &[201, 400, 401, 403, 404, 409, 413, 422, 500, 503],
+        Access::Org(OWNER),
     ),
-    route("get", "/v1/orgs/{org}/purchases/{purchase_id}", 0, ORG_READ),
+    route(
+        "get",
+        "/v1/orgs/{org}/purchases/{purchase_id}",
+        0,
+        ORG_READ,
+        Access::Org(ANY_ROLE),
+    ),
     // Unauthenticated: a bad or stale signature is 400; 5xx makes Stripe retry.
     route(
         "post",
         "/stripe/webhook",
         MAX_WEBHOOK_BODY_BYTES,
         &[200, 400, 413, 500, 503],
+        Access::Open,
     ),
-    route("get", "/v1/orgs/{org}/transactions", 0, ORG_LIMITED_READ),
-    route("get", "/v1/orgs/{org}/usage", 0, ORG_LIMITED_READ),
+    route(
+        "get",
+        "/v1/orgs/{org}/transactions",
+        0,
+        ORG_LIMITED_READ,
+        Access::Org(ANY_ROLE),
+    ),
+    route(
+        "get",
+        "/v1/orgs/{org}/usage",
+        0,
+        ORG_LIMITED_READ,
+        Access::Org(ANY_ROLE),
+    ),
 ];
 
 fn template_matches(template: &str, segments: &[&str]) -> bool {
@@ -1390,6 +1515,7 @@ mod tests {
                 );
             }
             let public = op["security"].as_array().is_some_and(Vec::is_empty);
+            assert_eq!(public, route.access == Access::Open, "{name}: access");
             assert_eq!(
                 route.statuses.contains(&401),
                 !public,
