@@ -4,7 +4,7 @@
 //! Object; this module talks to Stripe and carries the answers there.
 
 use crate::http::{call_wallet, json_response, Answer, Failure};
-use crate::stripe_api::{PaymentMethodSummary, Stripe, StripeError};
+use crate::stripe_api::{charge_purchase, PaymentMethodSummary, Stripe, StripeError};
 use crate::wallet_protocol::{self, PaymentMethodOp};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -13,7 +13,6 @@ use wallet_core::api::{
     PurchaseReply, PurchaseStartReply,
 };
 use wallet_core::purchase::{is_purchase_id, purchase_id, ChargeOutcome, Purchase, PurchaseStatus};
-use wallet_core::stripe::IntentState;
 use wallet_core::token::Role;
 use wallet_core::WalletConfig;
 use worker::{console_error, Env};
@@ -220,7 +219,7 @@ pub async fn create(
             .await?
             .ok_or(ApiError::Internal)?,
     };
-    let outcome = charge(&stripe, org, &customer, &purchase).await;
+    let outcome = charge_purchase(&stripe, org, &customer, &purchase).await;
     let unknown = outcome == ChargeOutcome::Unknown;
     let settled: PurchaseReply = ask(
         env,
@@ -273,45 +272,6 @@ async fn open(
         return Err(ApiError::Internal.into());
     };
     Ok((purchase, send_charge, Some(customer)))
-}
-
-/// Sends a purchase's charge (off-session, to its payment method) and reads
-/// Stripe's answer as the purchase's outcome: a PaymentIntent, a refusal
-/// (nothing was charged), or no answer (the same key may be sent again).
-pub async fn charge(
-    stripe: &Stripe,
-    org: &str,
-    customer: &str,
-    purchase: &Purchase,
-) -> ChargeOutcome {
-    let answer = stripe.charge(org, customer, purchase).await;
-    if let Err(err) = &answer {
-        console_error!("charge of purchase {}: {err}", purchase.id);
-    }
-    charge_outcome(answer)
-}
-
-/// Stripe's answer to a charge as its outcome. Only a refusal of the charge
-/// itself is `Refused`; our key refused (401/403), no answer, or a key
-/// already used with other parameters leave the outcome unknown (the same
-/// key is sent again later).
-fn charge_outcome(answer: Result<IntentState, StripeError>) -> ChargeOutcome {
-    match answer {
-        Ok(intent) => ChargeOutcome::Intent { intent },
-        Err(StripeError::Refused(refusal))
-            if !matches!(refusal.status, 401 | 403) && !refusal.leaves_outcome_unknown() =>
-        {
-            let decline_code = refusal
-                .is_decline()
-                .then(|| refusal.decline_code.clone().or(refusal.code.clone()))
-                .flatten();
-            ChargeOutcome::Refused {
-                payment_intent_id: refusal.payment_intent_id,
-                decline_code,
-            }
-        }
-        Err(_) => ChargeOutcome::Unknown,
-    }
 }
 
 /// `GET /v1/orgs/{org}/purchases/{id}`. A purchase that is not final is
@@ -370,51 +330,4 @@ pub async fn get(
 
 fn purchase_response(status: u16, purchase: &Purchase, owner: bool) -> Answer {
     Ok(json_response(status, &purchase.to_json(owner))?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stripe_api::refusal;
-
-    fn refused(status: u16, body: &str) -> ChargeOutcome {
-        charge_outcome(Err(StripeError::Refused(refusal(status, body.as_bytes()))))
-    }
-
-    #[test]
-    fn a_key_reused_with_other_parameters_is_an_unknown_outcome_never_a_decline() {
-        let body = r#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
-        assert_eq!(refused(400, body), ChargeOutcome::Unknown);
-    }
-
-    #[test]
-    fn a_declined_card_is_refused_with_its_decline_code() {
-        let body = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","payment_intent":{"id":"pi_1"}}}"#;
-        assert_eq!(
-            refused(402, body),
-            ChargeOutcome::Refused {
-                payment_intent_id: Some("pi_1".into()),
-                decline_code: Some("insufficient_funds".into()),
-            }
-        );
-    }
-
-    #[test]
-    fn an_invalid_request_is_refused_without_a_decline_code() {
-        let body = r#"{"error":{"type":"invalid_request_error","code":"resource_missing"}}"#;
-        assert_eq!(
-            refused(400, body),
-            ChargeOutcome::Refused {
-                payment_intent_id: None,
-                decline_code: None,
-            }
-        );
-    }
-
-    #[test]
-    fn our_key_refused_or_no_answer_leave_the_outcome_unknown() {
-        assert_eq!(refused(401, "{}"), ChargeOutcome::Unknown);
-        let none = charge_outcome(Err(StripeError::Unavailable("timeout".into())));
-        assert_eq!(none, ChargeOutcome::Unknown);
-    }
 }

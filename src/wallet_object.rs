@@ -17,9 +17,9 @@
 use crate::event_delivery;
 use crate::ledger_shards;
 use crate::payment_method_cache::{Lookup, PaymentMethodCache};
-use crate::purchases;
+
 use crate::settings::settings;
-use crate::stripe_api::{PaymentMethodSummary, Stripe};
+use crate::stripe_api::{self, PaymentMethodSummary, Stripe};
 use crate::wallet_protocol::{self, PaymentMethodOp, PaymentMethodRequest};
 use crate::wallet_store::{self, Statement, Store};
 use std::cell::{Cell, RefCell};
@@ -367,13 +367,7 @@ impl Instance {
                 )))
             }
         };
-        let unanswered = purchase.status == PurchaseStatus::Processing
-            && purchase.payment_intent_id.is_none()
-            && now - purchase.created_at >= chrono::Duration::seconds(RESEND_WINDOW_SECONDS);
-        let no_send_under_way = purchase
-            .charge_started_at
-            .is_none_or(|at| now - at >= chrono::Duration::seconds(CHARGE_LEASE_SECONDS));
-        if unanswered && no_send_under_way {
+        if purchase.resend_window_closed(now) {
             // Stripe never answered, and no longer remembers the key: a resend
             // could charge twice, so it ends here, failed, and auto top-up is
             // off until the owner enables it again. (Had Stripe charged it,
@@ -481,7 +475,7 @@ impl Instance {
             return Ok(None);
         };
         let customer = customer.unwrap_or_default();
-        let outcome = purchases::charge(stripe, org_id, &customer, &purchase).await;
+        let outcome = stripe_api::charge_purchase(stripe, org_id, &customer, &purchase).await;
         let unknown = outcome == ChargeOutcome::Unknown;
         self.decide_and_commit(
             Command::PurchaseSettle {

@@ -175,30 +175,44 @@ impl Purchase {
         }
     }
 
-    /// Whether auto top-up must send this purchase's charge at `now`: no
-    /// answer from Stripe is recorded, no send is under way, and Stripe still
-    /// remembers the idempotency key of an earlier send.
-    pub fn needs_auto_charge(&self, now: DateTime<Utc>) -> bool {
-        self.source == PurchaseSource::AutoTopUp
-            && self.status == PurchaseStatus::Processing
-            && self.payment_intent_id.is_none()
-            && now - self.created_at < Duration::seconds(RESEND_WINDOW_SECONDS)
-            && self
-                .charge_started_at
-                .is_none_or(|at| now - at >= Duration::seconds(CHARGE_LEASE_SECONDS))
+    /// Stripe's answer to the charge was never recorded.
+    fn unanswered(&self) -> bool {
+        self.status == PurchaseStatus::Processing && self.payment_intent_id.is_none()
     }
 
-    /// Whether a replay at `now` must send the charge request again: Stripe's
-    /// answer was never recorded, no other request is sending it, and Stripe
-    /// still remembers the idempotency key.
+    /// Stripe still remembers the charge's idempotency key at `now`, so a
+    /// resend can only ever return the first charge, never make a second.
+    fn key_remembered(&self, now: DateTime<Utc>) -> bool {
+        now - self.created_at < Duration::seconds(RESEND_WINDOW_SECONDS)
+    }
+
+    /// No send of the charge is under way at `now` (its lease ran out).
+    pub fn charge_lease_free(&self, now: DateTime<Utc>) -> bool {
+        self.charge_started_at
+            .is_none_or(|at| now - at >= Duration::seconds(CHARGE_LEASE_SECONDS))
+    }
+
+    /// The one rule of a resend: the charge is unanswered, nobody is
+    /// sending it, and Stripe still remembers its key.
+    fn may_resend(&self, now: DateTime<Utc>) -> bool {
+        self.unanswered() && self.key_remembered(now) && self.charge_lease_free(now)
+    }
+
+    /// Whether auto top-up must send this purchase's charge at `now`.
+    pub fn needs_auto_charge(&self, now: DateTime<Utc>) -> bool {
+        self.source == PurchaseSource::AutoTopUp && self.may_resend(now)
+    }
+
+    /// Whether a replay at `now` must send the charge request again (the
+    /// first request chose its card).
     pub fn needs_charge(&self, now: DateTime<Utc>) -> bool {
-        self.status == PurchaseStatus::Processing
-            && self.payment_intent_id.is_none()
-            && self.payment_method_id.is_some()
-            && now - self.created_at < Duration::seconds(RESEND_WINDOW_SECONDS)
-            && self
-                .charge_started_at
-                .is_none_or(|at| now - at >= Duration::seconds(CHARGE_LEASE_SECONDS))
+        self.payment_method_id.is_some() && self.may_resend(now)
+    }
+
+    /// The charge got no answer while Stripe remembered its key, and nobody
+    /// is sending it: a resend could now charge twice, so it must end.
+    pub fn resend_window_closed(&self, now: DateTime<Utc>) -> bool {
+        self.unanswered() && !self.key_remembered(now) && self.charge_lease_free(now)
     }
 
     /// The purchase as clients see it. `client_secret` only when the caller
