@@ -118,41 +118,14 @@ pub async fn audit(env: &Env, org: &str, now_ms: i64, query: AuditQuery, csv: bo
     }
     let today = from_millis(now_ms).ok_or(ApiError::Internal)?.date_naive();
     let filename = wallet_core::audit::audit_csv_filename(org, today);
-    let env = Rc::new(env.clone());
-    let org: Rc<str> = org.into();
-    let start = (Some((first, has_more)), None::<u64>, true);
-    let chunks = stream::try_unfold(start, move |(page, before_seq, header)| {
-        let (env, org, query) = (Rc::clone(&env), Rc::clone(&org), query.clone());
-        async move {
-            let (records, more) = match page {
-                Some(page) => page,
-                None if before_seq.is_none() => return Ok(None),
-                None => {
-                    let next = AuditQuery {
-                        before_seq,
-                        ..query
-                    };
-                    audit_page(&env, &org, now_ms, next).await.map_err(|_| {
-                        worker::Error::RustError("the wallet refused an audit page".into())
-                    })?
-                }
-            };
-            let mut chunk = String::with_capacity(records.len() * 160 + AUDIT_CSV_HEADER.len());
-            if header {
-                chunk.push_str(AUDIT_CSV_HEADER);
-            }
-            for (seq, record) in &records {
-                chunk.push_str(&record.csv_row(*seq));
-            }
-            let next_before = records.last().filter(|_| more).map(|(seq, _)| *seq);
-            Ok::<_, worker::Error>(Some((chunk.into_bytes(), (None, next_before, false))))
-        }
-    })
-    .map_err(|err| {
-        worker::console_error!("audit CSV export failed mid-stream: {err}");
-        err
-    });
-    csv_download(chunks, &filename)
+    let (env, org) = (env.clone(), org.to_string());
+    let source = AuditPages {
+        env,
+        org,
+        now_ms,
+        query,
+    };
+    csv_stream(source, (first, has_more), &filename)
 }
 
 /// `GET /v1/orgs/{org}/ledger`: exact (read from the Durable Object), cursor
@@ -169,51 +142,14 @@ pub async fn ledger(env: &Env, org: &str, now_ms: i64, query: LedgerQuery, csv: 
     }
     let today = from_millis(now_ms).ok_or(ApiError::Internal)?.date_naive();
     let filename = ledger::ledger_csv_filename(org, today);
-    let env = Rc::new(env.clone());
-    let org: Rc<str> = org.into();
-    let start = (Some((first, has_more)), query.before_seq, true);
-    let chunks = stream::try_unfold(start, move |(page, before_seq, header)| {
-        let (env, org, query) = (Rc::clone(&env), Rc::clone(&org), query.clone());
-        async move {
-            let (entries, more) = match page {
-                Some(page) => page,
-                None if before_seq == Some(0) => return Ok(None),
-                None => {
-                    let next = LedgerQuery {
-                        before_seq,
-                        ..query
-                    };
-                    match ledger_page(&env, &org, now_ms, next).await {
-                        Ok(page) => page,
-                        Err(_) => {
-                            return Err(worker::Error::RustError(
-                                "the wallet refused a ledger page".into(),
-                            ))
-                        }
-                    }
-                }
-            };
-            let mut chunk = String::with_capacity(entries.len() * 128 + LEDGER_CSV_HEADER.len());
-            if header {
-                chunk.push_str(LEDGER_CSV_HEADER);
-            }
-            for entry in &entries {
-                chunk.push_str(&ledger::ledger_csv_row(entry));
-            }
-            // Entries added while the export runs are newer and not included.
-            let next_before = match entries.last() {
-                Some(last) if more => Some(last.seq),
-                _ => Some(0),
-            };
-            Ok::<_, worker::Error>(Some((chunk.into_bytes(), (None, next_before, false))))
-        }
-    })
-    .map_err(|err| {
-        // Headers are gone by now; the client sees the transfer fail.
-        worker::console_error!("ledger CSV export failed mid-stream: {err}");
-        err
-    });
-    csv_download(chunks, &filename)
+    let (env, org) = (env.clone(), org.to_string());
+    let source = LedgerPages {
+        env,
+        org,
+        now_ms,
+        query,
+    };
+    csv_stream(source, (first, has_more), &filename)
 }
 
 /// A streamed CSV file download (never cached).
@@ -274,68 +210,72 @@ pub async fn transactions(env: &Env, org: &str, now_ms: i64, query: Transactions
         )?);
     }
     let today = from_millis(now_ms).ok_or(ApiError::Internal)?.date_naive();
-    csv_response(db, org.to_string(), page, has_more, today)
+    let filename = reports::csv_filename(org, today);
+    let source = TransactionPages {
+        db,
+        org: org.to_string(),
+    };
+    csv_stream(source, (page, has_more), &filename)
+}
+
+/// A history exported as CSV, one page at a time, newest first; each page
+/// is keyed on the last sequence number written, so memory stays bounded
+/// whatever the history's length, and rows added while the export runs
+/// (newer) are not included.
+trait CsvPages: 'static {
+    type Row;
+    const HEADER: &'static str;
+    /// What the download is called.
+    const WHAT: &'static str;
+    fn csv_row(row: &Self::Row) -> String;
+    fn seq(row: &Self::Row) -> Option<u64>;
+    /// The page of rows older than `before_seq`.
+    async fn page(&self, before_seq: u64) -> worker::Result<(Vec<Self::Row>, bool)>;
 }
 
 /// What the CSV stream does next.
-enum CsvStep {
-    /// Write these rows; `more` says whether older ones follow.
+enum CsvStep<R> {
+    /// Write these rows (with the header first); `more`: older ones follow.
     Rows {
-        rows: Vec<Transaction>,
+        rows: Vec<R>,
         more: bool,
         header: bool,
     },
-    /// Read the page of entries older than `before_seq`.
+    /// Read the page older than `before_seq`.
     Fetch {
         before_seq: u64,
     },
     Done,
 }
 
-/// Streams the export: one D1 page of `CSV_PAGE_ROWS` rows at a time,
-/// newest first, each page keyed on the last sequence number written, so
-/// memory stays bounded whatever the history's length. Entries added while
-/// the export runs have higher sequence numbers and are not included.
-fn csv_response(
-    db: D1Database,
-    org: String,
-    first: Vec<Transaction>,
-    more: bool,
-    today: chrono::NaiveDate,
-) -> Answer {
-    let filename = reports::csv_filename(&org, today);
+/// Streams `source` as a CSV download, starting with the `first` page
+/// already read (so a failing source still gets a proper error status).
+fn csv_stream<P: CsvPages>(source: P, first: (Vec<P::Row>, bool), filename: &str) -> Answer {
+    let source = Rc::new(source);
     let start = CsvStep::Rows {
-        rows: first,
-        more,
+        rows: first.0,
+        more: first.1,
         header: true,
     };
-    let db = Rc::new(db);
-    let org: Rc<str> = org.into();
     let chunks = stream::try_unfold(start, move |step| {
-        let (db, org) = (Rc::clone(&db), Rc::clone(&org));
+        let source = Rc::clone(&source);
         async move {
             let (rows, more, header) = match step {
                 CsvStep::Done => return Ok(None),
                 CsvStep::Rows { rows, more, header } => (rows, more, header),
                 CsvStep::Fetch { before_seq } => {
-                    let (rows, more) = ledger_shards::transactions_page(
-                        &db,
-                        &org,
-                        CSV_PAGE_ROWS,
-                        Some(before_seq),
-                    )
-                    .await?;
+                    let (rows, more) = source.page(before_seq).await?;
                     (rows, more, false)
                 }
             };
-            let mut chunk = String::with_capacity(rows.len() * 96 + CSV_HEADER.len());
+            let mut chunk = String::with_capacity(rows.len() * 128 + P::HEADER.len());
             if header {
-                chunk.push_str(CSV_HEADER);
+                chunk.push_str(P::HEADER);
             }
             for row in &rows {
-                chunk.push_str(&row.csv_row());
+                chunk.push_str(&P::csv_row(row));
             }
-            let next = match rows.last().and_then(|r| wallet_core::wallet::seq_of(&r.id)) {
+            let next = match rows.last().and_then(P::seq) {
                 Some(before_seq) if more => CsvStep::Fetch { before_seq },
                 _ => CsvStep::Done,
             };
@@ -344,10 +284,98 @@ fn csv_response(
     })
     .map_err(|err| {
         // Headers are gone by now; the client sees the transfer fail.
-        worker::console_error!("CSV export failed mid-stream: {err}");
+        worker::console_error!("{} CSV export failed mid-stream: {err}", P::WHAT);
         err
     });
-    csv_download(chunks, &filename)
+    csv_download(chunks, filename)
+}
+
+/// The ledger, from the organization's Durable Object.
+struct LedgerPages {
+    env: Env,
+    org: String,
+    now_ms: i64,
+    query: LedgerQuery,
+}
+
+impl CsvPages for LedgerPages {
+    type Row = wallet_core::LedgerEntry;
+    const HEADER: &'static str = LEDGER_CSV_HEADER;
+    const WHAT: &'static str = "ledger";
+
+    fn csv_row(row: &Self::Row) -> String {
+        ledger::ledger_csv_row(row)
+    }
+
+    fn seq(row: &Self::Row) -> Option<u64> {
+        Some(row.seq)
+    }
+
+    async fn page(&self, before_seq: u64) -> worker::Result<(Vec<Self::Row>, bool)> {
+        let query = LedgerQuery {
+            before_seq: Some(before_seq),
+            ..self.query.clone()
+        };
+        ledger_page(&self.env, &self.org, self.now_ms, query)
+            .await
+            .map_err(|_| worker::Error::RustError("the wallet refused a ledger page".into()))
+    }
+}
+
+/// The audit trail, from the organization's Durable Object.
+struct AuditPages {
+    env: Env,
+    org: String,
+    now_ms: i64,
+    query: AuditQuery,
+}
+
+impl CsvPages for AuditPages {
+    type Row = (u64, AuditRecord);
+    const HEADER: &'static str = AUDIT_CSV_HEADER;
+    const WHAT: &'static str = "audit";
+
+    fn csv_row((seq, record): &Self::Row) -> String {
+        record.csv_row(*seq)
+    }
+
+    fn seq((seq, _): &Self::Row) -> Option<u64> {
+        Some(*seq)
+    }
+
+    async fn page(&self, before_seq: u64) -> worker::Result<(Vec<Self::Row>, bool)> {
+        let query = AuditQuery {
+            before_seq: Some(before_seq),
+            ..self.query.clone()
+        };
+        audit_page(&self.env, &self.org, self.now_ms, query)
+            .await
+            .map_err(|_| worker::Error::RustError("the wallet refused an audit page".into()))
+    }
+}
+
+/// Transactions, from the organization's D1 shard.
+struct TransactionPages {
+    db: D1Database,
+    org: String,
+}
+
+impl CsvPages for TransactionPages {
+    type Row = Transaction;
+    const HEADER: &'static str = CSV_HEADER;
+    const WHAT: &'static str = "transactions";
+
+    fn csv_row(row: &Self::Row) -> String {
+        row.csv_row()
+    }
+
+    fn seq(row: &Self::Row) -> Option<u64> {
+        wallet_core::wallet::seq_of(&row.id)
+    }
+
+    async fn page(&self, before_seq: u64) -> worker::Result<(Vec<Self::Row>, bool)> {
+        ledger_shards::transactions_page(&self.db, &self.org, CSV_PAGE_ROWS, Some(before_seq)).await
+    }
 }
 
 /// `GET /v1/orgs/{org}/usage?from=&to=`: the rollups in D1 and the exact

@@ -38,7 +38,7 @@ use wallet_core::api::{
 use wallet_core::config::LEGACY_LEDGER_SHARD;
 use wallet_core::decision::{self, Reply};
 use wallet_core::events::EVENTS_RETENTION_DAYS;
-use wallet_core::ledger::{replica_batch, LedgerQuery};
+use wallet_core::ledger::replica_batch;
 use wallet_core::purchase::{
     ChargeOutcome, Purchase, PurchaseStatus, CHARGE_LEASE_SECONDS, RESEND_WINDOW_SECONDS,
 };

@@ -48,7 +48,8 @@ impl Reply {
         }
     }
 
-    fn text(status: u16, body: String) -> Reply {
+    /// A reply whose JSON text is already made (a stored answer, a page).
+    pub fn text(status: u16, body: String) -> Reply {
         Reply {
             status,
             body,
