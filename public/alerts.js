@@ -3,19 +3,19 @@
 // are under it. The server says whether they are (`low_balance`); the page
 // asks again with each fresh wallet view, so the banner follows the figures.
 import { call, orgPath } from './api.js';
+import { $, isEditing, showError, showMessage } from './dom.js';
 import { formatCredits } from './format.js';
-
-const $ = (id) => document.getElementById(id);
+import { canBuy, canChangeSettings } from './roles.js';
 
 export function createAlertsView(session, walletView) {
-  const isOwner = session.role === 'owner';
+  const mayEdit = canChangeSettings(session.role);
   const org = session.org;
   let alerts = null;
   let wallet = null;
   let refreshing = null;
 
-  $('alerts-form').hidden = !isOwner;
-  $('alerts-readonly').hidden = isOwner;
+  $('alerts-form').hidden = !mayEdit;
+  $('alerts-readonly').hidden = mayEdit;
 
   function render() {
     $('alerts-error').hidden = true;
@@ -23,9 +23,9 @@ export function createAlertsView(session, walletView) {
     $('alerts-current').textContent = threshold === null
       ? 'No alert is set'
       : `Alert below ${formatCredits(threshold)} credits`;
-    if (isOwner) {
+    if (mayEdit) {
       const input = $('alerts-input');
-      if (document.activeElement !== input && input.getAttribute('aria-invalid') !== 'true') input.value = threshold ?? '';
+      if (!isEditing(input)) input.value = threshold ?? '';
     }
     renderBanner();
   }
@@ -41,7 +41,7 @@ export function createAlertsView(session, walletView) {
       const text = document.createElement('span');
       text.textContent = `Available: ${formatCredits(wallet.available)} credits, under the alert threshold of ` +
         `${formatCredits(alerts.low_balance_threshold)} credits. ` +
-        (isOwner
+        (canBuy(session.role)
           ? 'Buy a credit pack or turn on automatic top-up on the Wallet tab.'
           : 'Ask your team owner to top up the wallet.');
       banner.append(title, text);
@@ -58,8 +58,7 @@ export function createAlertsView(session, walletView) {
         alerts = await call('GET', orgPath(org, 'alerts'));
         render();
       } catch (err) {
-        $('alerts-error').textContent = `The low-balance alert could not be loaded: ${err.message}`;
-        $('alerts-error').hidden = false;
+        showError($('alerts-error'), `The low-balance alert could not be loaded: ${err.message}`);
       } finally {
         refreshing = null;
       }
@@ -68,13 +67,10 @@ export function createAlertsView(session, walletView) {
   }
 
   function setMessage(text, kind) {
-    const message = $('alerts-message');
-    message.textContent = text;
-    message.className = `message ${kind ?? ''}`;
-    $('alerts-input').setAttribute('aria-invalid', String(kind === 'error'));
+    showMessage($('alerts-message'), text, kind, $('alerts-input'));
   }
 
-  if (isOwner) {
+  if (mayEdit) {
     $('alerts-form').addEventListener('submit', async (event) => {
       event.preventDefault();
       const value = $('alerts-input').value.trim();

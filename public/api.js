@@ -143,6 +143,15 @@ export function packCatalogue() {
   return catalogue;
 }
 
+/** Pack names by id, for lists that name packs; {} when the catalogue cannot be had (ids are shown as they are). */
+export async function packNamesById() {
+  try {
+    return Object.fromEntries((await packCatalogue()).map((p) => [p.id, p.name]));
+  } catch {
+    return {};
+  }
+}
+
 /**
  * Fetches a file the API streams (a CSV export) and hands it to the browser
  * as a download; a plain link cannot send the bearer token. Returns its name.

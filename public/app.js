@@ -9,14 +9,11 @@ import { createAuditView } from './audit.js';
 import { createAutoTopUpView } from './auto-top-up.js';
 import { createAlertsView } from './alerts.js';
 import { createEventsView } from './events.js';
+import { $, showError } from './dom.js';
+import { canReadAudit, canReadEvents, roleName } from './roles.js';
 
-const $ = (id) => document.getElementById(id);
 const LAST_LOGIN_KEY = 'ai-wallet.last-login'; // org, user and role only; never the token
-const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', member: 'Member', viewer: 'Viewer', service: 'Service' };
 const ALL_TABS = ['wallet', 'transactions', 'usage', 'audit'];
-// The server refuses the audit trail and the events to other roles; the page does not offer them.
-const AUDIT_ROLES = ['owner', 'admin'];
-const EVENTS_ROLES = ['owner', 'admin'];
 
 function showLogin(message) {
   $('boot').hidden = true;
@@ -56,8 +53,7 @@ function setupLogin() {
         ? 'Enter a user id.'
         : null;
     if (problem) {
-      error.textContent = problem;
-      error.hidden = false;
+      showError(error, problem);
       return;
     }
     try {
@@ -65,10 +61,9 @@ function setupLogin() {
       localStorage.setItem(LAST_LOGIN_KEY, JSON.stringify({ org, sub, role }));
       start();
     } catch (err) {
-      error.textContent = err.status === 404
+      showError(error, err.status === 404
         ? 'Development sign-in is not available on this server; open the wallet from Lognitor.'
-        : err.message;
-      error.hidden = false;
+        : err.message);
     }
   });
 }
@@ -112,7 +107,7 @@ function start() {
   $('login').hidden = true;
   $('app').hidden = false;
   $('who').hidden = false;
-  $('who-text').textContent = `${session.org} · ${session.sub} (${ROLE_NAMES[session.role] ?? session.role})`;
+  $('who-text').textContent = `${session.org} · ${session.sub} (${roleName(session.role)})`;
   document.title = `Wallet · ${session.org} · Billing`;
   if (started) {
     // A new sign-in in the same page: simplest correct reset.
@@ -129,8 +124,9 @@ function start() {
   createFeatureCapsView(session, wallet);
   createAutoTopUpView(session, wallet);
   createAlertsView(session, wallet);
-  if (EVENTS_ROLES.includes(session.role)) createEventsView(session, wallet);
-  if (AUDIT_ROLES.includes(session.role)) views.audit = createAuditView(session);
+  // The server refuses the events and the audit trail to other roles; the page does not offer them.
+  if (canReadEvents(session.role)) createEventsView(session, wallet);
+  if (canReadAudit(session.role)) views.audit = createAuditView(session);
   const select = setupTabs(views);
   select(location.hash.slice(1) || 'wallet', { updateHash: false });
   if (location.hash.slice(1) !== 'wallet') wallet.refresh(); // the banners show on every tab

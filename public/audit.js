@@ -2,12 +2,14 @@
 // when, and the values before and after, paged with the API's cursor, and
 // the CSV export of the whole trail. The words for a change are shared with
 // the events list (a settings.changed event carries the same record).
-import { call, downloadFile, orgPath, packCatalogue } from './api.js';
-import { featureName, formatCredits, formatDateTime } from './format.js';
+import { orgPath, packNamesById } from './api.js';
+import { setupCsvDownload } from './csv-download.js';
+import { $, labelledCell, localTime, showError } from './dom.js';
+import { featureName, formatCredits } from './format.js';
+import { createPager, fetchPage } from './pager.js';
+import { roleName } from './roles.js';
 
-const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 25;
-export const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', member: 'Member', viewer: 'Viewer', service: 'Service' };
 const SETTING_NAMES = {
   daily_cap: 'Daily spend cap',
   feature_caps: 'Feature caps',
@@ -59,17 +61,17 @@ export function describeChange(record, packName = (id) => id) {
 
 export function createAuditView(session) {
   const org = session.org;
-  let cursors = [undefined]; // as on the Transactions tab: the last is the current page
   let loading = false;
   let packNames = null;
+  const pager = createPager({
+    newer: $('audit-newer'),
+    older: $('audit-older'),
+    pageNumber: $('audit-page'),
+    empty: $('audit-empty'),
+    load,
+  });
 
-  function cell(row, className) {
-    const td = document.createElement('td');
-    td.dataset.label = LABELS[row.cells.length]; // shown on phones, where rows stack
-    if (className) td.className = className;
-    row.append(td);
-    return td;
-  }
+  const cell = (row, className) => labelledCell(row, LABELS, className);
 
   function render(page) {
     const body = $('audit-body');
@@ -77,16 +79,13 @@ export function createAuditView(session) {
     for (const record of page.data) {
       const row = document.createElement('tr');
       row.dataset.id = record.id;
-      const when = document.createElement('time');
-      when.dateTime = record.created_at;
-      when.textContent = formatDateTime(record.created_at);
-      cell(row).append(when);
-      cell(row).textContent = `${record.sub} (${ROLE_NAMES[record.role] ?? record.role})`;
+      cell(row).append(localTime(record.created_at));
+      cell(row).textContent = `${record.sub} (${roleName(record.role)})`;
       cell(row).textContent = settingName(record.setting);
       // One wrapper, so the phone layout keeps the lines under each other beside their label.
       const lines = document.createElement('div');
       lines.className = 'change-lines';
-      for (const line of describeChange(record, (id) => packNames?.[id] ?? id)) {
+      for (const line of describeChange(record, (id) => packNames[id] ?? id)) {
         const div = document.createElement('div');
         div.textContent = line;
         lines.append(div);
@@ -94,11 +93,7 @@ export function createAuditView(session) {
       cell(row, 'change').append(lines);
       body.append(row);
     }
-    $('audit-empty').hidden = page.data.length > 0 || cursors.length > 1;
-    $('audit-newer').disabled = cursors.length <= 1;
-    $('audit-older').disabled = !page.has_more;
-    $('audit-older').dataset.cursor = page.data.at(-1)?.id ?? '';
-    $('audit-page').textContent = page.data.length ? `Page ${cursors.length}` : '';
+    pager.shown(page);
   }
 
   async function load() {
@@ -107,51 +102,20 @@ export function createAuditView(session) {
     $('audit-error').hidden = true;
     try {
       // Automatic top-up changes name packs; without the catalogue they show by id.
-      packNames ??= Object.fromEntries((await packCatalogue().catch(() => [])).map((p) => [p.id, p.name]));
-      const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-      const cursor = cursors.at(-1);
-      if (cursor) query.set('starting_after', cursor);
-      render(await call('GET', `${orgPath(org, 'audit')}?${query}`));
+      packNames ??= await packNamesById();
+      render(await fetchPage(orgPath(org, 'audit'), PAGE_SIZE, pager.cursor));
     } catch (err) {
-      $('audit-error').textContent = `Settings changes could not be loaded: ${err.message}`;
-      $('audit-error').hidden = false;
+      showError($('audit-error'), `Settings changes could not be loaded: ${err.message}`);
     } finally {
       loading = false;
     }
   }
 
-  $('audit-older').addEventListener('click', () => {
-    const cursor = $('audit-older').dataset.cursor;
-    if (!cursor) return;
-    cursors.push(cursor);
-    load();
-  });
-  $('audit-newer').addEventListener('click', () => {
-    if (cursors.length > 1) cursors.pop();
-    load();
-  });
-
-  $('audit-csv-download').addEventListener('click', async () => {
-    const button = $('audit-csv-download');
-    const status = $('audit-csv-status');
-    button.disabled = true;
-    status.className = 'message';
-    status.textContent = 'Preparing the CSV file…';
-    try {
-      const name = await downloadFile(`${orgPath(org, 'audit')}?format=csv`, `audit-${org}.csv`);
-      status.textContent = `Downloaded ${name}.`;
-      status.className = 'message ok';
-    } catch (err) {
-      status.textContent = `The CSV file could not be downloaded: ${err.message}`;
-      status.className = 'message error';
-    } finally {
-      button.disabled = false;
-    }
-  });
+  setupCsvDownload($('audit-csv-download'), $('audit-csv-status'), `${orgPath(org, 'audit')}?format=csv`, `audit-${org}.csv`);
 
   return {
     show() {
-      cursors = [undefined];
+      pager.reset();
       load();
     },
   };

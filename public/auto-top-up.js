@@ -3,9 +3,10 @@
 // charge in progress. The owner changes it; every other role reads it. It is
 // read again with each fresh wallet view, so a top-up started by a debit shows.
 import { call, orgPath, packCatalogue } from './api.js';
+import { $, showError, showMessage } from './dom.js';
 import { formatCredits, formatMoney } from './format.js';
+import { canChangeSettings } from './roles.js';
 
-const $ = (id) => document.getElementById(id);
 const FIELDS = ['enabled', 'threshold', 'pack_id', 'monthly_limit'];
 const INPUTS = { enabled: 'atu-enabled-input', threshold: 'atu-threshold-input', pack_id: 'atu-pack-input', monthly_limit: 'atu-limit-input' };
 
@@ -35,15 +36,15 @@ function monthName(month) {
 }
 
 export function createAutoTopUpView(session, walletView) {
-  const isOwner = session.role === 'owner';
+  const mayEdit = canChangeSettings(session.role);
   const org = session.org;
   let state = null;
   let packs = null; // the catalogue, or null until (or unless) it loaded
   let refreshing = null;
   let dirty = false; // the owner changed the form since it was last filled: refreshes leave it alone
 
-  $('atu-form').hidden = !isOwner;
-  $('atu-readonly').hidden = isOwner;
+  $('atu-form').hidden = !mayEdit;
+  $('atu-readonly').hidden = mayEdit;
 
   const packOf = (id) => packs?.find((p) => p.id === id);
   const packLabel = (id) => {
@@ -66,7 +67,7 @@ export function createAutoTopUpView(session, walletView) {
       // The monthly pause says "paused:" itself; the other reasons switched it off.
       notice.textContent = reason === 'monthly_limit_reached'
         ? `${text[0].toUpperCase()}${text.slice(1)}.`
-        : `Off: ${text}.${isOwner ? (OWNER_NEXT_STEP[reason] ?? '') : ''}`;
+        : `Off: ${text}.${mayEdit ? (OWNER_NEXT_STEP[reason] ?? '') : ''}`;
     }
     notice.hidden = !reason;
     $('atu-threshold').textContent = state.threshold === null ? 'Not set' : `Below ${formatCredits(state.threshold)} credits`;
@@ -74,7 +75,7 @@ export function createAutoTopUpView(session, walletView) {
     $('atu-limit').textContent = `${topUps(state.monthly_limit)} a month`;
     $('atu-used').textContent = `${state.used_this_month} of ${state.monthly_limit} in ${monthName(state.month)} (UTC)`;
     $('atu-in-flight').textContent = state.in_flight ? 'Yes: a charge is under way' : 'No';
-    if (isOwner && !dirty) fillForm();
+    if (mayEdit && !dirty) fillForm();
   }
 
   function fillForm() {
@@ -96,10 +97,9 @@ export function createAutoTopUpView(session, walletView) {
         state = await call('GET', orgPath(org, 'auto-top-up'));
         render();
       } catch (err) {
-        $('atu-error').textContent = err.status === 404 && err.code !== 'wallet_not_found'
+        showError($('atu-error'), err.status === 404 && err.code !== 'wallet_not_found'
           ? 'Automatic top-up is not available on this server yet.'
-          : `Automatic top-up could not be loaded: ${err.message}`;
-        $('atu-error').hidden = false;
+          : `Automatic top-up could not be loaded: ${err.message}`);
       } finally {
         refreshing = null;
       }
@@ -110,10 +110,8 @@ export function createAutoTopUpView(session, walletView) {
   // ---- the owner's form ----------------------------------------------------------
 
   function setMessage(field, text, kind) {
-    const message = $(field ? `atu-${field}-message` : 'atu-message');
-    message.textContent = text;
-    message.className = `message ${kind ?? ''}`;
-    if (field) $(INPUTS[field]).setAttribute('aria-invalid', String(kind === 'error'));
+    // The form's own line (no field) marks no input.
+    showMessage($(field ? `atu-${field}-message` : 'atu-message'), text, kind, field ? $(INPUTS[field]) : null);
   }
 
   function clearMessages() {
@@ -121,7 +119,7 @@ export function createAutoTopUpView(session, walletView) {
     for (const field of FIELDS) setMessage(field, '', null);
   }
 
-  if (isOwner) {
+  if (mayEdit) {
     const form = $('atu-form');
     form.addEventListener('input', (event) => {
       dirty = true;

@@ -2,13 +2,15 @@
 // reported (low balance, purchases, settings changes…), newest first, with a
 // short summary of each and how its delivery is going. The first page is
 // asked again with each fresh wallet view, so new events and delivery
-// progress show up; "Load more" follows the API's cursor as audit.js does.
-import { call, orgPath, packCatalogue } from './api.js';
-import { describeChange, ROLE_NAMES, settingName } from './audit.js';
+// progress show up; "Load more" follows the API's cursor (pager.js).
+import { orgPath, packNamesById } from './api.js';
+import { describeChange, settingName } from './audit.js';
 import { reasonText } from './auto-top-up.js';
-import { formatCredits, formatDateTime, formatDay, formatLocalTime, formatMoney } from './format.js';
+import { $, labelledCell, localTime, showError } from './dom.js';
+import { formatCredits, formatDay, formatLocalTime, formatMoney } from './format.js';
+import { fetchPage } from './pager.js';
+import { roleName } from './roles.js';
 
-const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 20;
 const LABELS = ['When', 'Event', 'Details', 'Delivery'];
 
@@ -68,7 +70,7 @@ function summarize(event, packName) {
     case 'purchase.dispute_closed':
       return (DISPUTE_ENDS[d.status] ?? DISPUTE_ENDS.closed)(d);
     case 'settings.changed':
-      return `${settingName(d.setting)} by ${d.sub} (${ROLE_NAMES[d.role] ?? d.role}): ${describeChange(d, packName).join('; ')}.`;
+      return `${settingName(d.setting)} by ${d.sub} (${roleName(d.role)}): ${describeChange(d, packName).join('; ')}.`;
     default:
       // A type this page does not know yet: its data as the API wrote it.
       return JSON.stringify(d);
@@ -85,13 +87,7 @@ export function createEventsView(session, walletView) {
   $('events').hidden = false;
   const packName = (id) => packNames?.[id] ?? id;
 
-  function cell(row, className) {
-    const td = document.createElement('td');
-    td.dataset.label = LABELS[row.cells.length]; // shown on phones, where rows stack
-    if (className) td.className = className;
-    row.append(td);
-    return td;
-  }
+  const cell = (row, className) => labelledCell(row, LABELS, className);
 
   function render() {
     const body = $('events-body');
@@ -100,10 +96,7 @@ export function createEventsView(session, walletView) {
       const row = document.createElement('tr');
       row.dataset.id = event.id;
       row.dataset.type = event.type;
-      const when = document.createElement('time');
-      when.dateTime = event.created_at;
-      when.textContent = formatDateTime(event.created_at);
-      cell(row).append(when);
+      cell(row).append(localTime(event.created_at));
       // One wrapper, so the phone layout keeps the name and the type together beside their label.
       const type = document.createElement('div');
       const name = document.createElement('span');
@@ -124,10 +117,8 @@ export function createEventsView(session, walletView) {
 
   /** One page: the newest (no cursor) or the one after `cursor`. */
   async function page(cursor) {
-    packNames ??= Object.fromEntries((await packCatalogue().catch(() => [])).map((p) => [p.id, p.name]));
-    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-    if (cursor) query.set('starting_after', cursor);
-    return call('GET', `${orgPath(org, 'events')}?${query}`);
+    packNames ??= await packNamesById();
+    return fetchPage(orgPath(org, 'events'), PAGE_SIZE, cursor);
   }
 
   async function run(work) {
@@ -138,8 +129,7 @@ export function createEventsView(session, walletView) {
         await work();
         render();
       } catch (err) {
-        $('events-error').textContent = `Events could not be loaded: ${err.message}`;
-        $('events-error').hidden = false;
+        showError($('events-error'), `Events could not be loaded: ${err.message}`);
       } finally {
         loading = null;
       }

@@ -6,24 +6,16 @@ import { call, orgPath } from './api.js';
 import {
   creditAmountProblem, FEATURE_IDS, featureName, formatCredits, fromUnits, percentOf, toUnits,
 } from './format.js';
-
-const $ = (id) => document.getElementById(id);
+import { $, addText, isEditing, showMessage } from './dom.js';
+import { canChangeSettings } from './roles.js';
 
 export function createFeatureCapsView(session, walletView) {
-  const isOwner = session.role === 'owner';
+  const mayEdit = canChangeSettings(session.role);
   const org = session.org;
   const rows = new Map(); // feature → its elements, built once so messages survive refreshes
   let wallet = null;
 
-  $('feature-caps-readonly').hidden = isOwner;
-
-  function addText(parent, tag, text, className) {
-    const node = document.createElement(tag);
-    node.textContent = text;
-    if (className) node.className = className;
-    parent.append(node);
-    return node;
-  }
+  $('feature-caps-readonly').hidden = mayEdit;
 
   function buildRow(feature) {
     const name = featureName(feature);
@@ -46,7 +38,7 @@ export function createFeatureCapsView(session, walletView) {
     item.append(bar);
     const row = { item, summary, bar, fill };
 
-    if (isOwner) {
+    if (mayEdit) {
       const form = document.createElement('form');
       form.noValidate = true;
       form.className = 'feature-cap-form';
@@ -111,9 +103,7 @@ export function createFeatureCapsView(session, walletView) {
   }
 
   function setMessage(row, text, kind) {
-    row.message.textContent = text;
-    row.message.className = `message ${kind ?? ''}`;
-    row.input.setAttribute('aria-invalid', String(kind === 'error'));
+    showMessage(row.message, text, kind, row.input);
   }
 
   async function change(feature, cap, row) {
@@ -175,8 +165,7 @@ export function createFeatureCapsView(session, walletView) {
       if (row.input) {
         row.remove.hidden = !cap;
         row.remove.disabled = false;
-        const editing = document.activeElement === row.input || row.input.getAttribute('aria-invalid') === 'true';
-        if (!editing) row.input.value = cap?.daily_cap ?? '';
+        if (!isEditing(row.input)) row.input.value = cap?.daily_cap ?? '';
       }
     }
   }

@@ -1,9 +1,9 @@
 // The AI Usage tab: consumption by feature, by member and per UTC day
 // (Chart.js), with the balance and the projected days until depletion.
 import { call, isRateLimited, orgPath, retryWhenAllowed } from './api.js';
+import { $, showError } from './dom.js';
 import { daysBefore, featureName, formatCredits, formatDay, formatShare, toUnits } from './format.js';
 
-const $ = (id) => document.getElementById(id);
 const countFormat = new Intl.NumberFormat();
 
 export function createUsageView(session, walletView) {
@@ -31,10 +31,7 @@ export function createUsageView(session, walletView) {
       report = await loading;
       render();
     } catch (err) {
-      const show = (text) => {
-        $('usage-error').textContent = text;
-        $('usage-error').hidden = false;
-      };
+      const show = (text) => showError($('usage-error'), text);
       if (isRateLimited(err)) {
         // The same range again once the server allows it.
         cancelRetry = retryWhenAllowed(err, (text) => show(`Usage: ${text}`), () => {
@@ -92,8 +89,7 @@ export function createUsageView(session, walletView) {
     $('usage-chart').setAttribute('aria-label',
       `Daily consumption from ${report.from} to ${report.to} (UTC): ${formatCredits(report.total)} credits in total${peakText}.`);
     if (!window.Chart) {
-      $('usage-error').textContent = 'The chart library did not load; the daily figures are in the table below.';
-      $('usage-error').hidden = false;
+      showError($('usage-error'), 'The chart library did not load; the daily figures are in the table below.');
       return;
     }
     const data = {

@@ -1,18 +1,20 @@
 // The Wallet tab: balance and status, the paused banner, the daily spend
 // cap (owners change it), and the credit packs (owners buy them).
 import { call, isRateLimited, orgPath, packCatalogue, retryWhenAllowed } from './api.js';
+import { $, addText, isEditing, showError, showMessage } from './dom.js';
 import {
   bonusPercent, creditAmountProblem, formatCredits, formatLocalTime, formatMoney, percentOf,
   pricePerCredit, toUnits, fromUnits,
 } from './format.js';
+import { canBuy, canChangeSettings } from './roles.js';
 
-const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 30_000;
 const CREDIT_POLL_MS = 1_000;
 const CREDIT_WAIT_MS = 60_000;
 
 export function createWalletView(session) {
-  const isOwner = session.role === 'owner';
+  const mayEditCap = canChangeSettings(session.role);
+  const mayBuy = canBuy(session.role);
   const org = session.org;
   let wallet = null;
   let packs = null;
@@ -51,13 +53,13 @@ export function createWalletView(session) {
     $('cap-bar-fill').style.width = `${pct}%`;
     const held = toUnits(wallet.held_today) > 0n ? ` ${formatCredits(wallet.held_today)} more are held by running AI calls.` : '';
     $('cap-reset').textContent = `Resets at 00:00 UTC, which is ${formatLocalTime(wallet.resets_at)} in your time zone.${held}`;
-    $('cap-form').hidden = !isOwner;
-    $('cap-readonly').hidden = isOwner;
-    if (isOwner) {
+    $('cap-form').hidden = !mayEditCap;
+    $('cap-readonly').hidden = mayEditCap;
+    if (mayEditCap) {
       $('cap-hint').textContent = `More than 0 and at most ${formatCredits(wallet.daily_cap_max)} credits. ` +
         `New organizations start at ${formatCredits(wallet.daily_cap_default)}.`;
       const input = $('cap-input');
-      if (document.activeElement !== input && input.getAttribute('aria-invalid') !== 'true') input.value = wallet.daily_cap;
+      if (!isEditing(input)) input.value = wallet.daily_cap;
     }
     renderBanner();
   }
@@ -71,12 +73,12 @@ export function createWalletView(session) {
       addText(banner, 'strong', 'AI features are paused until tomorrow.');
       addText(banner, 'span', `Today's spend cap of ${formatCredits(wallet.daily_cap)} credits is reached. ` +
         `AI features resume at 00:00 UTC (${formatLocalTime(resumes)} your time).` +
-        (isOwner ? ' You can raise the daily cap on the Wallet tab.' : ''));
+        (mayEditCap ? ' You can raise the daily cap on the Wallet tab.' : ''));
       banner.dataset.state = 'paused_daily_cap';
     } else if (wallet.status === 'paused_no_credits') {
       banner.classList.add('empty');
       addText(banner, 'strong', 'AI features are paused: the wallet is out of credits.');
-      if (isOwner) {
+      if (mayBuy) {
         addText(banner, 'span', 'Buy a credit pack to resume them right away. ');
         const go = document.createElement('button');
         go.type = 'button';
@@ -110,12 +112,10 @@ export function createWalletView(session) {
       try {
         apply(await call('GET', orgPath(org, 'wallet')));
       } catch (err) {
-        const box = $('wallet-error');
-        box.textContent = err.code === 'wallet_not_found'
+        showError($('wallet-error'), err.code === 'wallet_not_found'
           ? `No wallet exists for organization ${org} yet. Wallets are created when an organization signs up` +
             ' (in development, make demo-data creates one).'
-          : `The wallet could not be loaded: ${err.message}`;
-        box.hidden = false;
+          : `The wallet could not be loaded: ${err.message}`);
       } finally {
         refreshing = null;
       }
@@ -126,10 +126,7 @@ export function createWalletView(session) {
   // ---- daily cap ----------------------------------------------------------------
 
   function setCapMessage(text, kind) {
-    const message = $('cap-message');
-    message.textContent = text;
-    message.className = `message ${kind ?? ''}`;
-    $('cap-input').setAttribute('aria-invalid', String(kind === 'error'));
+    showMessage($('cap-message'), text, kind, $('cap-input'));
   }
 
   $('cap-form').addEventListener('submit', async (event) => {
@@ -170,10 +167,9 @@ export function createWalletView(session) {
     } else {
       packs = null;
       const err = packsResult.reason;
-      $('packs-error').textContent = err?.status === 404
+      showError($('packs-error'), err?.status === 404
         ? 'Credit packs are not offered by this server yet.'
-        : `Credit packs could not be loaded: ${err?.message ?? 'unexpected answer'}`;
-      $('packs-error').hidden = false;
+        : `Credit packs could not be loaded: ${err?.message ?? 'unexpected answer'}`);
     }
     paymentMethodLoaded(methodResult);
   }
@@ -198,7 +194,7 @@ export function createWalletView(session) {
   }
 
   function buyBlockedReason() {
-    if (!isOwner) return 'Only the team owner can buy credits. Ask your team owner to top up the wallet.';
+    if (!mayBuy) return 'Only the team owner can buy credits. Ask your team owner to top up the wallet.';
     if (paymentMethod?.waiting) return `The payment method could not be checked yet. ${paymentMethod.waiting}`;
     if (paymentMethod?.error) {
       return paymentMethod.error.status === 404
@@ -223,7 +219,7 @@ export function createWalletView(session) {
     const reason = buyBlockedReason();
     $('buy-reason').textContent = reason ?? '';
     // Without a catalogue an owner reads the packs error; others still learn who may buy.
-    $('buy-reason').hidden = !reason || (!packs && isOwner);
+    $('buy-reason').hidden = !reason || (!packs && mayBuy);
     const list = $('packs');
     list.replaceChildren();
     if (!packs) return;
@@ -269,9 +265,7 @@ export function createWalletView(session) {
   }
 
   function setPurchaseStatus(text, kind) {
-    const status = $('purchase-status');
-    status.textContent = text;
-    status.className = `message ${kind ?? ''}`;
+    showMessage($('purchase-status'), text, kind);
   }
 
   $('buy-confirm').addEventListener('click', async () => {
@@ -288,13 +282,11 @@ export function createWalletView(session) {
       await followPurchase(purchase, pack);
     } catch (err) {
       $('buy-confirm').disabled = false;
-      const box = $('buy-error');
-      box.textContent = err.code === 'payment_method_required'
+      showError($('buy-error'), err.code === 'payment_method_required'
         ? 'No payment method is on file. Add a card in your Lognitor billing settings first.'
         : err.status === 0
           ? `${err.message} Pressing Buy now again is safe: you will not be charged twice.`
-          : err.message;
-      box.hidden = false;
+          : err.message);
     }
   });
   $('buy-dialog').addEventListener('close', () => {
@@ -376,11 +368,4 @@ export function createWalletView(session) {
       creditListeners.add(listener);
     },
   };
-}
-
-function addText(parent, tag, text) {
-  const node = document.createElement(tag);
-  node.textContent = text;
-  parent.append(node);
-  return node;
 }
