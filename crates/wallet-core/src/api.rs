@@ -370,73 +370,14 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
     pub fn status(&self) -> u16 {
-        match self {
-            ApiError::Unauthorized => 401,
-            ApiError::Forbidden => 403,
-            ApiError::WalletNotFound | ApiError::NotFound | ApiError::PurchaseNotFound => 404,
-            ApiError::MethodNotAllowed => 405,
-            ApiError::InvalidJson(_) | ApiError::InvalidSignature => 400,
-            ApiError::InvalidRequest { .. } => 422,
-            ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::IdempotencyKeyReused
-            | ApiError::WalletOwnerConflict
-            | ApiError::PaymentMethodRequired => 409,
-            ApiError::PaymentProviderUnavailable => 503,
-            ApiError::RateLimited { .. } => 429,
-            ApiError::Internal => 500,
-            ApiError::Rejected(r) => match r {
-                Rejection::InsufficientCredits { .. } => 402,
-                Rejection::DailyCapReached { .. } | Rejection::FeatureCapReached { .. } => 429,
-                Rejection::AmountOutOfRange { .. }
-                | Rejection::DailyCapOutOfRange { .. }
-                | Rejection::FeatureCapOutOfRange { .. }
-                | Rejection::HoldTtlOutOfRange { .. }
-                | Rejection::CaptureExceedsHold { .. } => 422,
-                Rejection::HoldNotFound => 404,
-                Rejection::TooManyActiveHolds { .. }
-                | Rejection::HoldNotActive { .. }
-                | Rejection::HoldAlreadyClosed { .. }
-                | Rejection::BalanceOverflow => 409,
-            },
-        }
+        self.told().status
     }
 
+    /// The stable snake_case code clients match on.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
-            ApiError::WalletNotFound => "wallet_not_found",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::WalletOwnerConflict => "wallet_owner_conflict",
-            ApiError::PaymentMethodRequired => "payment_method_required",
-            ApiError::PurchaseNotFound => "purchase_not_found",
-            ApiError::PaymentProviderUnavailable => "payment_provider_unavailable",
-            ApiError::InvalidSignature => "invalid_signature",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Internal => "internal_error",
-            ApiError::Rejected(r) => match r {
-                Rejection::InsufficientCredits { .. } => "insufficient_credits",
-                Rejection::DailyCapReached { .. } => "daily_cap_reached",
-                Rejection::FeatureCapReached { .. } => "feature_cap_reached",
-                Rejection::AmountOutOfRange { .. }
-                | Rejection::DailyCapOutOfRange { .. }
-                | Rejection::FeatureCapOutOfRange { .. }
-                | Rejection::HoldTtlOutOfRange { .. }
-                | Rejection::CaptureExceedsHold { .. } => "invalid_request",
-                Rejection::TooManyActiveHolds { .. } => "too_many_active_holds",
-                Rejection::HoldNotFound => "hold_not_found",
-                Rejection::HoldNotActive { .. } | Rejection::HoldAlreadyClosed { .. } => {
-                    "hold_not_active"
-                }
-                Rejection::BalanceOverflow => "balance_limit_reached",
-            },
-        }
+        self.told().code
     }
 
     /// Seconds a client should wait before retrying, for `Retry-After`.
@@ -459,148 +400,165 @@ impl ApiError {
     /// The JSON error body: `code`, `message` and the variant's details.
     /// Messages are written for people; nothing internal leaks.
     pub fn body(&self) -> Value {
+        let told = self.told();
         let mut error = Map::new();
-        error.insert("code".into(), json!(self.code()));
-        let message = self.message(&mut error);
-        error.insert("message".into(), json!(message));
+        error.insert("code".into(), json!(told.code));
+        for (name, value) in told.details {
+            error.insert(name.into(), value);
+        }
+        error.insert("message".into(), json!(told.message));
         json!({ "error": error })
     }
 
-    /// The message of this error, adding its details to `error`.
-    fn message(&self, error: &mut Map<String, Value>) -> String {
+    /// What a client is told of this error: one declaration per variant.
+    fn told(&self) -> Told {
         match self {
-            ApiError::Unauthorized => "A valid bearer token is required.".into(),
-            ApiError::Forbidden => {
-                "This token may not perform this action on this organization.".into()
-            }
-            ApiError::WalletNotFound => "No wallet exists for this organization.".into(),
-            ApiError::NotFound => "No such route.".into(),
-            ApiError::MethodNotAllowed => "This route does not accept that method.".into(),
-            ApiError::InvalidJson(detail) => format!("The body is not valid JSON: {detail}"),
+            ApiError::Unauthorized => Told::new(401, "unauthorized", "A valid bearer token is required."),
+            ApiError::Forbidden => Told::new(403, "forbidden", "This token may not perform this action on this organization."),
+            ApiError::WalletNotFound => Told::new(404, "wallet_not_found", "No wallet exists for this organization."),
+            ApiError::NotFound => Told::new(404, "not_found", "No such route."),
+            ApiError::PurchaseNotFound => Told::new(404, "purchase_not_found", "No such purchase."),
+            ApiError::MethodNotAllowed => Told::new(405, "method_not_allowed", "This route does not accept that method."),
+            ApiError::InvalidJson(detail) => Told::new(400, "invalid_json", format!("The body is not valid JSON: {detail}")),
+            ApiError::InvalidSignature => Told::new(400, "invalid_signature", "The Stripe-Signature header is missing, invalid or too old."),
             ApiError::InvalidRequest { field, message } => {
-                error.insert("field".into(), json!(field));
-                format!("{field} {message}")
+                Told::new(422, "invalid_request", format!("{field} {message}")).with("field", json!(field))
             }
-            ApiError::PayloadTooLarge { limit_bytes } => {
-                error.insert("limit_bytes".into(), json!(limit_bytes));
-                format!("The body is larger than this route's limit of {limit_bytes} bytes.")
-            }
-            ApiError::IdempotencyKeyReused => {
-                "This Idempotency-Key was already used with a different request.".into()
-            }
-            ApiError::WalletOwnerConflict => {
-                "This organization already has a wallet with a different owner.".into()
-            }
-            ApiError::PaymentMethodRequired => {
-                "Add a default payment method to the organization before buying credits.".into()
-            }
-            ApiError::PurchaseNotFound => "No such purchase.".into(),
-            ApiError::PaymentProviderUnavailable => {
-                "The payment provider is unavailable; retry with the same Idempotency-Key.".into()
-            }
-            ApiError::InvalidSignature => {
-                "The Stripe-Signature header is missing, invalid or too old.".into()
-            }
-            ApiError::RateLimited {
-                retry_after_seconds,
-            } => format!(
-                "Too many reads of this kind for this organization; retry in {retry_after_seconds} seconds."
+            ApiError::PayloadTooLarge { limit_bytes } => Told::new(
+                413,
+                "payload_too_large",
+                format!("The body is larger than this route's limit of {limit_bytes} bytes."),
+            )
+            .with("limit_bytes", json!(limit_bytes)),
+            ApiError::IdempotencyKeyReused => Told::new(409, "idempotency_key_reused", "This Idempotency-Key was already used with a different request."),
+            ApiError::WalletOwnerConflict => Told::new(409, "wallet_owner_conflict", "This organization already has a wallet with a different owner."),
+            ApiError::PaymentMethodRequired => Told::new(409, "payment_method_required", "Add a default payment method to the organization before buying credits."),
+            ApiError::PaymentProviderUnavailable => Told::new(503, "payment_provider_unavailable", "The payment provider is unavailable; retry with the same Idempotency-Key."),
+            ApiError::RateLimited { retry_after_seconds } => Told::new(
+                429,
+                "rate_limited",
+                format!("Too many reads of this kind for this organization; retry in {retry_after_seconds} seconds."),
             ),
-            ApiError::Internal => {
-                "Something went wrong on our side; the request may be retried.".into()
-            }
-            ApiError::Rejected(r) => rejection_message(r, error),
+            ApiError::Internal => Told::new(500, "internal_error", "Something went wrong on our side; the request may be retried."),
+            ApiError::Rejected(r) => rejection_told(r),
         }
     }
 }
 
-/// The message of a refused operation, adding its details to `error`.
-fn rejection_message(r: &Rejection, error: &mut Map<String, Value>) -> String {
+/// What a client is told of an error: status, code, message and details.
+struct Told {
+    status: u16,
+    code: &'static str,
+    message: String,
+    details: Vec<(&'static str, Value)>,
+}
+
+impl Told {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Told {
+        Told {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: Value) -> Told {
+        self.details.push((name, value));
+        self
+    }
+}
+
+/// What a client is told of a refused operation.
+fn rejection_told(r: &Rejection) -> Told {
     match r {
         Rejection::InsufficientCredits { .. }
         | Rejection::DailyCapReached { .. }
-        | Rejection::FeatureCapReached { .. } => spend_refusal_message(r, error),
+        | Rejection::FeatureCapReached { .. } => spend_refusal_told(r),
         Rejection::FeatureCapOutOfRange { feature, max } => {
             let field = format!("caps.{feature}");
-            error.insert("field".into(), json!(field));
-            if max.is_positive() {
+            let message = if max.is_positive() {
                 format!("{field} must be greater than 0 and at most the daily cap, {max}")
             } else {
                 format!("{field} is not a feature")
-            }
+            };
+            Told::new(422, "invalid_request", message).with("field", json!(field))
         }
-        Rejection::AmountOutOfRange { max } => {
-            error.insert("field".into(), json!("amount"));
-            format!("amount must be greater than 0 and at most {max}")
-        }
-        Rejection::DailyCapOutOfRange { max } => {
-            error.insert("field".into(), json!("daily_cap"));
-            format!("daily_cap must be greater than 0 and at most {max}")
-        }
-        Rejection::HoldTtlOutOfRange { max_seconds } => {
-            error.insert("field".into(), json!("ttl_seconds"));
-            format!("ttl_seconds must be between 1 and {max_seconds}")
-        }
-        Rejection::CaptureExceedsHold { held, requested } => {
-            error.insert("field".into(), json!("amount"));
-            error.insert("held".into(), json!(held));
-            error.insert("requested".into(), json!(requested));
-            "amount must be between 0 and the held amount".into()
-        }
-        Rejection::TooManyActiveHolds { limit } => {
-            error.insert("limit".into(), json!(limit));
-            "Too many holds are active; capture or release some first.".into()
-        }
-        Rejection::HoldNotFound => "No such hold.".into(),
-        Rejection::HoldNotActive { status } | Rejection::HoldAlreadyClosed { status } => {
-            error.insert("hold_status".into(), json!(status.as_str()));
-            format!("The hold is {} and can no longer change.", status.as_str())
-        }
-        Rejection::BalanceOverflow => {
-            "The balance would exceed the largest amount a wallet holds.".into()
-        }
+        Rejection::AmountOutOfRange { max } => Told::new(
+            422,
+            "invalid_request",
+            format!("amount must be greater than 0 and at most {max}"),
+        )
+        .with("field", json!("amount")),
+        Rejection::DailyCapOutOfRange { max } => Told::new(
+            422,
+            "invalid_request",
+            format!("daily_cap must be greater than 0 and at most {max}"),
+        )
+        .with("field", json!("daily_cap")),
+        Rejection::HoldTtlOutOfRange { max_seconds } => Told::new(
+            422,
+            "invalid_request",
+            format!("ttl_seconds must be between 1 and {max_seconds}"),
+        )
+        .with("field", json!("ttl_seconds")),
+        Rejection::CaptureExceedsHold { held, requested } => Told::new(
+            422,
+            "invalid_request",
+            "amount must be between 0 and the held amount",
+        )
+        .with("field", json!("amount"))
+        .with("held", json!(held))
+        .with("requested", json!(requested)),
+        Rejection::TooManyActiveHolds { limit } => Told::new(
+            409,
+            "too_many_active_holds",
+            "Too many holds are active; capture or release some first.",
+        )
+        .with("limit", json!(limit)),
+        Rejection::HoldNotFound => Told::new(404, "hold_not_found", "No such hold."),
+        Rejection::HoldNotActive { status } | Rejection::HoldAlreadyClosed { status } => Told::new(
+            409,
+            "hold_not_active",
+            format!("The hold is {} and can no longer change.", status.as_str()),
+        )
+        .with("hold_status", json!(status.as_str())),
+        Rejection::BalanceOverflow => Told::new(
+            409,
+            "balance_limit_reached",
+            "The balance would exceed the largest amount a wallet holds.",
+        ),
     }
 }
 
-/// The message of a debit or hold refused for want of credits or cap room.
-fn spend_refusal_message(r: &Rejection, error: &mut Map<String, Value>) -> String {
+/// What a client is told of a debit or hold refused for want of credits or
+/// cap room.
+fn spend_refusal_told(r: &Rejection) -> Told {
     match r {
-        Rejection::InsufficientCredits {
-            available,
-            requested,
-        } => {
-            error.insert("available".into(), json!(available));
-            error.insert("requested".into(), json!(requested));
-            "Not enough credits are available for this operation.".into()
+        Rejection::InsufficientCredits { available, requested } => {
+            Told::new(402, "insufficient_credits", "Not enough credits are available for this operation.")
+                .with("available", json!(available))
+                .with("requested", json!(requested))
         }
-        Rejection::DailyCapReached {
-            resumes_at,
-            daily_cap,
-            cap_remaining,
-            requested,
-        } => {
-            error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
-            error.insert("daily_cap".into(), json!(daily_cap));
-            error.insert("cap_remaining".into(), json!(cap_remaining));
-            error.insert("requested".into(), json!(requested));
-            "The daily spend cap is reached; AI features resume at 00:00 UTC.".into()
-        }
-        Rejection::FeatureCapReached {
-            feature,
-            resumes_at,
-            feature_cap,
-            cap_remaining,
-            requested,
-        } => {
-            error.insert("feature".into(), json!(feature));
-            error.insert("resumes_at".into(), json!(rfc3339(*resumes_at)));
-            error.insert("feature_cap".into(), json!(feature_cap));
-            error.insert("cap_remaining".into(), json!(cap_remaining));
-            error.insert("requested".into(), json!(requested));
-            format!(
-                    "The daily cap of {feature} is reached; it resumes at 00:00 UTC, other features go on."
-                )
-        }
+        Rejection::DailyCapReached { resumes_at, daily_cap, cap_remaining, requested } => Told::new(
+            429,
+            "daily_cap_reached",
+            "The daily spend cap is reached; AI features resume at 00:00 UTC.",
+        )
+        .with("resumes_at", json!(rfc3339(*resumes_at)))
+        .with("daily_cap", json!(daily_cap))
+        .with("cap_remaining", json!(cap_remaining))
+        .with("requested", json!(requested)),
+        Rejection::FeatureCapReached { feature, resumes_at, feature_cap, cap_remaining, requested } => Told::new(
+            429,
+            "feature_cap_reached",
+            format!("The daily cap of {feature} is reached; it resumes at 00:00 UTC, other features go on."),
+        )
+        .with("feature", json!(feature))
+        .with("resumes_at", json!(rfc3339(*resumes_at)))
+        .with("feature_cap", json!(feature_cap))
+        .with("cap_remaining", json!(cap_remaining))
+        .with("requested", json!(requested)),
         _ => unreachable!("only spend refusals come here"),
     }
 }
