@@ -13,7 +13,7 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 
 RUST_SOURCES := $(shell find src crates -name '*.rs' -o -name '*.json' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
-.PHONY: help setup worker dev test test-unit test-e2e schemathesis lint migrate demo-data bench-reports bench bench-smoke bench-tools
+.PHONY: help setup worker dev test test-unit test-e2e schemathesis lint migrate demo-data bench-reports bench bench-smoke bench-tools mutants
 
 help:
 	@echo "make dev    start the worker on http://127.0.0.1:8787 (local D1, Durable Objects)"
@@ -24,6 +24,8 @@ help:
 	@echo "                 through the running worker at BASE (default http://127.0.0.1:8787)"
 	@echo "make bench  measure throughput, latency and storage work (DURATION=10s CONNECTIONS=16)"
 	@echo "make bench-smoke  the same with 1-second scenarios, to prove it still runs (CI)"
+	@echo "make mutants  mutation testing of wallet-domain and wallet-core (cargo-mutants; takes"
+	@echo "              hours, not in make test); MUTANTS_ARGS='--file PATH -j 1' narrows it"
 
 setup:
 	@scripts/setup.sh
@@ -87,3 +89,19 @@ bench: setup bench-tools worker
 
 bench-smoke: setup bench-tools worker
 	scripts/bench.sh --smoke
+
+# Mutation testing of the pure crates (cargo-mutants): every mutant is built
+# and tested in a copy of the tree, so this takes hours; never part of
+# `make test`. Results in target/mutants/mutants.out (missed.txt lists the
+# mutants no test caught). Exit 2 (missed) and 3 (timeouts) are findings, not
+# failures; anything else (4: the baseline fails) fails the target.
+MUTANTS_ARGS ?=
+
+mutants:
+	@command -v cargo-mutants >/dev/null 2>&1 || cargo install --locked cargo-mutants@27.1.0
+	@status=0; cargo mutants -p wallet-domain -p wallet-core -o target/mutants $(MUTANTS_ARGS) || status=$$?; \
+	out=target/mutants/mutants.out; \
+	for outcome in caught missed unviable timeout; do \
+		printf '%-9s %s\n' "$$outcome" "$$(cat $$out/$$outcome.txt 2>/dev/null | wc -l)"; \
+	done; \
+	case $$status in 0|2|3) ;; *) echo "cargo mutants failed ($$status)"; exit $$status;; esac
