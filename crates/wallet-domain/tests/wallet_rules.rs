@@ -160,6 +160,19 @@ fn the_edges_of_spending_are_inside() {
         })
     );
 
+    wallet.release(&placed.id, None).unwrap();
+    // A hold of the whole balance, captured whole: the balance goes to zero.
+    let everything = wallet.available();
+    let all = wallet
+        .place_hold(&hold(&everything.to_string(), 60), &config)
+        .unwrap();
+    assert_eq!(wallet.available(), Credits::ZERO);
+    assert!(wallet.capture(&all.id, everything, None).is_ok());
+    assert_eq!(wallet.balance(), Credits::ZERO);
+    // An empty wallet is a consistent one.
+    let (row, holds) = (wallet.stored(), wallet.holds().values().cloned().collect());
+    assert!(Wallet::restore(row, holds).is_ok());
+
     // A debit of the largest operation.
     buy(&mut wallet, "20000");
     wallet.set_daily_cap(c("50000"), &config).unwrap();
