@@ -7,7 +7,7 @@ use crate::csv::csv_line;
 use crate::money::Credits;
 use crate::paging::{list_params, Invalid};
 use crate::time::{parse_utc, rfc3339};
-use crate::wallet::{EntryKind, LedgerEntry, Metadata, PurchaseSource};
+use crate::wallet::{EntryKind, LedgerEntry, Metadata, PricedUsage, PurchaseSource};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +37,20 @@ pub struct EntryRow {
     pub source: Option<PurchaseSource>,
     #[serde(default)]
     pub metadata: Option<Metadata>,
+    /// A priced entry's usage (SPEC §12), flat so a compact store keeps each
+    /// as a column; absent on entries priced by `amount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbilled: Option<i64>,
 }
 
 impl EntryRow {
@@ -60,11 +74,18 @@ impl EntryRow {
             purchase_id: entry.purchase_id.clone(),
             source: entry.source,
             metadata: entry.metadata.clone(),
+            model: entry.usage.as_ref().map(|u| u.model.clone()),
+            input_tokens: entry.usage.as_ref().map(|u| u.input_tokens),
+            cached_input_tokens: entry.usage.as_ref().map(|u| u.cached_input_tokens),
+            output_tokens: entry.usage.as_ref().map(|u| u.output_tokens),
+            rate_id: entry.usage.as_ref().map(|u| u.rate_id.clone()),
+            unbilled: entry.unbilled.map(Credits::units),
         }
     }
 
     pub fn into_entry(self) -> Result<LedgerEntry, String> {
         let bad = |what: &str| format!("stored ledger entry {} has a bad {what}", self.id);
+        let usage = self.priced_usage().map_err(|()| bad("usage"))?;
         Ok(LedgerEntry {
             seq: self.seq,
             kind: EntryKind::parse(&self.kind).ok_or_else(|| bad("kind"))?,
@@ -87,8 +108,33 @@ impl EntryRow {
             purchase_id: self.purchase_id,
             source: self.source,
             metadata: self.metadata,
+            usage,
+            unbilled: self.unbilled.map(Credits::from_units),
             id: self.id,
         })
+    }
+
+    /// The usage columns back as one value: all present or all absent.
+    fn priced_usage(&self) -> Result<Option<PricedUsage>, ()> {
+        match (
+            &self.model,
+            self.input_tokens,
+            self.cached_input_tokens,
+            self.output_tokens,
+            &self.rate_id,
+        ) {
+            (None, None, None, None, None) => Ok(None),
+            (Some(model), Some(input), Some(cached), Some(output), Some(rate_id)) => {
+                Ok(Some(PricedUsage {
+                    model: model.clone(),
+                    input_tokens: input,
+                    cached_input_tokens: cached,
+                    output_tokens: output,
+                    rate_id: rate_id.clone(),
+                }))
+            }
+            _ => Err(()),
+        }
     }
 }
 

@@ -127,9 +127,26 @@ pub struct LedgerEntry {
     /// Caller-supplied labels on a debit or hold, echoed back, never interpreted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// What a debit or capture priced from usage used, and the rate it was priced at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<PricedUsage>,
+    /// What a capture's usage cost beyond its hold, recorded but not taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbilled: Option<Credits>,
 }
 
 pub type Metadata = BTreeMap<String, String>;
+
+/// The usage a priced entry was computed from: the model, its token counts
+/// and the id of the rate in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedUsage {
+    pub model: String,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub rate_id: String,
+}
 
 impl LedgerEntry {
     /// Signed effect on the balance.
@@ -796,6 +813,8 @@ impl Wallet {
             purchase_id: None,
             source: None,
             metadata: None,
+            usage: None,
+            unbilled: None,
         }
     }
 }
