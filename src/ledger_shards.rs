@@ -181,6 +181,13 @@ pub async fn entries_below(
                 // Every purchase this old was the owner's.
                 source: None,
                 metadata,
+                // Entries this old were all priced by amount.
+                model: None,
+                input_tokens: None,
+                cached_input_tokens: None,
+                output_tokens: None,
+                rate_id: None,
+                unbilled: None,
             })
         })
         .collect()
