@@ -43,14 +43,39 @@ pub struct Rate {
     pub effective_from: DateTime<Utc>,
 }
 
-/// What one call used, as an AI feature reports it.
+/// What one call used, as an AI feature reports it (the `usage` of a debit
+/// or capture; `cached_input_tokens` defaults to 0).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Usage {
     pub model: String,
     pub input_tokens: u64,
     /// The part of `input_tokens` served from the prompt cache.
+    #[serde(default)]
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
+}
+
+/// What a call may use at most, known before it runs (a hold's
+/// `usage_estimate`): priced as that much input and `max_output_tokens` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEstimate {
+    pub model: String,
+    pub input_tokens: u64,
+    pub max_output_tokens: u64,
+}
+
+impl UsageEstimate {
+    /// The most the call may use: none of its input cached, every output token.
+    pub fn as_usage(&self) -> Usage {
+        Usage {
+            model: self.model.clone(),
+            input_tokens: self.input_tokens,
+            cached_input_tokens: 0,
+            output_tokens: self.max_output_tokens,
+        }
+    }
 }
 
 /// Every rate, ordered by model then `effective_from`.
@@ -167,8 +192,8 @@ impl RateCard {
     pub fn in_force(&self, model: &str, at: DateTime<Utc>) -> Option<&Rate> {
         self.rates
             .iter()
-            .filter(|r| r.model == model && r.effective_from <= at)
-            .last()
+            .rev()
+            .find(|r| r.model == model && r.effective_from <= at)
     }
 
     /// Whether `rate` is its model's rate in force at `at`.
@@ -260,35 +285,33 @@ mod tests {
     #[test]
     fn prices_match_hand_computed_cases() {
         // (input, cached, output, per_request rates; tokens; expected credits)
-        let cases: &[(&str, &str, &str, &str, (u64, u64, u64), &str)] = &[
+        type Case = (&'static str, &'static str, &'static str, &'static str);
+        let cases: &[(Case, (u64, u64, u64), &str)] = &[
             // 1,000 in at 250/M = 0.25; 500 out at 1000/M = 0.5.
-            ("250", "125", "1000", "0", (1_000, 0, 500), "0.75"),
+            (("250", "125", "1000", "0"), (1_000, 0, 500), "0.75"),
             // 600 uncached × 250 + 400 cached × 125 = 150,000 + 50,000 → 0.2 credits; + 0.5 output.
-            ("250", "125", "1000", "0", (1_000, 400, 500), "0.7"),
+            (("250", "125", "1000", "0"), (1_000, 400, 500), "0.7"),
             // per_request fee added once.
-            ("300", "30", "1500", "0.01", (1_000, 0, 1_000), "1.81"),
+            (("300", "30", "1500", "0.01"), (1_000, 0, 1_000), "1.81"),
             // 1 token at 15/M = 0.000015 credits → rounds up to 0.0001.
-            ("15", "7.5", "60", "0", (1, 0, 0), "0.0001"),
+            (("15", "7.5", "60", "0"), (1, 0, 0), "0.0001"),
             // Exactly 0.0001: no rounding.
-            ("100", "100", "100", "0", (1, 0, 0), "0.0001"),
+            (("100", "100", "100", "0"), (1, 0, 0), "0.0001"),
             // 0.00010001 rounds up at the 5th decimal → 0.0002.
-            ("100.01", "100", "100", "0", (1, 0, 0), "0.0002"),
+            (("100.01", "100", "100", "0"), (1, 0, 0), "0.0002"),
             // 7 cached at 7.5/M: 52.5e-6 credits → 0.0001 (cached rate, not input).
-            ("15", "7.5", "60", "0", (7, 7, 0), "0.0001"),
+            (("15", "7.5", "60", "0"), (7, 7, 0), "0.0001"),
             // Nothing used: the per-request fee only, or zero.
-            ("250", "125", "1000", "0.002", (0, 0, 0), "0.002"),
-            ("250", "125", "1000", "0", (0, 0, 0), "0"),
+            (("250", "125", "1000", "0.002"), (0, 0, 0), "0.002"),
+            (("250", "125", "1000", "0"), (0, 0, 0), "0"),
             // The largest counts at the largest rates, without overflow.
             (
-                "1000000",
-                "1000000",
-                "1000000",
-                "1000000",
+                ("1000000", "1000000", "1000000", "1000000"),
                 (100_000_000, 0, 100_000_000),
                 "201000000",
             ),
         ];
-        for (input, cached, output, fee, (i, c, o), expected) in cases {
+        for ((input, cached, output, fee), (i, c, o), expected) in cases {
             let got = price(&rate(input, cached, output, fee), &usage(*i, *c, *o)).unwrap();
             assert_eq!(
                 got,
@@ -423,9 +446,9 @@ mod tests {
                 // One more cached token of the same input costs no more if the
                 // cached rate is lower, so compare cached growth with input grown too.
                 _ => {
-                    more.input_tokens = (u.input_tokens + extra).min(MAX_TOKENS);
-                    more.cached_input_tokens =
-                        (u.cached_input_tokens + extra).min(more.input_tokens);
+                    let grown = extra.min(MAX_TOKENS - u.input_tokens);
+                    more.input_tokens = u.input_tokens + grown;
+                    more.cached_input_tokens = u.cached_input_tokens + grown;
                 }
             }
             prop_assert!(price(&rate, &more).unwrap() >= price(&rate, &u).unwrap());
