@@ -1790,6 +1790,24 @@ mod tests {
         assert_eq!(fingerprint("debit", &a), fingerprint("debit", &b));
         assert_ne!(fingerprint("debit", &a), fingerprint("debit", &c));
         assert_ne!(fingerprint("debit", &a), fingerprint("hold", &a));
+        // Usage is part of the request: other tokens are another request; an
+        // absent cached count is 0; a debit by amount fingerprints as it always did.
+        let usage = |body: &str| -> DebitBody {
+            parse_body(format!(r#"{{"feature":"chat","usage":{body}}}"#).as_bytes()).unwrap()
+        };
+        let u = usage(r#"{"model":"gpt-4o","input_tokens":10,"output_tokens":5}"#);
+        let u0 = usage(
+            r#"{"model":"gpt-4o","input_tokens":10,"cached_input_tokens":0,"output_tokens":5}"#,
+        );
+        let u6 = usage(r#"{"model":"gpt-4o","input_tokens":10,"output_tokens":6}"#);
+        let mini = usage(r#"{"model":"gpt-4o-mini","input_tokens":10,"output_tokens":5}"#);
+        assert_eq!(fingerprint("debit", &u), fingerprint("debit", &u0));
+        assert_ne!(fingerprint("debit", &u), fingerprint("debit", &u6));
+        assert_ne!(fingerprint("debit", &u), fingerprint("debit", &mini));
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"feature":"chat","amount":"1.5","user_id":null,"project_id":null,"metadata":null}"#
+        );
     }
 
     #[test]
