@@ -16,7 +16,7 @@ pub const DEFAULT_RATE_CARD: &str = r#"[
  {"model":"gpt-4o","input_per_million":"250","cached_input_per_million":"125","output_per_million":"1000","per_request":"0","effective_from":"2024-01-01T00:00:00Z"},
  {"model":"gpt-4o-mini","input_per_million":"15","cached_input_per_million":"7.5","output_per_million":"60","per_request":"0","effective_from":"2024-01-01T00:00:00Z"},
  {"model":"claude-sonnet-4","input_per_million":"300","cached_input_per_million":"30","output_per_million":"1500","per_request":"0.01","effective_from":"2024-01-01T00:00:00Z"},
- {"model":"claude-sonnet-4","input_per_million":"250","cached_input_per_million":"25","output_per_million":"1250","per_request":"0.01","effective_from":"2027-03-01T00:00:00Z"}
+ {"model":"claude-sonnet-4","input_per_million":"250","cached_input_per_million":"25","output_per_million":"1250","per_request":"0.01","effective_from":"2030-01-01T00:00:00Z"}
 ]"#;
 
 /// Largest token count of one kind in one call.
@@ -354,13 +354,13 @@ mod tests {
                 "gpt-4o-mini"
             ]
         );
-        let change = at("2027-03-01T00:00:00Z");
+        let change = at("2030-01-01T00:00:00Z");
         let before = card
             .in_force("claude-sonnet-4", change - chrono::Duration::seconds(1))
             .unwrap();
         assert_eq!(before.id, "rate_claude-sonnet-4_20240101T000000Z");
         let after = card.in_force("claude-sonnet-4", change).unwrap();
-        assert_eq!(after.id, "rate_claude-sonnet-4_20270301T000000Z");
+        assert_eq!(after.id, "rate_claude-sonnet-4_20300101T000000Z");
         assert!(card.is_in_force(after, change));
         assert!(!card.is_in_force(before, change));
         assert!(card

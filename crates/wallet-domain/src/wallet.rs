@@ -1573,13 +1573,13 @@ mod tests {
     fn usage_is_priced_at_the_rate_in_force_at_the_instant() {
         let config = WalletConfig::defaults();
         let u = usage("claude-sonnet-4", 1_000_000, 0, 1_000_000);
-        let change = at("2027-03-01T00:00:00Z");
+        let change = at("2030-01-01T00:00:00Z");
         let before = price_usage(&config.rate_card, &u, change - Duration::seconds(1)).unwrap();
         assert_eq!(before.0, c("1800.01"));
         assert_eq!(before.1.id, "rate_claude-sonnet-4_20240101T000000Z");
         let after = price_usage(&config.rate_card, &u, change).unwrap();
         assert_eq!(after.0, c("1500.01"));
-        assert_eq!(after.1.id, "rate_claude-sonnet-4_20270301T000000Z");
+        assert_eq!(after.1.id, "rate_claude-sonnet-4_20300101T000000Z");
         assert_eq!(
             price_usage(&config.rate_card, &usage("gpt-9", 1, 0, 1), change),
             Err(Rejection::UnknownModel)
