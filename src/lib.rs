@@ -211,6 +211,11 @@ async fn token_route(
     };
     match parts {
         ["v1", "packs"] => purchases::packs(&settings.config),
+        ["v1", "rates"] => {
+            let now = wallet_core::time::from_millis(now_ms).ok_or(ApiError::Internal)?;
+            let rates = wallet_core::api::rates_json(&settings.config.rate_card, now);
+            Ok(json_response(200, &rates)?)
+        }
         ["v1", "orgs"] => {
             let body: SignupBody = parse_body(&read_body(&mut req, this_route.body_limit).await?)?;
             body.validate()?;

@@ -171,6 +171,7 @@ async fn close_hold(
     let hold_id = hold_id.to_string();
     Ok(if action == "capture" {
         let body: CaptureBody = call.body().await?;
+        body.validate(&call.settings.config)?;
         Command::Capture { hold_id, body }
     } else {
         call.no_body().await?;

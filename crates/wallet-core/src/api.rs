@@ -5,6 +5,7 @@
 use crate::config::WalletConfig;
 use crate::money::Credits;
 use crate::purchase::{ChargeOutcome, Purchase};
+use crate::rate_card::{Usage, UsageEstimate, MAX_TOKENS};
 use crate::time::rfc3339;
 use crate::token::Role;
 use crate::wallet::{Hold, LedgerEntry, Metadata, Rejection};
@@ -230,6 +231,7 @@ pub const ROUTES: &[Route] = &[
     ),
     // 422: only an `X-Dev-Now` that is not a time (development).
     route("get", "/v1/packs", 0, &[200, 401, 422, 500], Access::Token),
+    route("get", "/v1/rates", 0, &[200, 401, 422, 500], Access::Token),
     route(
         "get",
         "/v1/orgs/{org}/payment-method",
@@ -528,6 +530,36 @@ fn rejection_told(r: &Rejection) -> Told {
             "balance_limit_reached",
             "The balance would exceed the largest amount a wallet holds.",
         ),
+        Rejection::UnknownModel
+        | Rejection::InvalidUsage { .. }
+        | Rejection::UsageDoesNotMatchHold => usage_refusal_told(r),
+    }
+}
+
+/// What a client is told of usage that cannot be priced.
+fn usage_refusal_told(r: &Rejection) -> Told {
+    match r {
+        Rejection::UnknownModel => Told::new(
+            422,
+            "unknown_model",
+            "The rate card has no rate in force for this model (see GET /v1/rates).",
+        )
+        .with("field", json!("usage.model")),
+        Rejection::InvalidUsage { field } => Told::new(
+            422,
+            "invalid_request",
+            format!(
+                "usage.{field}: token counts are integers from 0 to {MAX_TOKENS}, cached_input_tokens at most input_tokens"
+            ),
+        )
+        .with("field", json!(format!("usage.{field}"))),
+        Rejection::UsageDoesNotMatchHold => Told::new(
+            422,
+            "invalid_request",
+            "usage: this hold was not placed from a usage_estimate of this model; capture it by amount or by the estimate's model",
+        )
+        .with("field", json!("usage")),
+        _ => unreachable!("only usage refusals come here"),
     }
 }
 
@@ -711,6 +743,69 @@ fn check_metadata(metadata: &Option<Metadata>, config: &WalletConfig) -> Result<
     Ok(())
 }
 
+/// Token counts within bounds and a model the rate card knows (whether a
+/// rate is in force is decided with the operation, at its instant).
+fn check_usage(usage: &Usage, config: &WalletConfig) -> Result<(), ApiError> {
+    let counts = [
+        ("input_tokens", usage.input_tokens),
+        ("cached_input_tokens", usage.cached_input_tokens),
+        ("output_tokens", usage.output_tokens),
+    ];
+    if let Some((field, _)) = counts.iter().find(|(_, n)| *n > MAX_TOKENS) {
+        return Err(ApiError::Rejected(Rejection::InvalidUsage { field }));
+    }
+    if usage.cached_input_tokens > usage.input_tokens {
+        return Err(ApiError::Rejected(Rejection::InvalidUsage {
+            field: "cached_input_tokens",
+        }));
+    }
+    if !config.rate_card.knows(&usage.model) {
+        return Err(ApiError::Rejected(Rejection::UnknownModel));
+    }
+    Ok(())
+}
+
+/// Exactly one of `amount` and `usage` (or `usage_estimate`), each valid.
+fn check_amount_or_usage(
+    amount: Option<Credits>,
+    usage: Option<&Usage>,
+    usage_field: &str,
+    config: &WalletConfig,
+) -> Result<(), ApiError> {
+    match (amount, usage) {
+        (Some(amount), None) => check_spend_amount(amount, config),
+        (None, Some(usage)) => {
+            check_usage(usage, config).map_err(|e| rename_usage_field(e, usage_field))
+        }
+        _ => Err(ApiError::invalid(
+            "amount",
+            format!("give exactly one of amount and {usage_field}"),
+        )),
+    }
+}
+
+/// Names a usage error's field under `usage_estimate` where that was sent.
+fn rename_usage_field(e: ApiError, usage_field: &str) -> ApiError {
+    match e {
+        ApiError::Rejected(Rejection::InvalidUsage { field }) if usage_field != "usage" => {
+            ApiError::invalid(
+                &format!("{usage_field}.{field}"),
+                format!("token counts are integers from 0 to {MAX_TOKENS}"),
+            )
+        }
+        other => other,
+    }
+}
+
+/// Deserializes a field that may be absent but, when present, is never null.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 fn check_spend_amount(amount: Credits, config: &WalletConfig) -> Result<(), ApiError> {
     if !amount.is_positive() || amount > config.max_operation {
         return Err(ApiError::Rejected(Rejection::AmountOutOfRange {
@@ -770,7 +865,20 @@ impl SignupBody {
 #[serde(deny_unknown_fields)]
 pub struct DebitBody {
     pub feature: String,
-    pub amount: Credits,
+    /// Absent when priced from `usage`; skipped when absent so the
+    /// fingerprint of a debit by amount is what it always was.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount: Option<Credits>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usage: Option<Usage>,
     #[serde(default)]
     pub user_id: Option<String>,
     #[serde(default)]
@@ -782,7 +890,7 @@ pub struct DebitBody {
 impl DebitBody {
     pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
         check_feature(&self.feature, config)?;
-        check_spend_amount(self.amount, config)?;
+        check_amount_or_usage(self.amount, self.usage.as_ref(), "usage", config)?;
         check_optional_ref("user_id", &self.user_id)?;
         check_optional_ref("project_id", &self.project_id)?;
         check_metadata(&self.metadata, config)
@@ -801,7 +909,10 @@ struct BatchBody {
 struct BatchItemBody {
     idempotency_key: String,
     feature: String,
-    amount: Credits,
+    #[serde(default, deserialize_with = "present")]
+    amount: Option<Credits>,
+    #[serde(default, deserialize_with = "present")]
+    usage: Option<Usage>,
     #[serde(default)]
     user_id: Option<String>,
     #[serde(default)]
@@ -884,6 +995,7 @@ fn batch_item(value: Value, config: &WalletConfig) -> Result<BatchSlot, ApiError
     let body = DebitBody {
         feature: item.feature,
         amount: item.amount,
+        usage: item.usage,
         user_id: item.user_id,
         project_id: item.project_id,
         metadata: item.metadata,
@@ -902,7 +1014,18 @@ fn batch_item(value: Value, config: &WalletConfig) -> Result<BatchSlot, ApiError
 #[serde(deny_unknown_fields)]
 pub struct HoldBody {
     pub feature: String,
-    pub amount: Credits,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount: Option<Credits>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usage_estimate: Option<UsageEstimate>,
     #[serde(default)]
     pub user_id: Option<String>,
     #[serde(default)]
@@ -914,7 +1037,8 @@ pub struct HoldBody {
 impl HoldBody {
     pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
         check_feature(&self.feature, config)?;
-        check_spend_amount(self.amount, config)?;
+        let estimate = self.usage_estimate.as_ref().map(UsageEstimate::as_usage);
+        check_amount_or_usage(self.amount, estimate.as_ref(), "usage_estimate", config)?;
         check_optional_ref("user_id", &self.user_id)?;
         check_optional_ref("project_id", &self.project_id)?;
         match self.ttl_seconds {
@@ -931,7 +1055,32 @@ impl HoldBody {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureBody {
-    pub amount: Credits,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount: Option<Credits>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usage: Option<Usage>,
+}
+
+impl CaptureBody {
+    /// Exactly one of `amount` (0 or more) and `usage`.
+    pub fn validate(&self, config: &WalletConfig) -> Result<(), ApiError> {
+        match (&self.amount, &self.usage) {
+            (Some(_), None) => Ok(()),
+            (None, Some(usage)) => check_usage(usage, config),
+            _ => Err(ApiError::invalid(
+                "amount",
+                "give exactly one of amount and usage",
+            )),
+        }
+    }
 }
 
 /// A release takes no fields; an empty body is allowed too.
@@ -1285,6 +1434,8 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
         ("purchase_id", entry.purchase_id.as_ref().map(|v| json!(v))),
         ("source", entry.source.map(|v| json!(v.as_str()))),
         ("metadata", entry.metadata.as_ref().map(|v| json!(v))),
+        ("usage", entry.usage.as_ref().map(|v| json!(v))),
+        ("unbilled", entry.unbilled.map(|v| json!(v))),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -1292,6 +1443,28 @@ pub fn entry_json(entry: &LedgerEntry) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// `GET /v1/rates`: every rate, ordered by model then `effective_from`,
+/// each saying whether it is its model's rate in force at `now`.
+pub fn rates_json(card: &crate::rate_card::RateCard, now: DateTime<Utc>) -> Value {
+    let data: Vec<Value> = card
+        .rates()
+        .iter()
+        .map(|rate| {
+            json!({
+                "id": rate.id,
+                "model": rate.model,
+                "input_per_million": rate.input_per_million,
+                "cached_input_per_million": rate.cached_input_per_million,
+                "output_per_million": rate.output_per_million,
+                "per_request": rate.per_request,
+                "effective_from": rfc3339(rate.effective_from),
+                "in_force": card.is_in_force(rate, now),
+            })
+        })
+        .collect();
+    json!({ "data": data })
 }
 
 /// A hold as clients see it, with its capture entry when there is one.
@@ -1307,6 +1480,14 @@ pub fn hold_json(hold: &Hold, capture: Option<&LedgerEntry>) -> Value {
         "expires_at": rfc3339(hold.expires_at),
         "captured_amount": hold.captured_amount,
     });
+    if let Some(pricing) = &hold.pricing {
+        out["usage_estimate"] = json!(pricing.estimate);
+        out["rate_id"] = json!(pricing.rate.id);
+    }
+    if let Some(usage) = &hold.captured_usage {
+        out["captured_usage"] = json!(usage);
+        out["unbilled"] = json!(hold.unbilled.unwrap_or(Credits::ZERO));
+    }
     if hold.status == crate::wallet::HoldStatus::Captured {
         out["entry"] = capture.map(entry_json).unwrap_or(Value::Null);
     }
@@ -1332,7 +1513,19 @@ mod tests {
             (r#"{"feature":"chat","amount":"1e3"}"#, "amount"),
             (r#"{"feature":"chat","amount":"1.00001"}"#, "amount"),
             (r#"{"feature":"chat","amount":null}"#, "amount"),
-            (r#"{"feature":"chat"}"#, "amount"),
+            (r#"{"feature":"chat","usage":null}"#, "usage"),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-4o","input_tokens":-1,"output_tokens":0}}"#,
+                "usage.input_tokens",
+            ),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-4o","input_tokens":1.5,"output_tokens":0}}"#,
+                "usage.input_tokens",
+            ),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-4o","input_tokens":1}}"#,
+                "output_tokens",
+            ),
             (
                 r#"{"feature":"chat","amount":"1","colour":"red"}"#,
                 "colour",
@@ -1349,6 +1542,28 @@ mod tests {
             (r#"{"feature":"chat","amount":"0"}"#, "amount"),
             (r#"{"feature":"chat","amount":"10000.0001"}"#, "amount"),
             (r#"{"feature":"chat","amount":"1","user_id":""}"#, "user_id"),
+            // Exactly one of amount and usage.
+            (r#"{"feature":"chat"}"#, "amount"),
+            (
+                r#"{"feature":"chat","amount":"1","usage":{"model":"gpt-4o","input_tokens":1,"output_tokens":1}}"#,
+                "amount",
+            ),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-4o","input_tokens":1,"cached_input_tokens":2,"output_tokens":1}}"#,
+                "usage.cached_input_tokens",
+            ),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-4o","input_tokens":100000001,"output_tokens":1}}"#,
+                "usage.input_tokens",
+            ),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-4o","input_tokens":1,"output_tokens":100000001}}"#,
+                "usage.output_tokens",
+            ),
+            (
+                r#"{"feature":"chat","usage":{"model":"gpt-9","input_tokens":1,"output_tokens":1}}"#,
+                "usage.model",
+            ),
         ];
         for (body, field) in semantic {
             let parsed: DebitBody = parse_body(body.as_bytes()).unwrap();

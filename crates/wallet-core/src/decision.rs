@@ -647,7 +647,8 @@ mod tests {
             fingerprint: "f".into(),
             body: HoldBody {
                 feature: "chat".into(),
-                amount: c("5"),
+                amount: Some(c("5")),
+                usage_estimate: None,
                 user_id: None,
                 project_id: None,
                 ttl_seconds: Some(60),
@@ -684,7 +685,10 @@ mod tests {
         }
         let capture = |id: &str| Command::Capture {
             hold_id: id.into(),
-            body: CaptureBody { amount: c("1") },
+            body: CaptureBody {
+                amount: Some(c("1")),
+                usage: None,
+            },
         };
         let failed = execute(
             Some(&wallet),
@@ -761,7 +765,10 @@ mod tests {
         for command in [
             Command::Capture {
                 hold_id: hold_id.clone(),
-                body: CaptureBody { amount: c("1") },
+                body: CaptureBody {
+                    amount: Some(c("1")),
+                    usage: None,
+                },
             },
             Command::Release {
                 hold_id: hold_id.clone(),
@@ -796,7 +803,8 @@ mod tests {
         let wallet = opened(&config, "2030-01-01T10:00:00Z");
         let body = DebitBody {
             feature: "chat".into(),
-            amount: c("2"),
+            amount: Some(c("2")),
+            usage: None,
             user_id: None,
             project_id: None,
             metadata: None,
@@ -898,7 +906,8 @@ mod tests {
             fingerprint: key.into(),
             body: DebitBody {
                 feature: "chat".into(),
-                amount: c(amount),
+                amount: Some(c(amount)),
+                usage: None,
                 user_id: None,
                 project_id: None,
                 metadata: None,

@@ -37,7 +37,8 @@ fn field(err: ApiError) -> String {
 fn debit(amount: &str) -> DebitBody {
     DebitBody {
         feature: "chat".into(),
-        amount: c(amount),
+        amount: Some(c(amount)),
+        usage: None,
         user_id: None,
         project_id: None,
         metadata: None,
@@ -157,7 +158,8 @@ fn a_spend_amount_of_the_largest_operation_is_accepted_and_one_unit_more_refused
     assert_eq!(field(err), "amount");
     let hold = |amount: &str| HoldBody {
         feature: "chat".into(),
-        amount: c(amount),
+        amount: Some(c(amount)),
+        usage_estimate: None,
         user_id: None,
         project_id: None,
         ttl_seconds: None,
@@ -258,7 +260,8 @@ fn a_hold_lives_1_to_3600_seconds() {
     assert_eq!(cfg.hold_ttl_max_seconds, 3600);
     let hold = |ttl: Option<i64>| HoldBody {
         feature: "chat".into(),
-        amount: c("1"),
+        amount: Some(c("1")),
+        usage_estimate: None,
         user_id: None,
         project_id: None,
         ttl_seconds: ttl,

@@ -189,7 +189,8 @@ fn body(d: &Decision) -> Value {
 fn debit_body(amount: &str) -> DebitBody {
     DebitBody {
         feature: "chat".into(),
-        amount: c(amount),
+        amount: Some(c(amount)),
+        usage: None,
         user_id: None,
         project_id: None,
         metadata: None,
@@ -210,7 +211,8 @@ fn hold(key: &str, amount: &str) -> Command {
         fingerprint: key.into(),
         body: HoldBody {
             feature: "chat".into(),
-            amount: c(amount),
+            amount: Some(c(amount)),
+            usage_estimate: None,
             user_id: None,
             project_id: None,
             ttl_seconds: Some(600),
@@ -221,7 +223,10 @@ fn hold(key: &str, amount: &str) -> Command {
 fn capture(hold_id: &str, amount: &str) -> Command {
     Command::Capture {
         hold_id: hold_id.into(),
-        body: CaptureBody { amount: c(amount) },
+        body: CaptureBody {
+            amount: Some(c(amount)),
+            usage: None,
+        },
     }
 }
 

@@ -3,6 +3,7 @@
 //! configuration cannot override.
 
 use crate::money::Credits;
+use crate::rate_card::{RateCard, DEFAULT_RATE_CARD};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
@@ -51,6 +52,8 @@ pub struct WalletConfig {
     pub ledger_shards_open: Vec<String>,
     /// Most bytes of JSON an entry's `metadata` may take (`MAX_METADATA_BYTES`).
     pub max_metadata_bytes: usize,
+    /// What each model's tokens cost, effective-dated (`RATE_CARD`).
+    pub rate_card: RateCard,
 }
 
 /// The shard of organizations created before shards existed.
@@ -231,6 +234,8 @@ impl WalletConfig {
             idempotency_retention_seconds,
             // Metadata is stored with its entry for good: what it may cost is bounded.
             max_metadata_bytes: vars.integer("MAX_METADATA_BYTES", "1024", 16 * 1024)? as usize,
+            rate_card: RateCard::parse(&vars.text("RATE_CARD", DEFAULT_RATE_CARD))
+                .map_err(|e| ConfigError::new("RATE_CARD", e))?,
         })
     }
 
@@ -464,6 +469,8 @@ mod tests {
             ),
             ("PACKS", "[]", "PACKS"),
             ("PACKS", "not json", "PACKS"),
+            ("RATE_CARD", "not json", "RATE_CARD"),
+            ("RATE_CARD", r#"[{"model":"m"}]"#, "RATE_CARD"),
         ];
         for (name, value, variable) in bad {
             let err = with(&[(name, value)]).unwrap_err();

@@ -2,7 +2,7 @@
 //!
 //! Layers, each depending only on those above it in this list:
 //! - **base**: `money`, `time`, `ids`, `csv`, `paging` (with [`paging::Invalid`]).
-//! - **domain**: `config`, `stripe`, `token`, then `auto_top_up`, `events`,
+//! - **domain**: `rate_card`, `config`, `stripe`, `token`, then `auto_top_up`, `events`,
 //!   `wallet`, `purchase`, `audit`, `ledger`, `reports`.
 //!
 //! Architecture Invariant: no I/O, no clock, no HTTP. Nothing here knows
@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod money;
 pub mod paging;
 pub mod purchase;
+pub mod rate_card;
 pub mod reports;
 pub mod stripe;
 pub mod time;

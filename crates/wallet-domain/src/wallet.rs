@@ -13,6 +13,7 @@ use crate::config::WalletConfig;
 use crate::events::{Alerts, AlertsBody, Figures};
 pub use crate::ids::{entry_id, hold_id, seq_of};
 use crate::money::Credits;
+use crate::rate_card::{price, PriceError, Rate, RateCard, Usage, UsageEstimate};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -148,6 +149,60 @@ pub struct PricedUsage {
     pub rate_id: String,
 }
 
+impl PricedUsage {
+    /// `usage` as priced at `rate`.
+    pub fn of(usage: &Usage, rate: &Rate) -> PricedUsage {
+        PricedUsage {
+            model: usage.model.clone(),
+            input_tokens: usage.input_tokens,
+            cached_input_tokens: usage.cached_input_tokens,
+            output_tokens: usage.output_tokens,
+            rate_id: rate.id.clone(),
+        }
+    }
+
+    /// Whether this is `usage` (whatever the rate).
+    pub fn is(&self, usage: &Usage) -> bool {
+        self.model == usage.model
+            && self.input_tokens == usage.input_tokens
+            && self.cached_input_tokens == usage.cached_input_tokens
+            && self.output_tokens == usage.output_tokens
+    }
+}
+
+/// A hold placed from a usage estimate: the estimate and the rate it was
+/// priced at, which its capture by usage is priced at too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldPricing {
+    pub estimate: UsageEstimate,
+    pub rate: Rate,
+}
+
+/// Prices `usage` at its model's rate in force at `at`.
+pub fn price_usage(
+    card: &RateCard,
+    usage: &Usage,
+    at: DateTime<Utc>,
+) -> Result<(Credits, Rate), Rejection> {
+    let rate = card
+        .in_force(&usage.model, at)
+        .ok_or(Rejection::UnknownModel)?;
+    let amount = price(rate, usage).map_err(usage_rejection)?;
+    Ok((amount, rate.clone()))
+}
+
+fn usage_rejection(e: PriceError) -> Rejection {
+    match e {
+        PriceError::CachedExceedsInput => Rejection::InvalidUsage {
+            field: "cached_input_tokens",
+        },
+        PriceError::TooManyTokens => Rejection::InvalidUsage {
+            field: "input_tokens",
+        },
+        PriceError::Overflow => Rejection::BalanceOverflow,
+    }
+}
+
 impl LedgerEntry {
     /// Signed effect on the balance.
     pub fn signed_amount(&self) -> i64 {
@@ -195,6 +250,15 @@ pub struct Hold {
     /// The capture's ledger entry id, when a non-zero amount was captured.
     pub capture_entry_id: Option<String>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// The estimate and rate of a hold placed from `usage_estimate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<HoldPricing>,
+    /// The usage a capture by usage reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_usage: Option<PricedUsage>,
+    /// What that usage cost beyond the hold: recorded, not taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbilled: Option<Credits>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,6 +396,14 @@ pub enum Rejection {
         feature: String,
         max: Credits,
     },
+    /// No rate of the usage's model is in force.
+    UnknownModel,
+    /// Usage that cannot be priced; `field` names the count at fault.
+    InvalidUsage {
+        field: &'static str,
+    },
+    /// A capture by usage of a hold placed by amount, or of another model.
+    UsageDoesNotMatchHold,
 }
 
 /// What `advance` changed, for the caller to persist.
@@ -501,6 +573,9 @@ impl Wallet {
             captured_amount: None,
             capture_entry_id: None,
             closed_at: None,
+            pricing: None,
+            captured_usage: None,
+            unbilled: None,
         };
         self.held = self
             .held
@@ -580,6 +655,73 @@ impl Wallet {
         hold.captured_amount = Some(amount);
         hold.capture_entry_id = entry.as_ref().map(|e| e.id.clone());
         hold.closed_at = Some(now);
+        Ok((hold, entry))
+    }
+
+    /// A debit priced from usage: `request.amount` is its price at `rate`.
+    pub fn debit_usage(
+        &mut self,
+        request: &DebitRequest,
+        usage: PricedUsage,
+        config: &WalletConfig,
+    ) -> Result<LedgerEntry, Rejection> {
+        let mut entry = self.debit(request, config)?;
+        entry.usage = Some(usage);
+        Ok(entry)
+    }
+
+    /// A hold priced from a usage estimate: `request.amount` is its price at
+    /// `pricing.rate`, kept with the hold for its capture.
+    pub fn place_priced_hold(
+        &mut self,
+        request: &HoldRequest,
+        pricing: HoldPricing,
+        config: &WalletConfig,
+    ) -> Result<Hold, Rejection> {
+        let mut hold = self.place_hold(request, config)?;
+        hold.pricing = Some(pricing);
+        self.holds.insert(hold.id.clone(), hold.clone());
+        Ok(hold)
+    }
+
+    /// Captures a priced hold by the usage the call reported, priced at the
+    /// hold's rate. What it costs beyond the hold is not taken: the whole
+    /// hold is captured and the rest recorded as `unbilled`, so neither the
+    /// balance nor a cap is ever crossed.
+    pub fn capture_usage(
+        &mut self,
+        hold_id: &str,
+        usage: &Usage,
+        closed: Option<&Hold>,
+    ) -> Result<(Hold, Option<LedgerEntry>), Rejection> {
+        let Some(active) = self.holds.get(hold_id) else {
+            return match closed {
+                Some(h)
+                    if h.status == HoldStatus::Captured
+                        && h.captured_usage.as_ref().is_some_and(|u| u.is(usage)) =>
+                {
+                    Err(Rejection::HoldAlreadyClosed { status: h.status })
+                }
+                Some(h) => Err(Rejection::HoldNotActive { status: h.status }),
+                None => Err(Rejection::HoldNotFound),
+            };
+        };
+        let rate = match &active.pricing {
+            Some(p) if p.rate.model == usage.model => p.rate.clone(),
+            _ => return Err(Rejection::UsageDoesNotMatchHold),
+        };
+        let cost = price(&rate, usage).map_err(usage_rejection)?;
+        let taken = cost.min(active.amount);
+        let unbilled = cost.saturating_sub(taken);
+        let (mut hold, mut entry) = self.capture(hold_id, taken, None)?;
+        let priced = PricedUsage::of(usage, &rate);
+        let unbilled = unbilled.is_positive().then_some(unbilled);
+        if let Some(entry) = entry.as_mut() {
+            entry.usage = Some(priced.clone());
+            entry.unbilled = unbilled;
+        }
+        hold.captured_usage = Some(priced);
+        hold.unbilled = unbilled;
         Ok((hold, entry))
     }
 
@@ -1337,6 +1479,111 @@ mod tests {
             wallet.release(&h.id, Some(&closed)),
             Err(Rejection::HoldNotActive { .. })
         ));
+    }
+
+    fn usage(model: &str, input: u64, cached: u64, output: u64) -> Usage {
+        Usage {
+            model: model.into(),
+            input_tokens: input,
+            cached_input_tokens: cached,
+            output_tokens: output,
+        }
+    }
+
+    /// Places a hold for 10,000 in / 1,000 out of gpt-4o (250 and 1000 per
+    /// million: 2.5 + 1 = 3.5 credits) at the rate in force now.
+    fn priced_hold(wallet: &mut Wallet, config: &WalletConfig) -> Hold {
+        let estimate = UsageEstimate {
+            model: "gpt-4o".into(),
+            input_tokens: 10_000,
+            max_output_tokens: 1_000,
+        };
+        let (amount, rate) =
+            price_usage(&config.rate_card, &estimate.as_usage(), wallet.now()).unwrap();
+        assert_eq!(amount, c("3.5"));
+        let mut request = hold("1", 300);
+        request.amount = amount;
+        let pricing = HoldPricing { estimate, rate };
+        wallet.place_priced_hold(&request, pricing, config).unwrap()
+    }
+
+    #[test]
+    fn captures_by_usage_are_priced_at_the_hold_rate_and_never_take_more_than_held() {
+        let (mut wallet, config) = new_wallet("2030-01-01T10:00:00Z");
+        // Below the hold: 4,000 in (1,000 cached at 125) + 500 out = 0.75 + 0.125 + 0.5.
+        let below = priced_hold(&mut wallet, &config);
+        let (captured, entry) = wallet
+            .capture_usage(&below.id, &usage("gpt-4o", 4_000, 1_000, 500), None)
+            .unwrap();
+        let entry = entry.unwrap();
+        assert_eq!(entry.amount, c("1.375"));
+        assert_eq!(entry.unbilled, None);
+        let priced = entry.usage.clone().unwrap();
+        assert_eq!(priced.rate_id, "rate_gpt-4o_20240101T000000Z");
+        assert_eq!(priced.cached_input_tokens, 1_000);
+        assert_eq!(captured.captured_amount, Some(c("1.375")));
+        assert_eq!(wallet.balance, c("198.625"));
+        assert_eq!(wallet.held, Credits::ZERO);
+        // Equal to the hold: exactly what was held, nothing unbilled.
+        let equal = priced_hold(&mut wallet, &config);
+        let (_, entry) = wallet
+            .capture_usage(&equal.id, &usage("gpt-4o", 10_000, 0, 1_000), None)
+            .unwrap();
+        assert_eq!(entry.as_ref().unwrap().amount, c("3.5"));
+        assert_eq!(entry.unwrap().unbilled, None);
+        // Above the hold: the whole hold is taken, the rest is unbilled.
+        let above = priced_hold(&mut wallet, &config);
+        let spent_before = wallet.spent_today;
+        let (closed, entry) = wallet
+            .capture_usage(&above.id, &usage("gpt-4o", 10_000, 0, 3_000), None)
+            .unwrap();
+        let entry = entry.unwrap();
+        assert_eq!(entry.amount, c("3.5"));
+        assert_eq!(entry.unbilled, Some(c("2")));
+        assert_eq!(closed.unbilled, Some(c("2")));
+        assert_eq!(
+            wallet.spent_today,
+            spent_before.checked_add(c("3.5")).unwrap()
+        );
+        assert_eq!(wallet.balance, c("191.625"));
+        // The same usage again answers as the first; other usage is refused.
+        let same = usage("gpt-4o", 10_000, 0, 3_000);
+        assert!(matches!(
+            wallet.capture_usage(&above.id, &same, Some(&closed)),
+            Err(Rejection::HoldAlreadyClosed { .. })
+        ));
+        assert!(matches!(
+            wallet.capture_usage(&above.id, &usage("gpt-4o", 1, 0, 1), Some(&closed)),
+            Err(Rejection::HoldNotActive { .. })
+        ));
+        // Another model, or a hold placed by amount, is not captured by usage.
+        let other = priced_hold(&mut wallet, &config);
+        assert_eq!(
+            wallet.capture_usage(&other.id, &usage("gpt-4o-mini", 1, 0, 1), None),
+            Err(Rejection::UsageDoesNotMatchHold)
+        );
+        let plain = wallet.place_hold(&hold("1", 300), &config).unwrap();
+        assert_eq!(
+            wallet.capture_usage(&plain.id, &usage("gpt-4o", 1, 0, 1), None),
+            Err(Rejection::UsageDoesNotMatchHold)
+        );
+    }
+
+    #[test]
+    fn usage_is_priced_at_the_rate_in_force_at_the_instant() {
+        let config = WalletConfig::defaults();
+        let u = usage("claude-sonnet-4", 1_000_000, 0, 1_000_000);
+        let change = at("2027-03-01T00:00:00Z");
+        let before = price_usage(&config.rate_card, &u, change - Duration::seconds(1)).unwrap();
+        assert_eq!(before.0, c("1800.01"));
+        assert_eq!(before.1.id, "rate_claude-sonnet-4_20240101T000000Z");
+        let after = price_usage(&config.rate_card, &u, change).unwrap();
+        assert_eq!(after.0, c("1500.01"));
+        assert_eq!(after.1.id, "rate_claude-sonnet-4_20270301T000000Z");
+        assert_eq!(
+            price_usage(&config.rate_card, &usage("gpt-9", 1, 0, 1), change),
+            Err(Rejection::UnknownModel)
+        );
     }
 
     #[test]

@@ -3,26 +3,33 @@
 
 use super::{OpRow, Reply, Step, StoredReply, Write};
 use crate::api::{entry_json, hold_json, ApiError, BatchSlot, CaptureBody, DebitBody, HoldBody};
-use crate::wallet::seq_of;
-use crate::{DebitRequest, HoldRequest, Rejection};
+use crate::wallet::{price_usage, seq_of, HoldPricing, PricedUsage};
+use crate::{Credits, DebitRequest, HoldRequest, Rejection};
 use serde_json::json;
 use std::collections::HashMap;
 
 /// Decides one debit (already known not to be a replay) and records it.
+/// A debit by usage is priced at the rate in force at the decision's instant.
 pub(super) fn debit(
     s: &mut Step,
     idempotency_key: &str,
     fingerprint: &str,
     body: &DebitBody,
 ) -> Reply {
-    let request = DebitRequest {
-        feature: body.feature.clone(),
-        amount: body.amount,
-        user_id: body.user_id.clone(),
-        project_id: body.project_id.clone(),
-        metadata: body.metadata.clone(),
+    let decided = match (&body.usage, body.amount) {
+        (Some(usage), _) => {
+            price_usage(&s.config.rate_card, usage, s.wallet.now()).and_then(|(amount, rate)| {
+                let request = debit_request(body, amount);
+                let priced = PricedUsage::of(usage, &rate);
+                s.wallet.debit_usage(&request, priced, s.config)
+            })
+        }
+        (None, amount) => {
+            let request = debit_request(body, amount.unwrap_or(Credits::ZERO));
+            s.wallet.debit(&request, s.config)
+        }
     };
-    match s.wallet.debit(&request, s.config) {
+    match decided {
         Ok(entry) => {
             let mut response = entry_json(&entry);
             response["spent_today"] = json!(s.wallet.spent_today());
@@ -44,6 +51,16 @@ pub(super) fn debit(
             s.cap_refused |= matches!(r, Rejection::DailyCapReached { .. });
             Reply::rejected(r, s.now)
         }
+    }
+}
+
+fn debit_request(body: &DebitBody, amount: Credits) -> DebitRequest {
+    DebitRequest {
+        feature: body.feature.clone(),
+        amount,
+        user_id: body.user_id.clone(),
+        project_id: body.project_id.clone(),
+        metadata: body.metadata.clone(),
     }
 }
 
@@ -134,22 +151,36 @@ fn push_batch_result(out: &mut String, key: Option<&str>, status: u16, body: &st
     out.push('}');
 }
 
+/// Places a hold of `amount`, or of its `usage_estimate` priced at the
+/// rate in force now (the rate is kept with the hold for its capture).
 pub(super) fn place_hold(
     s: &mut Step,
     idempotency_key: &str,
     fingerprint: &str,
     body: &HoldBody,
 ) -> Reply {
-    let request = HoldRequest {
+    let mut request = HoldRequest {
         feature: body.feature.clone(),
-        amount: body.amount,
+        amount: body.amount.unwrap_or(Credits::ZERO),
         user_id: body.user_id.clone(),
         project_id: body.project_id.clone(),
         ttl_seconds: body
             .ttl_seconds
             .unwrap_or(s.config.hold_ttl_default_seconds),
     };
-    match s.wallet.place_hold(&request, s.config) {
+    let placed = match &body.usage_estimate {
+        Some(estimate) => price_usage(&s.config.rate_card, &estimate.as_usage(), s.wallet.now())
+            .and_then(|(amount, rate)| {
+                request.amount = amount;
+                let pricing = HoldPricing {
+                    estimate: estimate.clone(),
+                    rate,
+                };
+                s.wallet.place_priced_hold(&request, pricing, s.config)
+            }),
+        None => s.wallet.place_hold(&request, s.config),
+    };
+    match placed {
         Ok(hold) => {
             let text = hold_json(&hold, None).to_string();
             s.d.writes.push(Write::Hold(hold.clone()));
@@ -173,7 +204,14 @@ pub(super) fn place_hold(
 
 pub(super) fn capture(s: &mut Step, hold_id: &str, body: &CaptureBody) -> Reply {
     let closed = s.closed_hold(hold_id);
-    match s.wallet.capture(hold_id, body.amount, closed.as_ref()) {
+    let captured = match (&body.usage, body.amount) {
+        (Some(usage), _) => s.wallet.capture_usage(hold_id, usage, closed.as_ref()),
+        (None, amount) => {
+            s.wallet
+                .capture(hold_id, amount.unwrap_or(Credits::ZERO), closed.as_ref())
+        }
+    };
+    match captured {
         Ok((hold, entry)) => {
             let text = hold_json(&hold, entry.as_ref()).to_string();
             s.d.writes.push(Write::Hold(hold));
