@@ -20,7 +20,7 @@ import type {
   LedgerQuery,
   Pack,
   RatesReply,
-  TokenUsage,
+  Usage,
   UsageEstimate,
   UsageQuery,
   UsageReport,
@@ -68,7 +68,7 @@ export type WithHoldParams = {
 } & ({ usageEstimate: UsageEstimate; amount?: never } | { amount: Amount; usageEstimate?: never });
 
 /** What the AI call used, returned by withHold's callback: its tokens, or an amount of credits. */
-export type Spent = TokenUsage | { amount: Amount };
+export type Spent = UsageReport | { amount: Amount };
 
 type Query = Record<string, string | number | undefined>;
 
@@ -177,7 +177,7 @@ export class WalletClient {
   }
 
   /** Usage by feature, member, model and day (a dashboard role's token: owner, admin, member or viewer). */
-  usage(query: UsageQuery = {}): Promise<UsageReport> {
+  usage(query: UsageQuery = {}): Promise<Usage> {
     return this.#send({ method: 'GET', path: this.#orgPath('usage'), query: { ...query } });
   }
 

@@ -25,6 +25,7 @@ export const ERROR_STATUS = {
   balance_limit_reached: 409,
   payload_too_large: 413,
   invalid_request: 422,
+  unknown_model: 422,
   daily_cap_reached: 429,
   feature_cap_reached: 429,
   rate_limited: 429,

@@ -16,24 +16,41 @@ export type Metadata = Record<string, string>;
 // ---------------------------------------------------------------------------
 // Priced usage (SPEC §12): what an AI call used, priced by the rate card.
 
-/** Tokens an AI call used; the wallet prices them with the model's rate. */
-export interface TokenUsage {
+/**
+ * What one AI call used (`usage` of a debit or capture; OpenAPI UsageReport);
+ * the wallet prices it with the model's rate: ((input_tokens −
+ * cached_input_tokens) × input_per_million + cached_input_tokens ×
+ * cached_input_per_million + output_tokens × output_per_million) / 1,000,000
+ * + per_request, rounded up to 0.0001 credit. Counts are integers 0–100,000,000.
+ */
+export interface UsageReport {
+  /** A model of the rate card (GET /v1/rates); another is 422 unknown_model. */
   model: string;
   input_tokens: number;
   output_tokens: number;
-  /** Part of input_tokens read from the provider's cache (default 0). */
+  /** The part of input_tokens served from the prompt cache (default 0). */
   cached_input_tokens?: number;
 }
 
-/** What a call may use at most, for a hold: priced like TokenUsage with max_output_tokens as the output. */
+/** The most a call may use, for a hold: input_tokens uncached and max_output_tokens output, at the rate in force. */
 export interface UsageEstimate {
   model: string;
   input_tokens: number;
   max_output_tokens: number;
 }
 
+/** On a priced entry: what was used and the rate it was priced at. */
+export interface PricedUsage {
+  model: string;
+  input_tokens: number;
+  cached_input_tokens: number;
+  output_tokens: number;
+  /** rate_<model>_<effective_from as yyyymmddThhmmssZ> */
+  rate_id: string;
+}
+
 /** Either an amount of credits or the usage to price, never both (422). */
-export type Spend = { amount: Amount; usage?: never } | { usage: TokenUsage; amount?: never };
+export type Spend = { amount: Amount; usage?: never } | { usage: UsageReport; amount?: never };
 
 // ---------------------------------------------------------------------------
 // Request bodies
@@ -62,7 +79,11 @@ export type HoldBody = Attribution & {
   ttl_seconds?: number;
 } & ({ amount: Amount; usage_estimate?: never } | { usage_estimate: UsageEstimate; amount?: never });
 
-/** POST /v1/orgs/{org}/holds/{hold_id}/capture: usage is priced at the hold's rate. */
+/**
+ * POST /v1/orgs/{org}/holds/{hold_id}/capture: an amount (0 to the held
+ * amount), or usage (holds from a usage_estimate only) priced at the hold's
+ * rate; above the hold, the whole hold is captured and the rest recorded as unbilled.
+ */
 export type CaptureBody = Spend;
 
 /** POST /v1/orgs (service): the signup hook. */
@@ -178,13 +199,9 @@ export interface LedgerEntry {
   purchase_id?: string;
   metadata?: Metadata;
   source?: 'owner' | 'auto_top_up';
-  /** Priced entries: the usage and the rate it was priced at. */
-  model?: string;
-  input_tokens?: number;
-  cached_input_tokens?: number;
-  output_tokens?: number;
-  rate_id?: string;
-  /** A capture that cost more than its hold: the part not charged. */
+  /** Debits and captures priced from usage. */
+  usage?: PricedUsage;
+  /** A capture by usage that cost more than its hold: what was not taken (the whole hold was). */
   unbilled?: Amount;
 }
 
@@ -209,9 +226,11 @@ export interface Hold {
   captured_amount?: Amount | null;
   /** On captured holds: the capture's entry, null when 0 was captured. */
   entry?: LedgerEntry | null;
-  /** Priced holds: the model and rate the hold was priced at. */
-  model?: string;
+  /** Holds placed from a usage_estimate: the estimate, and the rate it and its capture by usage are priced at. */
+  usage_estimate?: UsageEstimate;
   rate_id?: string;
+  /** After a capture by usage: what it cost beyond the hold ("0" when it fit). */
+  unbilled?: Amount;
 }
 
 /** One result of a batch, in the order of the items. */
@@ -258,7 +277,7 @@ export interface ModelUsage {
 }
 
 /** GET /v1/orgs/{org}/usage (any role but service). */
-export interface UsageReport {
+export interface Usage {
   from: DateString;
   to: DateString;
   days: number;
