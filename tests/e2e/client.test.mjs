@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WalletClient, WalletError } from '../../clients/typescript/src/index.ts';
-import { api, assertAmount, assertError, ledgerOf, mapLimit, serviceToken, startWorker, token } from './harness.mjs';
+import { api, assertAmount, assertError, ledgerOf, mapLimit, serviceToken, startWorker, token, units } from './harness.mjs';
 import { startRelay } from './relay.mjs';
 
 let worker;
@@ -31,10 +31,20 @@ const clientOf = (org, options = {}) =>
 const exchangesOf = (org, suffix) =>
   relay.exchanges.filter((e) => new URL(e.path, 'http://x').pathname.startsWith(`/v1/orgs/${org}/${suffix}`));
 
+/** The rate card's formula over a rate of GET /v1/rates, in ten-thousandths of a credit, rounded up. */
+function priceUnits(rate, { input_tokens, cached_input_tokens = 0, output_tokens }) {
+  const scaled = BigInt(input_tokens - cached_input_tokens) * units(rate.input_per_million)
+    + BigInt(cached_input_tokens) * units(rate.cached_input_per_million)
+    + BigInt(output_tokens) * units(rate.output_per_million);
+  return (scaled + 999_999n) / 1_000_000n + units(rate.per_request);
+}
+
+/** The wallet's balance and held amount, each a decimal string or BigInt ten-thousandths. */
 async function assertWallet(org, balance, held) {
   const wallet = (await w.wallet(org)).json;
-  assertAmount(wallet.balance, balance, `balance of ${org}`);
-  assertAmount(wallet.held, held, `held of ${org}`);
+  const exact = (amount) => (typeof amount === 'bigint' ? amount : units(amount));
+  assert.equal(units(wallet.balance), exact(balance), `balance of ${org}: ${wallet.balance}`);
+  assert.equal(units(wallet.held), exact(held), `held of ${org}: ${wallet.held}`);
 }
 
 test('withHold holds, runs the call and captures what it used: one capture entry, nothing left held', async () => {
@@ -58,6 +68,57 @@ test('withHold holds, runs the call and captures what it used: one capture entry
   assert.equal(capture.feature, 'chat');
   assert.equal(capture.user_id, 'user_ada');
   assert.equal(captured.entry.id, capture.id);
+});
+
+test('withHold by usage: the hold is priced from the estimate, the capture from the usage the call returns, at the hold\'s rate', async () => {
+  const org = await w.newOrg();
+  const wallet = clientOf(org);
+  const { data: card } = await wallet.rates();
+  const model = 'gpt-4o-mini';
+  const rate = card.find((r) => r.model === model && r.in_force);
+  assert.ok(rate, JSON.stringify(card));
+  const estimate = { model, input_tokens: 20_000, max_output_tokens: 4_000 };
+  const used = { model, input_tokens: 20_000, cached_input_tokens: 5_000, output_tokens: 1_234 };
+  const held = priceUnits(rate, { input_tokens: 20_000, output_tokens: 4_000 });
+  const cost = priceUnits(rate, used);
+  assert.ok(cost > 0n && cost < held);
+  let seenHold;
+  const captured = await wallet.withHold({ feature: 'incident_timeline', usageEstimate: estimate }, async (hold) => {
+    seenHold = hold;
+    assert.equal(units(hold.amount), held, 'the hold is the estimate priced at the rate in force');
+    assert.equal(hold.rate_id, rate.id);
+    return used;
+  });
+  assert.equal(captured.status, 'captured');
+  assert.equal(units(captured.captured_amount), cost);
+  assert.deepEqual(captured.entry.usage, { ...used, rate_id: rate.id });
+  const balance = units('200') - cost;
+  await assertWallet(org, balance, '0');
+  const [entry] = await ledgerOf(w, org, 2);
+  assert.equal(entry.kind, 'capture');
+  assert.equal(entry.hold_id, seenHold.id);
+  assert.equal(units(entry.amount), cost);
+  assert.deepEqual(entry.usage, { ...used, rate_id: rate.id });
+
+  // A call that used more than its estimate: the whole hold is captured, the rest is unbilled.
+  const over = await wallet.withHold({ feature: 'chat', usageEstimate: { model, input_tokens: 100, max_output_tokens: 10 } },
+    async () => ({ model, input_tokens: 100, output_tokens: 50_000 }));
+  const overHeld = priceUnits(rate, { input_tokens: 100, output_tokens: 10 });
+  const overCost = priceUnits(rate, { input_tokens: 100, output_tokens: 50_000 });
+  assert.equal(units(over.captured_amount), overHeld);
+  assert.equal(units(over.entry.unbilled), overCost - overHeld);
+  await assertWallet(org, balance - overHeld, '0');
+
+  // An unknown model is refused typed (422 unknown_model), never resent.
+  const before = exchangesOf(org, 'debits').length;
+  await assert.rejects(wallet.debit({ feature: 'chat', usage: { model: 'no-such-model', input_tokens: 1, output_tokens: 1 } }), (err) => {
+    assert.ok(err instanceof WalletError);
+    assert.equal(err.code, 'unknown_model');
+    assert.equal(err.status, 422);
+    assert.equal(err.details.field, 'usage.model');
+    return true;
+  });
+  assert.equal(exchangesOf(org, 'debits').length, before + 1);
 });
 
 test('withHold releases the hold and rethrows when the AI call throws: nothing captured, nothing left held', async () => {

@@ -3,7 +3,6 @@
 // the policy's bounds; withHold wraps an AI call in a hold.
 
 import { WalletError, isErrorCode } from './errors.ts';
-import type { ErrorDetails } from './errors.ts';
 import { DEFAULT_RETRY_POLICY, delayBeforeRetry, isRetryableStatus, retryAfterMs } from './retry.ts';
 import type { RetryPolicy } from './retry.ts';
 import type {
@@ -14,6 +13,7 @@ import type {
   DebitBody,
   Debit,
   ErrorBody,
+  ErrorDetails,
   Hold,
   HoldBody,
   LedgerPage,

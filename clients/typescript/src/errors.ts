@@ -3,7 +3,7 @@
 // client throws. tests/e2e/client-unit.test.mjs fails when this list and the
 // server's drift apart.
 
-import type { ErrorBody } from './types.ts';
+import type { ErrorDetails } from './types.ts';
 
 /** Every code the API answers, with its status. */
 export const ERROR_STATUS = {
@@ -44,9 +44,6 @@ export type ErrorCode = keyof typeof ERROR_STATUS;
 export type ClientErrorCode = 'network_error' | 'unexpected_response';
 
 export type WalletErrorCode = ErrorCode | ClientErrorCode;
-
-/** Details the API gives with some codes (available, requested, field, resumes_at, …). */
-export type ErrorDetails = Omit<ErrorBody['error'], 'code' | 'message'>;
 
 /**
  * What every method throws: `code` says what happened (match on it, not on

@@ -408,28 +408,31 @@ export type EventPage = Page<WalletEvent>;
 // ---------------------------------------------------------------------------
 // Errors
 
+/** Details the API gives with some error codes. */
+export interface ErrorDetails {
+  /** invalid_request, unknown_model: the field at fault. */
+  field?: string;
+  /** insufficient_credits */
+  available?: Amount;
+  requested?: Amount;
+  /** daily_cap_reached, feature_cap_reached */
+  resumes_at?: Instant;
+  daily_cap?: Amount;
+  feature_cap?: Amount;
+  cap_remaining?: Amount;
+  feature?: string;
+  /** invalid_request on a capture above the hold */
+  held?: Amount;
+  /** hold_not_active */
+  hold_status?: HoldStatus;
+  /** too_many_active_holds */
+  limit?: number;
+  /** payload_too_large */
+  limit_bytes?: number;
+  [detail: string]: unknown;
+}
+
 /** Every error body: {"error": {"code", "message", …details}}. */
 export interface ErrorBody {
-  error: {
-    code: string;
-    message: string;
-    /** invalid_request: the field at fault. */
-    field?: string;
-    /** insufficient_credits */
-    available?: Amount;
-    requested?: Amount;
-    /** daily_cap_reached, feature_cap_reached */
-    resumes_at?: Instant;
-    daily_cap?: Amount;
-    feature_cap?: Amount;
-    cap_remaining?: Amount;
-    feature?: string;
-    /** hold_not_active */
-    hold_status?: HoldStatus;
-    /** too_many_active_holds */
-    limit?: number;
-    /** payload_too_large */
-    limit_bytes?: number;
-    [detail: string]: unknown;
-  };
+  error: ErrorDetails & { code: string; message: string };
 }
