@@ -1,5 +1,5 @@
 //! The D1 ledger shards: the one home of every D1 table (`ledger_entries`,
-//! `usage_daily`, `replica_progress`). Each organization's Durable Object
+//! `usage_daily`, `usage_models_daily`, `replica_progress`). Each organization's Durable Object
 //! (the system of record) replicates to the shard named in its wallet what
 //! the dashboard aggregates: credit-side entries as rows and usage as
 //! rollups per (day, feature, member), never one row per debit.
@@ -14,7 +14,7 @@
 
 use serde::Deserialize;
 use wallet_core::ledger::{EntryRow, ReplicaBatch};
-use wallet_core::reports::{self, DateRange, Transaction, UsageLine, UsageRollups};
+use wallet_core::reports::{self, DateRange, ModelLine, Transaction, UsageLine, UsageRollups};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::{EntryKind, PurchaseSource};
 use wallet_core::Credits;
@@ -65,6 +65,24 @@ FROM json_each(?3) WHERE {PROGRESS_IS}
 ON CONFLICT (org_id, day, feature, user_id) DO UPDATE SET
   credits_units = credits_units + excluded.credits_units,
   entries = entries + excluded.entries"
+    )
+}
+
+fn add_model_rollups() -> String {
+    format!(
+        "INSERT INTO usage_models_daily (org_id, day, model, credits_units, entries, input_tokens,
+  output_tokens, unbilled_units)
+SELECT ?1, json_extract(value, '$.day'), json_extract(value, '$.model'),
+  json_extract(value, '$.credits_units'), json_extract(value, '$.entries'),
+  json_extract(value, '$.input_tokens'), json_extract(value, '$.output_tokens'),
+  json_extract(value, '$.unbilled_units')
+FROM json_each(?3) WHERE {PROGRESS_IS}
+ON CONFLICT (org_id, day, model) DO UPDATE SET
+  credits_units = credits_units + excluded.credits_units,
+  entries = entries + excluded.entries,
+  input_tokens = input_tokens + excluded.input_tokens,
+  output_tokens = output_tokens + excluded.output_tokens,
+  unbilled_units = unbilled_units + excluded.unbilled_units"
     )
 }
 
@@ -193,11 +211,14 @@ pub async fn entries_below(
         .collect()
 }
 
-/// The JSON parameters of a batch: credit rows and rollups.
-pub fn batch_params(batch: &ReplicaBatch) -> (String, String) {
+/// The JSON parameters of a batch: credit rows, rollups, and the rollups
+/// by model (none when no entry was priced from usage).
+pub fn batch_params(batch: &ReplicaBatch) -> (String, String, Option<String>) {
     (
         serde_json::to_string(&batch.credit_rows).expect("rows serialize"),
         serde_json::to_string(&batch.rollups).expect("rollups serialize"),
+        (!batch.model_rollups.is_empty())
+            .then(|| serde_json::to_string(&batch.model_rollups).expect("rollups serialize")),
     )
 }
 
@@ -208,24 +229,33 @@ pub async fn send(
     org_id: &str,
     from_seq: u64,
     through_seq: u64,
-    params: &(String, String),
+    params: &(String, String, Option<String>),
 ) -> worker::Result<Sent> {
     let org = JsValue::from_str(org_id);
     let from = JsValue::from_f64(from_seq as f64);
     let rows = JsValue::from_str(&params.0);
     let rollups = JsValue::from_str(&params.1);
     let through = JsValue::from_f64(through_seq as f64);
-    let results = db
-        .batch(vec![
-            db.prepare(insert_credit_rows())
-                .bind(&[org.clone(), from.clone(), rows])?,
-            db.prepare(add_rollups())
-                .bind(&[org.clone(), from.clone(), rollups])?,
-            db.prepare(advance_progress())
-                .bind(&[org.clone(), from, through])?,
-            db.prepare(READ_PROGRESS).bind(&[org])?,
-        ])
-        .await?;
+    let mut statements = vec![
+        db.prepare(insert_credit_rows())
+            .bind(&[org.clone(), from.clone(), rows])?,
+        db.prepare(add_rollups())
+            .bind(&[org.clone(), from.clone(), rollups])?,
+    ];
+    if let Some(by_model) = &params.2 {
+        // Before the progress moves: every statement checks the same watermark.
+        statements.push(db.prepare(add_model_rollups()).bind(&[
+            org.clone(),
+            from.clone(),
+            JsValue::from_str(by_model),
+        ])?);
+    }
+    statements.push(
+        db.prepare(advance_progress())
+            .bind(&[org.clone(), from, through])?,
+    );
+    statements.push(db.prepare(READ_PROGRESS).bind(&[org])?);
+    let results = db.batch(statements).await?;
     let mut sent = Sent::default();
     for result in &results {
         sent.d1_rows_written += result.meta()?.and_then(|m| m.rows_written).unwrap_or(0) as u64;
@@ -342,8 +372,43 @@ impl KeyRow {
 }
 
 #[derive(Deserialize)]
+struct ModelRow {
+    model: String,
+    credits_units: i64,
+    entries: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    unbilled_units: i64,
+}
+
+impl ModelRow {
+    fn into_line(self) -> ModelLine {
+        ModelLine {
+            model: self.model,
+            credits: Credits::from_units(self.credits_units),
+            count: self.entries,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            unbilled: Credits::from_units(self.unbilled_units),
+        }
+    }
+}
+
+#[derive(Deserialize)]
 struct SumRow {
     credits_units: i64,
+}
+
+/// Usage per model over `?2..=?3` (most credits first).
+fn usage_by_model() -> String {
+    format!(
+        "SELECT model, sum(credits_units) AS credits_units, sum(entries) AS entries,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+           sum(unbilled_units) AS unbilled_units
+         FROM usage_models_daily WHERE org_id = ?1 AND day BETWEEN ?2 AND ?3
+         GROUP BY model ORDER BY credits_units DESC, model LIMIT {}",
+        reports::MAX_USAGE_MODELS
+    )
 }
 
 /// The rollup sums of one usage report, read from `usage_daily` only (never
@@ -358,6 +423,7 @@ pub async fn usage_rollups(
     let from = JsValue::from_str(&range.from.to_string());
     let to = JsValue::from_str(&range.to.to_string());
     let in_range = [org.clone(), from, to];
+    let in_range = &in_range;
     let grouped = |key: &str, limit: usize| {
         format!(
             "SELECT {key} AS label, sum(credits_units) AS credits_units, sum(entries) AS entries
@@ -371,12 +437,12 @@ pub async fn usage_rollups(
                 "SELECT day, sum(credits_units) AS credits_units, sum(entries) AS entries
                  FROM usage_daily WHERE org_id = ?1 AND day BETWEEN ?2 AND ?3 GROUP BY day",
             )
-            .bind(&in_range)?,
+            .bind(in_range)?,
             // Features come from configuration: few, but bounded anyway.
-            db.prepare(grouped("feature", 1000)).bind(&in_range)?,
+            db.prepare(grouped("feature", 1000)).bind(in_range)?,
             // One more than is shown, to tell the client the list was cut.
             db.prepare(grouped("user_id", reports::MAX_USAGE_MEMBERS + 1))
-                .bind(&in_range)?,
+                .bind(in_range)?,
             db.prepare(
                 "SELECT coalesce(sum(credits_units), 0) AS credits_units
                  FROM usage_daily WHERE org_id = ?1 AND day BETWEEN ?2 AND ?3",
@@ -386,9 +452,10 @@ pub async fn usage_rollups(
                 JsValue::from_str(&trailing.from.to_string()),
                 JsValue::from_str(&trailing.to.to_string()),
             ])?,
+            db.prepare(usage_by_model()).bind(in_range)?,
         ])
         .await?;
-    let [daily, by_feature, by_member, window] = <[D1Result; 4]>::try_from(results)
+    let [daily, by_feature, by_member, window, by_model] = <[D1Result; 5]>::try_from(results)
         .map_err(|_| worker::Error::RustError("D1 batch answered a wrong count".into()))?;
     let bad_day = || worker::Error::RustError("usage_daily has a bad day".into());
     Ok(UsageRollups {
@@ -416,5 +483,10 @@ pub async fn usage_rollups(
                 .first()
                 .map_or(0, |r| r.credits_units),
         ),
+        by_model: by_model
+            .results::<ModelRow>()?
+            .into_iter()
+            .map(ModelRow::into_line)
+            .collect(),
     })
 }

@@ -133,7 +133,8 @@ impl Instance {
             let (batch, params) = loop {
                 let batch = replica_batch(&entries[..count]).map_err(Error::RustError)?;
                 let params = ledger_shards::batch_params(&batch);
-                if params.0.len() + params.1.len() <= FLUSH_MAX_BYTES {
+                let model_bytes = params.2.as_ref().map_or(0, String::len);
+                if params.0.len() + params.1.len() + model_bytes <= FLUSH_MAX_BYTES {
                     break (batch, params);
                 }
                 if count == 1 {

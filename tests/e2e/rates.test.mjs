@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import {
-  api, assertAmount, assertError, ownerToken, randomId, serviceToken, startWorker, units,
+  api, assertAmount, assertError, ownerToken, randomId, serviceToken, startWorker, units, waitFor,
 } from './harness.mjs';
 import { decimal } from './money.mjs';
 
@@ -223,4 +223,48 @@ test('an underestimated capture never crosses the balance or the cap', async () 
   assertAmount(wallet.json.spent_today, '4');
   assertAmount(wallet.json.balance, '196');
   assert.ok(units(wallet.json.spent_today) <= units(wallet.json.daily_cap));
+});
+
+test('usage by_model matches the entries, with the unbilled total', async () => {
+  const org = await w.newOrg();
+  const spend = [
+    { model: 'gpt-4o', input_tokens: 20_000, cached_input_tokens: 5_000, output_tokens: 1_500 },
+    { model: 'gpt-4o', input_tokens: 3_000, output_tokens: 700 },
+    { model: 'gpt-4o-mini', input_tokens: 50_000, output_tokens: 9_000 },
+    { model: 'claude-sonnet-4', input_tokens: 2_000, output_tokens: 400 },
+  ];
+  for (const usage of spend) assert.equal((await debitUsage(org, usage)).status, 201);
+  assert.equal((await w.debit(org, '2')).status, 201, 'a debit by amount is not by model');
+  const hold = await holdEstimate(org, { model: 'gpt-4o-mini', input_tokens: 1_000, max_output_tokens: 100 });
+  const captured = await w.capture(org, hold.json.id, undefined, {
+    body: { usage: { model: 'gpt-4o-mini', input_tokens: 100_000, output_tokens: 10_000 } },
+  });
+  assert.equal(captured.status, 200, captured.summary);
+  assert.ok(units(captured.json.unbilled) > 0n);
+  // Expected figures from the ledger's entries alone.
+  const entries = (await w.ledger(org)).filter((e) => e.usage);
+  const expected = new Map();
+  for (const e of entries) {
+    const line = expected.get(e.usage.model) ?? { model: e.usage.model, credits: 0n, count: 0, input_tokens: 0, output_tokens: 0, unbilled: 0n };
+    line.credits += units(e.amount);
+    line.count += 1;
+    line.input_tokens += e.usage.input_tokens;
+    line.output_tokens += e.usage.output_tokens;
+    line.unbilled += e.unbilled ? units(e.unbilled) : 0n;
+    expected.set(e.usage.model, line);
+  }
+  const want = [...expected.values()]
+    .sort((a, b) => (a.credits === b.credits ? (a.model < b.model ? -1 : 1) : a.credits > b.credits ? -1 : 1))
+    .map((l) => ({ ...l, credits: decimal(l.credits), unbilled: decimal(l.unbilled) }));
+  assert.equal(want.length, 3);
+  const report = await waitFor(async () => {
+    const res = await w.call('GET', '/v1/orgs/{org}/usage', { org }, { token: ownerToken(org) });
+    assert.equal(res.status, 200, res.summary);
+    assert.equal(res.json.count, 6, 'every usage entry replicated');
+    return res.json;
+  }, 10_000);
+  assert.deepEqual(report.by_model, want);
+  assert.equal(report.unbilled, captured.json.unbilled);
+  const byModelCredits = want.reduce((sum, l) => sum + units(l.credits), 0n);
+  assert.equal(units(report.total) - byModelCredits, units('2'), 'the total still counts debits by amount');
 });

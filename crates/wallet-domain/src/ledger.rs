@@ -249,6 +249,20 @@ pub struct UsageRollup {
     pub entries: i64,
 }
 
+/// Usage priced from a model's tokens on one day, over a stretch of entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRollup {
+    pub day: String,
+    pub model: String,
+    pub credits_units: i64,
+    pub entries: i64,
+    /// Every input token, cached ones included.
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// What captures by usage cost beyond their holds (not taken).
+    pub unbilled_units: i64,
+}
+
 /// What one flush sends a D1 shard for the entries after `after_seq` up to
 /// and including `through_seq`: the credit-side entries as rows and the
 /// usage entries summed per (day, feature, member).
@@ -256,6 +270,9 @@ pub struct UsageRollup {
 pub struct ReplicaBatch {
     pub credit_rows: Vec<EntryRow>,
     pub rollups: Vec<UsageRollup>,
+    /// Priced usage summed per (day, model); entries priced by amount have
+    /// no model and are not in it.
+    pub model_rollups: Vec<ModelRollup>,
     pub entries: u64,
 }
 
@@ -265,6 +282,7 @@ pub struct ReplicaBatch {
 pub fn replica_batch(entries: &[EntryRow]) -> Result<ReplicaBatch, String> {
     let mut batch = ReplicaBatch::default();
     let mut sums: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+    let mut by_model: BTreeMap<(String, String), ModelRollup> = BTreeMap::new();
     for row in entries {
         let kind = EntryKind::parse(&row.kind)
             .ok_or_else(|| format!("entry {} has an unknown kind {}", row.id, row.kind))?;
@@ -281,10 +299,12 @@ pub fn replica_batch(entries: &[EntryRow]) -> Result<ReplicaBatch, String> {
                 .checked_add(row.amount)
                 .ok_or_else(|| format!("usage sum overflows at entry {}", row.id))?;
             sum.1 += 1;
+            add_model_usage(&mut by_model, row)?;
         } else {
             batch.credit_rows.push(row.clone());
         }
     }
+    batch.model_rollups = by_model.into_values().collect();
     batch.rollups = sums
         .into_iter()
         .map(
@@ -298,6 +318,46 @@ pub fn replica_batch(entries: &[EntryRow]) -> Result<ReplicaBatch, String> {
         )
         .collect();
     Ok(batch)
+}
+
+/// Adds a usage entry priced from a model to its (day, model) sum.
+fn add_model_usage(
+    by_model: &mut BTreeMap<(String, String), ModelRollup>,
+    row: &EntryRow,
+) -> Result<(), String> {
+    let Some(model) = &row.model else {
+        return Ok(());
+    };
+    let sum = by_model
+        .entry((row.usage_day.clone(), model.clone()))
+        .or_insert_with(|| ModelRollup {
+            day: row.usage_day.clone(),
+            model: model.clone(),
+            credits_units: 0,
+            entries: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            unbilled_units: 0,
+        });
+    let overflow = || format!("model usage sum overflows at entry {}", row.id);
+    let add = |total: i64, more: u64| {
+        i64::try_from(more)
+            .ok()
+            .and_then(|m| total.checked_add(m))
+            .ok_or_else(overflow)
+    };
+    sum.credits_units = sum
+        .credits_units
+        .checked_add(row.amount)
+        .ok_or_else(overflow)?;
+    sum.entries += 1;
+    sum.input_tokens = add(sum.input_tokens, row.input_tokens.unwrap_or(0))?;
+    sum.output_tokens = add(sum.output_tokens, row.output_tokens.unwrap_or(0))?;
+    sum.unbilled_units = sum
+        .unbilled_units
+        .checked_add(row.unbilled.unwrap_or(0))
+        .ok_or_else(overflow)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -391,6 +451,57 @@ mod tests {
         let mut unknown = rows[1].clone();
         unknown.kind = "refund".into();
         assert!(replica_batch(&[unknown]).is_err());
+    }
+
+    #[test]
+    fn a_batch_sums_priced_usage_per_day_and_model() {
+        let config = WalletConfig::defaults();
+        let now = "2030-01-01T10:00:00Z".parse().unwrap();
+        let (mut wallet, _) = Wallet::open("o", "u", None, &config, now);
+        let mut rows = vec![EntryRow::of(
+            &wallet.debit(&debit("chat", None, "5"), &config).unwrap(),
+        )];
+        for (model, input, output, unbilled) in [
+            ("gpt-4o", 100, 10, None),
+            ("gpt-4o", 50, 5, Some(7)),
+            ("gpt-4o-mini", 1, 2, None),
+        ] {
+            let mut entry = wallet.debit(&debit("chat", None, "1"), &config).unwrap();
+            entry.usage = Some(PricedUsage {
+                model: model.into(),
+                input_tokens: input,
+                cached_input_tokens: 0,
+                output_tokens: output,
+                rate_id: format!("rate_{model}_20240101T000000Z"),
+            });
+            entry.unbilled = unbilled.map(Credits::from_units);
+            rows.push(EntryRow::of(&entry));
+        }
+        let batch = replica_batch(&rows).unwrap();
+        let sums: Vec<(&str, i64, i64, i64, i64, i64)> = batch
+            .model_rollups
+            .iter()
+            .map(|r| {
+                assert_eq!(r.day, "2030-01-01");
+                (
+                    r.model.as_str(),
+                    r.credits_units,
+                    r.entries,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.unbilled_units,
+                )
+            })
+            .collect();
+        // The debit priced by amount is in the feature rollups, not by model.
+        assert_eq!(
+            sums,
+            [
+                ("gpt-4o", 20_000, 2, 150, 15, 7),
+                ("gpt-4o-mini", 10_000, 1, 1, 2, 0)
+            ]
+        );
+        assert_eq!(batch.rollups[0].credits_units, 80_000);
     }
 
     #[test]

@@ -193,6 +193,19 @@ pub struct UsageLine {
     pub count: i64,
 }
 
+/// Usage priced from one model's tokens over a report's range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelLine {
+    pub model: String,
+    pub credits: Credits,
+    /// Debits and captures priced from this model's usage.
+    pub count: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// What captures cost beyond their holds, recorded but not taken.
+    pub unbilled: Credits,
+}
+
 /// The rollup sums the shell reads for one usage report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageRollups {
@@ -204,7 +217,13 @@ pub struct UsageRollups {
     pub by_member: Vec<UsageLine>,
     /// Credits consumed in `trailing_window(today)`.
     pub trailing: Credits,
+    /// Usage priced from a model's tokens, per model (at most
+    /// `MAX_USAGE_MODELS`).
+    pub by_model: Vec<ModelLine>,
 }
+
+/// Most models one usage report lists.
+pub const MAX_USAGE_MODELS: usize = 1000;
 
 /// Every date of `range` with its credits, zero where there was no usage.
 /// Sums that fall outside the range are ignored.
@@ -239,6 +258,30 @@ fn ranked(lines: &[UsageLine]) -> Vec<&UsageLine> {
     let mut sorted: Vec<&UsageLine> = lines.iter().collect();
     sorted.sort_by(|a, b| b.credits.cmp(&a.credits).then_with(|| a.key.cmp(&b.key)));
     sorted
+}
+
+/// The `by_model` lines, most credits first, and the unbilled total.
+fn by_model(lines: &[ModelLine]) -> Option<(Vec<Value>, Credits)> {
+    let mut models: Vec<&ModelLine> = lines.iter().take(MAX_USAGE_MODELS).collect();
+    models.sort_by(|a, b| {
+        b.credits
+            .cmp(&a.credits)
+            .then_with(|| a.model.cmp(&b.model))
+    });
+    let unbilled = models
+        .iter()
+        .try_fold(Credits::ZERO, |sum, m| sum.checked_add(m.unbilled))?;
+    let json = models
+        .into_iter()
+        .map(|m| {
+            json!({
+                "model": m.model, "credits": m.credits, "count": m.count,
+                "input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
+                "unbilled": m.unbilled,
+            })
+        })
+        .collect();
+    Some((json, unbilled))
 }
 
 /// The `GET /v1/orgs/{org}/usage` answer; `None` only if the total overflows.
@@ -277,6 +320,7 @@ pub fn usage_report(
             json!({ "user_id": user_id, "credits": l.credits, "count": l.count })
         })
         .collect();
+    let (by_model, unbilled) = by_model(&rollups.by_model)?;
     let window = trailing_window(today);
     let avg_daily_7d = average_daily(rollups.trailing, TRAILING_WINDOW_DAYS);
     Some(json!({
@@ -289,6 +333,8 @@ pub fn usage_report(
         "by_feature": by_feature,
         "by_member": by_member,
         "by_member_truncated": by_member_truncated,
+        "by_model": by_model,
+        "unbilled": unbilled,
         "daily": daily,
         "balance": balance,
         "trailing_7d": {
@@ -515,6 +561,24 @@ mod tests {
             by_feature: vec![line("auto_triage", "2.5", 1), line("chat", "10", 3)],
             by_member: vec![line("", "2.5", 1), line("alice", "10", 3)],
             trailing: c("12.5"),
+            by_model: vec![
+                ModelLine {
+                    model: "gpt-4o-mini".into(),
+                    credits: c("0.5"),
+                    count: 1,
+                    input_tokens: 900,
+                    output_tokens: 90,
+                    unbilled: Credits::ZERO,
+                },
+                ModelLine {
+                    model: "gpt-4o".into(),
+                    credits: c("7"),
+                    count: 2,
+                    input_tokens: 10_000,
+                    output_tokens: 3_000,
+                    unbilled: c("1.25"),
+                },
+            ],
         };
         let report = usage_report(range, today, &rollups, c("100")).unwrap();
         assert_eq!(
@@ -531,6 +595,13 @@ mod tests {
                     {"user_id": null, "credits": "2.5", "count": 1},
                 ],
                 "by_member_truncated": false,
+                "by_model": [
+                    {"model": "gpt-4o", "credits": "7", "count": 2, "input_tokens": 10_000,
+                     "output_tokens": 3_000, "unbilled": "1.25"},
+                    {"model": "gpt-4o-mini", "credits": "0.5", "count": 1, "input_tokens": 900,
+                     "output_tokens": 90, "unbilled": "0"},
+                ],
+                "unbilled": "1.25",
                 "daily": [
                     {"date": "2030-03-08", "credits": "10"},
                     {"date": "2030-03-09", "credits": "0"},
