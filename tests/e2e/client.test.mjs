@@ -221,6 +221,8 @@ test('429 rate_limited with Retry-After is waited out, then answered', { timeout
 
   const report = await wallet.usage();
   assertAmount(report.balance, '200');
+  assert.deepEqual(report.by_model, []);
+  assertAmount(report.unbilled, '0');
   const usage = exchangesOf(org, 'usage');
   assert.deepEqual(usage.map((e) => e.status), [429, 200]);
   const waited = usage[1].at - usage[0].at;

@@ -287,8 +287,10 @@ export interface Usage {
   by_feature: { feature: string; credits: Amount; count: number }[];
   by_member: { user_id: string | null; credits: Amount; count: number }[];
   by_member_truncated: boolean;
-  /** With the rate card: usage per model. */
-  by_model?: ModelUsage[];
+  /** Usage priced from tokens, per model, most credits first. */
+  by_model: ModelUsage[];
+  /** What captures by usage cost beyond their holds and was not taken, in all. */
+  unbilled: Amount;
   daily: { date: DateString; credits: Amount }[];
   balance: Amount;
   trailing_7d: { from: DateString; to: DateString; credits: Amount };
