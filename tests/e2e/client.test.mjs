@@ -27,9 +27,13 @@ after(() => worker?.stop());
 const clientOf = (org, options = {}) =>
   new WalletClient({ baseUrl: relay.base, org, token: serviceToken(org), timeoutMs: 5_000, ...options });
 
-/** The relay's exchanges for one organization's route, e.g. `debits` or `holds`. */
-const exchangesOf = (org, suffix) =>
-  relay.exchanges.filter((e) => new URL(e.path, 'http://x').pathname.startsWith(`/v1/orgs/${org}/${suffix}`));
+/** The relay's exchanges for one organization's route: `debits`, `usage`, … exactly, or every path under `holds/`. */
+const exchangesOf = (org, route) =>
+  relay.exchanges.filter((e) => {
+    const pathname = new URL(e.path, 'http://x').pathname;
+    const wanted = `/v1/orgs/${org}/${route}`;
+    return route.endsWith('/') ? pathname.startsWith(wanted) : pathname === wanted;
+  });
 
 /** The rate card's formula over a rate of GET /v1/rates, in ten-thousandths of a credit, rounded up. */
 function priceUnits(rate, { input_tokens, cached_input_tokens = 0, output_tokens }) {
@@ -168,19 +172,28 @@ test('an answer lost on the way: the client resends with the same key, and the l
 
     // withHold: the hold's answer and the capture's answer are both lost once.
     const captured = await wallet.withHold({ feature: 'chat', amount: '20' }, async () => ({ amount: '12' }));
-    const holds = exchangesOf(org, 'holds').filter((e) => e.path.endsWith('/holds'));
+    const holds = exchangesOf(org, 'holds');
     assert.equal(holds.length, 2);
     assert.equal(holds[0].headers['idempotency-key'], holds[1].headers['idempotency-key']);
-    const captures = exchangesOf(org, 'holds').filter((e) => e.path.endsWith('/capture'));
+    const captures = exchangesOf(org, 'holds/').filter((e) => e.path.endsWith('/capture'));
     assert.equal(captures.length, 2);
     assert.ok(captures[0].withheld);
     assert.equal(captured.status, 'captured');
 
-    await assertWallet(org, '181', '0'); // 200 − 7 − 12: each once, and the one hold closed
-    const entries = await ledgerOf(w, org, 3);
-    assert.deepEqual(entries.map((e) => [e.kind, e.amount]), [['capture', '12'], ['debit', '7'], ['trial_grant', '200']]);
-    assert.equal(entries[1].id, debit.id);
-    assert.equal(entries[0].id, captured.entry.id);
+    // A batch: resent whole, each item keeps its key, so each applies once.
+    const batch = await wallet.debitBatch([{ feature: 'auto_triage', amount: '0.5' }, { feature: 'auto_triage', amount: '0.25' }]);
+    const batches = exchangesOf(org, 'debits/batch');
+    assert.equal(batches.length, 2);
+    assert.ok(batches[0].withheld);
+    assert.equal(batches[0].requestBody, batches[1].requestBody, 'the same items and keys');
+    assert.deepEqual(batch.results.map((r) => r.status), [201, 201]);
+
+    await assertWallet(org, '180.25', '0'); // 200 − 7 − 12 − 0.5 − 0.25: each once, and the one hold closed
+    const entries = await ledgerOf(w, org, 5);
+    assert.deepEqual(entries.map((e) => [e.kind, e.amount]), [['debit', '0.25'], ['debit', '0.5'], ['capture', '12'], ['debit', '7'], ['trial_grant', '200']]);
+    assert.deepEqual(entries.slice(0, 2).map((e) => e.id), [batch.results[1].entry.id, batch.results[0].entry.id]);
+    assert.equal(entries[3].id, debit.id);
+    assert.equal(entries[2].id, captured.entry.id);
   } finally {
     relay.withhold(null);
   }
