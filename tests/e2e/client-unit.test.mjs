@@ -188,6 +188,20 @@ test('withHold releases the hold and rethrows when the call throws or returns no
   assert.equal(bad.requests.at(-1).url, 'http://wallet.test/v1/orgs/acme/holds/hold_000000000001/release');
 });
 
+test('withHold captures what the call returns: its token usage, {usage} or {amount}, as the capture body', async () => {
+  const HOLD = { id: 'hold_000000000002', status: 'active', amount: '1', feature: 'chat', created_at: 'x', expires_at: 'y' };
+  const usage = { model: 'gpt-4o-mini', input_tokens: 10, output_tokens: 2 };
+  const estimate = { model: 'gpt-4o-mini', input_tokens: 10, max_output_tokens: 20 };
+  for (const [returned, body] of [[usage, { usage }], [{ usage }, { usage }], [{ amount: '0.5' }, { amount: '0.5' }]]) {
+    const { client, requests } = fakeClient([json(201, HOLD), json(200, { ...HOLD, status: 'captured' })]);
+    const hold = await client.withHold({ feature: 'chat', usageEstimate: estimate, ttlSeconds: 60, userId: 'ada' }, async () => returned);
+    assert.equal(hold.status, 'captured');
+    assert.deepEqual(JSON.parse(requests[0].body), { feature: 'chat', user_id: 'ada', ttl_seconds: 60, usage_estimate: estimate });
+    assert.equal(requests[1].url, 'http://wallet.test/v1/orgs/acme/holds/hold_000000000002/capture');
+    assert.deepEqual(JSON.parse(requests[1].body), body);
+  }
+});
+
 test("the client's error codes and statuses are exactly the API's (api.rs), and agree with the OpenAPI document", () => {
   const api = fs.readFileSync(path.join(ROOT, 'crates/wallet-core/src/api.rs'), 'utf8');
   const declared = {};

@@ -67,8 +67,8 @@ export type WithHoldParams = {
   idempotencyKey?: string;
 } & ({ usageEstimate: UsageEstimate; amount?: never } | { amount: Amount; usageEstimate?: never });
 
-/** What the AI call used, returned by withHold's callback: its tokens, or an amount of credits. */
-export type Spent = UsageReport | { amount: Amount };
+/** What the AI call used, returned by withHold's callback: its token usage, or a capture body ({usage} or {amount}). */
+export type Spent = UsageReport | CaptureBody;
 
 type Query = Record<string, string | number | undefined>;
 
@@ -287,6 +287,7 @@ function holdBody(params: WithHoldParams): HoldBody {
 function captureBody(spent: Spent): CaptureBody {
   if (spent !== null && typeof spent === 'object') {
     if ('model' in spent) return { usage: spent };
+    if ('usage' in spent && spent.usage !== undefined) return { usage: spent.usage };
     if ('amount' in spent && typeof spent.amount === 'string') return { amount: spent.amount };
   }
   throw new TypeError('the call given to withHold must return its usage ({model, input_tokens, output_tokens}) or {amount}');
