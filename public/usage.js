@@ -48,13 +48,14 @@ export function createUsageView(session, walletView) {
     }
   }
 
-  function renderTable(bodyId, lines, label) {
+  /** extra: more numeric cells after Calls, as (line) => text. */
+  function renderTable(bodyId, lines, label, extra = []) {
     const body = $(bodyId);
     body.replaceChildren();
     if (!lines.length) {
       const row = body.insertRow();
       const td = row.insertCell();
-      td.colSpan = 4;
+      td.colSpan = 4 + extra.length;
       td.className = 'muted';
       td.textContent = 'No usage in this period.';
       return;
@@ -69,6 +70,7 @@ export function createUsageView(session, walletView) {
         [formatCredits(line.credits), 'num'],
         [formatShare(line.credits, report.total), 'num'],
         [countFormat.format(line.count), 'num'],
+        ...extra.map((cell) => [cell(line), 'num']),
       ]) {
         const td = row.insertCell();
         td.textContent = text;
@@ -156,6 +158,13 @@ export function createUsageView(session, walletView) {
     }
     renderTable('by-feature-body', report.by_feature, (l) => featureName(l.feature));
     renderTable('by-member-body', report.by_member, (l) => l.user_id ?? 'No member (automated)');
+    // Usage priced from tokens (SPEC §12); unbilled is what captures cost
+    // beyond their holds, so underestimates show.
+    renderTable('by-model-body', report.by_model ?? [], (l) => l.model, [
+      (l) => countFormat.format(l.input_tokens),
+      (l) => countFormat.format(l.output_tokens),
+      (l) => formatCredits(l.unbilled),
+    ]);
     $('by-member-note').textContent = 'Only the 1,000 largest consumers are listed; the totals include everyone.';
     $('by-member-note').hidden = !report.by_member_truncated;
   }

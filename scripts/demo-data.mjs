@@ -10,8 +10,16 @@
 // An organization's clock never moves backwards, so the organization must be
 // new: it signs up DAYS-1 days ago and its usage is sent day by day, oldest
 // first, ending now. The plan is deterministic for a given organization id.
-// Amounts are scaled so the whole period consumes about 85% of the wallet's
-// available credits, leaving a balance and a projection to look at.
+//
+// Every AI call is priced by the wallet from its usage (a model and its
+// tokens, SPEC §12) with the rate card of GET /v1/rates; several models are
+// used, and incident timelines hold from a usage estimate and capture what
+// they used (now and then more than estimated: unbilled). So that every tab
+// of the dashboard has something to show, the owner also puts a test card on
+// file (localstripe, as `make dev` runs it), buys a pack on the first day,
+// sets a low-balance alert and a cap on auto-triage, and turns on auto top-up
+// two thirds of the way through, which buys a second pack by itself. Token
+// counts are planned so the period consumes about 80% of the credits.
 import { parseArgs } from 'node:util';
 
 const { values: args } = parseArgs({
@@ -28,7 +36,8 @@ const ORG = args.org;
 const BASE = args.base.replace(/\/+$/, '');
 const DAYS = Number(args.days);
 const CONCURRENCY = Number(args.concurrency);
-const SHARE_OF_BALANCE = 0.85; // planning only; amounts themselves stay exact strings
+const SHARE_OF_BALANCE = 0.8; // planning only; prices are the wallet's, exact
+const PACK = 'starter'; // bought by the owner on day one, and by auto top-up later
 const REQUEST_TIMEOUT_MS = 30_000;
 const DAY_MS = 86_400_000;
 
@@ -63,13 +72,15 @@ const pick = (weighted) => {
 
 // ---- who uses what, and what it costs (credits per call, before scaling) ----
 const MEMBERS = [[args.owner, 3], ['bob', 5], ['carol', 4], ['dave', 2], ['erin', 1]];
+// models: which of the rate card's models a feature calls; outputPerInput and
+// cachedShare shape the tokens a call's cost is planned into.
 const FEATURES = {
-  chat: { weight: 40, cost: [0.05, 0.6], members: true },
-  auto_triage: { weight: 30, cost: [0.02, 0.15], members: false }, // runs on every new error group
-  error_analysis: { weight: 12, cost: [0.2, 1.5], members: true },
-  incident_timeline: { weight: 4, cost: [1, 4], members: true, hold: true }, // cost known afterwards
-  release_analysis: { weight: 6, cost: [0.5, 2.5], members: true },
-  nl_alerts: { weight: 8, cost: [0.01, 0.08], members: true },
+  chat: { weight: 40, cost: [0.05, 0.6], members: true, models: ['gpt-4o', 'claude-sonnet-4'], outputPerInput: 0.25, cachedShare: 0.4 },
+  auto_triage: { weight: 30, cost: [0.02, 0.15], members: false, models: ['gpt-4o-mini'], outputPerInput: 0.1, cachedShare: 0.6 }, // runs on every new error group
+  error_analysis: { weight: 12, cost: [0.2, 1.5], members: true, models: ['claude-sonnet-4'], outputPerInput: 0.2, cachedShare: 0.2 },
+  incident_timeline: { weight: 4, cost: [1, 4], members: true, hold: true, models: ['gpt-4o'], outputPerInput: 0.3, cachedShare: 0 }, // cost known afterwards
+  release_analysis: { weight: 6, cost: [0.5, 2.5], members: true, models: ['gpt-4o', 'claude-sonnet-4'], outputPerInput: 0.15, cachedShare: 0.1 },
+  nl_alerts: { weight: 8, cost: [0.01, 0.08], members: true, models: ['gpt-4o-mini'], outputPerInput: 0.5, cachedShare: 0 },
 };
 
 /** An API decimal string as units (1/10,000 credit); demo amounts stay far below 2^53. */
@@ -101,12 +112,34 @@ function planDay(dayIndex, date) {
     const spec = FEATURES[feature];
     return {
       feature,
+      model: pick(spec.models.map((m) => [m, 1])),
       user_id: spec.members ? pick(MEMBERS) : undefined,
       units: Math.max(1, Math.round(between(...spec.cost) * 10_000)),
       hold: Boolean(spec.hold),
+      underestimated: random() < 0.15, // the call used more than its hold's estimate
       at: random(), // fraction of the day (of the elapsed part, today)
     };
   });
+}
+
+/**
+ * Tokens whose price at `rate` is about `units` (the wallet computes the exact
+ * price): input and output in the feature's proportion, part of the input cached.
+ */
+function usageFor(call, rate) {
+  const spec = FEATURES[call.feature];
+  const perMillion = (text) => unitsOf(text);
+  const cached = spec.cachedShare;
+  const inputRate = (1 - cached) * perMillion(rate.input_per_million) + cached * perMillion(rate.cached_input_per_million);
+  const perInputToken = (inputRate + spec.outputPerInput * perMillion(rate.output_per_million)) / 1_000_000;
+  const budget = Math.max(0, call.units - unitsOf(rate.per_request));
+  const input = Math.max(1, Math.min(100_000_000, Math.round(budget / perInputToken)));
+  return {
+    model: call.model,
+    input_tokens: input,
+    cached_input_tokens: Math.floor(input * cached),
+    output_tokens: Math.min(100_000_000, Math.round(input * spec.outputPerInput)),
+  };
 }
 
 // ---- HTTP ----
@@ -171,7 +204,41 @@ if (signup.status === 200) {
     'Pick another one (ORG=demo2 make demo-data) or start from empty local state.');
 }
 if (signup.status !== 201) fail(`signup answered ${signup.status} ${signup.text}`);
-const budgetUnits = Math.floor(unitsOf(signup.json.available) * SHARE_OF_BALANCE);
+
+// The rate card in force now prices the plan (the wallet prices each call
+// at its own instant; the development card changes no past price).
+const card = await request('GET', '/v1/rates', { token: service });
+if (card.status !== 200) fail(`GET /v1/rates answered ${card.status} ${card.text}`);
+const rates = new Map(card.json.data.filter((r) => r.in_force).map((r) => [r.model, r]));
+for (const spec of Object.values(FEATURES)) {
+  for (const model of spec.models) {
+    if (!rates.has(model)) fail(`the rate card has no rate in force for ${model}; run with the development RATE_CARD`);
+  }
+}
+
+// Owner's set-up on day one: a test card, a pack, a low-balance alert and a cap on auto-triage.
+const packs = await request('GET', '/v1/packs', { token: owner });
+const pack = packs.json?.find((p) => p.id === PACK);
+if (!pack) fail(`no ${PACK} pack in GET /v1/packs`);
+const card_on_file = await request('POST', `/dev/orgs/${ORG}/payment-method`, { body: { payment_method: 'pm_card_visa' } });
+if (card_on_file.status !== 200) {
+  fail(`putting a test card on file answered ${card_on_file.status} ${card_on_file.text} (is localstripe running? use make dev)`);
+}
+const setupAt = `${dates[0]}T08:00:00.000Z`;
+await ownerCall('POST', '/purchases', { pack_id: PACK }, setupAt, { 'idempotency-key': `demo-${ORG}-first-pack` }, 'buying a pack');
+await ownerCall('PUT', '/alerts', { low_balance_threshold: '150' }, setupAt, {}, 'setting an alert');
+await ownerCall('PUT', '/feature-caps', { caps: { auto_triage: '25' } }, setupAt, {}, 'capping auto-triage');
+const budgetUnits = Math.floor((unitsOf(signup.json.available) + 2 * unitsOf(pack.credits)) * SHARE_OF_BALANCE);
+const autoTopUpDay = Math.floor((DAYS * 2) / 3);
+
+async function ownerCall(method, path, body, at, headers, what) {
+  const res = await request(method, `/v1/orgs/${ORG}${path}`, { token: owner, body, now: at, headers });
+  if (res.status !== 200 && res.status !== 201) fail(`${what} answered ${res.status} ${res.text}`);
+  if (res.json?.status && res.json.status !== 'succeeded' && path === '/purchases') {
+    fail(`the purchase is ${res.json.status}, not succeeded`);
+  }
+  return res.json;
+}
 
 const plan = dates.map((date, i) => ({ date, calls: planDay(i, date) }));
 const plannedUnits = plan.reduce((sum, d) => sum + d.calls.reduce((s, c) => s + c.units, 0), 0);
@@ -181,9 +248,10 @@ for (const day of plan) for (const c of day.calls) c.units = Math.max(1, Math.fl
 console.log(`demo-data: ${ORG} at ${BASE}: ${plan.reduce((n, d) => n + d.calls.length, 0)} AI calls over ` +
   `${DAYS} days (${dates[0]} … ${today}), about ${amount(budgetUnits)} credits`);
 
-const stats = { debits: 0, captures: 0, refused: {}, units: 0 };
-for (const { date, calls } of plan) {
+const stats = { debits: 0, captures: 0, refused: {}, units: 0, unbilled: 0 };
+for (const [dayIndex, { date, calls }] of plan.entries()) {
   const dayStart = Date.parse(`${date}T00:00:00Z`);
+  if (dayIndex === autoTopUpDay) await enableAutoTopUp(`${date}T00:00:01.000Z`);
   // Today only up to now: the organization's clock must not pass the real one.
   const span = date === today ? Math.max(0, now - dayStart - 60_000) : DAY_MS - 1000;
   calls.sort((a, b) => a.at - b.at);
@@ -211,6 +279,17 @@ function timeOf(dayStart, span, call) {
   return new Date(dayStart + Math.floor(call.at * span)).toISOString();
 }
 
+/**
+ * Turns auto top-up on with the threshold just above what is available, so
+ * the day's first call crosses it and the wallet buys a pack by itself.
+ */
+async function enableAutoTopUp(at) {
+  const wallet = await request('GET', `${orgPath}/wallet`, { token: owner, now: at });
+  if (wallet.status !== 200) fail(`GET wallet answered ${wallet.status} ${wallet.text}`);
+  const threshold = amount(Math.max(1, Math.min(unitsOf(wallet.json.available) + 10_000, 1_000_000 * 10_000)));
+  await ownerCall('PUT', '/auto-top-up', { enabled: true, threshold, pack_id: PACK, monthly_limit: 1 }, at, {}, 'enabling auto top-up');
+}
+
 function tally(res, units, date, what) {
   if (res.status === 200 || res.status === 201) {
     stats.units += units;
@@ -225,32 +304,40 @@ function tally(res, units, date, what) {
 async function sendBatch(date, dayStart, span, items) {
   const now = timeOf(dayStart, span, items.at(-1).call);
   const debits = items.map(({ call, key }) => ({
-    idempotency_key: key, feature: call.feature, amount: amount(call.units), user_id: call.user_id,
+    idempotency_key: key, feature: call.feature, usage: usageFor(call, rates.get(call.model)), user_id: call.user_id,
   }));
   const res = await request('POST', `${orgPath}/debits/batch`, { token: service, body: { debits }, now });
   if (res.status !== 200) fail(`debits/batch on ${date} answered ${res.status} ${res.text}`);
   res.json.results.forEach((result, i) => {
     if (result.status === 201) stats.debits++;
-    tally({ status: result.status, json: result }, items[i].call.units, date, `debit ${items[i].key}`);
+    const units = result.entry ? unitsOf(result.entry.amount) : 0;
+    tally({ status: result.status, json: result }, units, date, `debit ${items[i].key}`);
   });
 }
 
 async function sendHold(date, dayStart, span, call, key) {
   const now = timeOf(dayStart, span, call);
-  // Reserve the most it may cost, then capture what it did cost.
-  const reserve = amount(Math.min(call.units * 2, 10_000 * 10_000));
-  const body = { feature: call.feature, amount: reserve, user_id: call.user_id };
+  // Reserve from an estimate (up to twice the output), then capture what was
+  // used; an underestimated call used more output than estimated.
+  const used = usageFor(call, rates.get(call.model));
+  const estimate = { model: used.model, input_tokens: used.input_tokens, max_output_tokens: used.output_tokens * 2 };
+  if (call.underestimated) used.output_tokens *= 3;
+  const body = { feature: call.feature, usage_estimate: estimate, user_id: call.user_id };
   const hold = await request('POST', `${orgPath}/holds`, { token: service, body, headers: { 'idempotency-key': key }, now });
-  if (hold.status !== 201) return tally(hold, call.units, date, `hold ${key}`);
+  if (hold.status !== 201) return tally(hold, 0, date, `hold ${key}`);
   const res = await request('POST', `${orgPath}/holds/${hold.json.id}/capture`, {
-    token: service, body: { amount: amount(call.units) }, now,
+    token: service, body: { usage: used }, now,
   });
-  if (res.status === 200) stats.captures++;
-  tally(res, call.units, date, `capture ${key}`);
+  if (res.status === 200) {
+    stats.captures++;
+    stats.unbilled += unitsOf(res.json.unbilled ?? '0');
+  }
+  tally(res, res.json?.captured_amount ? unitsOf(res.json.captured_amount) : 0, date, `capture ${key}`);
 }
 
 const wallet = await request('GET', `${orgPath}/wallet`, { token: owner });
-console.log(`demo-data: ${stats.debits} debits and ${stats.captures} captures, ${amount(stats.units)} credits consumed` +
+console.log(`demo-data: ${stats.debits} debits and ${stats.captures} captures priced from usage, ` +
+  `${amount(stats.units)} credits consumed, ${amount(stats.unbilled)} unbilled` +
   (Object.keys(stats.refused).length ? `; refused: ${JSON.stringify(stats.refused)}` : '') +
   `; balance now ${wallet.json?.balance} credits.`);
 console.log(`demo-data: open ${BASE}/ and sign in with organization "${ORG}", user "${args.owner}", role owner ` +

@@ -15,7 +15,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LUA = path.join(HERE, 'wallet.lua');
 const DEV_SECRET = 'local-dev-jwt-secret';
 const UNITS_PER_CREDIT = 10_000;
-const AMOUNT_UNITS = 1; // every debit of wallet.lua is "0.0001"
+const AMOUNT_UNITS = 1; // every debit of wallet.lua is "0.0001" (priced ones too: 1 gpt-4o-mini token, rounded up)
 const FEATURES = ['chat', 'auto_triage', 'error_analysis', 'incident_timeline', 'release_analysis', 'nl_alerts'];
 const MULTI_ORGS = 64;
 const BATCH_SIZES = [10, 100, 1000];
@@ -53,6 +53,7 @@ const TARGET = {
   batch100VsSingle: 20,
   usageP99Ms: 50,
   doRowsPerDebit: 3,
+  pricedVsPlainCpu: 1.05,
   d1RowsPerDebit: 0.05,
   wasmGzipKiB: 500,
 };
@@ -938,9 +939,10 @@ async function main() {
   const multi = Array.from({ length: MULTI_ORGS }, (_, i) => `bench-m${String(i).padStart(2, '0')}`);
   const single = 'bench-one';
   const holdOrg = 'bench-hold';
+  const pricedOrg = 'bench-priced';
   const isolatedOrg = 'bench-sparse';
   const batchOrgs = Object.fromEntries(BATCH_SIZES.map((n) => [n, `bench-b${n}`]));
-  const orgs = [single, holdOrg, isolatedOrg, ...Object.values(batchOrgs), ...multi];
+  const orgs = [single, holdOrg, pricedOrg, isolatedOrg, ...Object.values(batchOrgs), ...multi];
 
   receiver = await startReceiver(Number(args['receiver-port']), args['events-secret']);
   progress(`creating ${orgs.length + 2} organizations (trial grant, daily cap 50,000)`);
@@ -958,6 +960,7 @@ async function main() {
     single: writeOrgsFile('single', [single]),
     multi: writeOrgsFile('multi', multi),
     hold: writeOrgsFile('hold', [holdOrg]),
+    priced: writeOrgsFile('priced', [pricedOrg]),
     auto: writeOrgsFile('auto', [AUTO_ORG]),
     // The usage report is for the organization's people, not for service tokens.
     usage: writeOrgsFile('usage', [USAGE_ORG], 'viewer'),
@@ -977,6 +980,11 @@ async function main() {
   const one = check(await wrk({ label: 'debits, 1 org', mode: 'debit', orgsFile: files.single, settle: [single] }));
   const loadAfter = one.settled[0];
   const loadDebits = (balanceBefore - (await balanceUnits(single))) / AMOUNT_UNITS;
+  // The same load priced from usage (SPEC §12) on an organization of its own.
+  const pricedBefore = await settledStorage(pricedOrg);
+  const pricedBalance = await balanceUnits(pricedOrg);
+  const priced = check(await wrk({ label: 'priced debits (usage), 1 org', mode: 'priced', orgsFile: files.priced, settle: [pricedOrg] }));
+  const pricedDebits = (pricedBalance - (await balanceUnits(pricedOrg))) / AMOUNT_UNITS;
   // The same load beside it: an organization with auto top-up, an alert and events.
   const auto = await autoTopUpDebits(loadDebits, files.auto);
 
@@ -1064,6 +1072,7 @@ async function main() {
     return { debits, doRows: doRows / debits, d1Rows: d1Rows / debits, alarms: alarms / debits, d1RowsPerFlush: d1Rows / alarms };
   };
   const storageLoad = perDebit(loadBefore, loadAfter, loadDebits);
+  const storagePriced = perDebit(pricedBefore, priced.settled[0], pricedDebits);
   const storageIso = perDebit(isoBefore, isoAfter, isoDebits);
   const d1Size = await d1Sizes();
   // Entries of single debits without metadata or project, for comparison.
@@ -1073,7 +1082,7 @@ async function main() {
   // wrangler reports the upload's size with zlib.gzipSync at its default level.
   const wasmGzip = zlib.gzipSync(wasm).length;
 
-  const figures = { floor, floorEnd, one, auto, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
+  const figures = { floor, floorEnd, one, priced, storagePriced, auto, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
   const receiverTotals = { ...receiver.stats, accepted: receiver.total() };
   await receiver.close();
   figures.receiver = receiverTotals;
@@ -1130,6 +1139,15 @@ function printTable(r) {
   row('debits, 1 org', `${f0(one.rps)} req/s`, f1(one.p50), f1(one.p99), cpu(one), floorRef, vsFloor(one),
     `>= ${TARGET.singleVsFloorRps}x req/s; p99 <= ${TARGET.singleVsFloorP99}x`,
     `${verdict(oneRps >= TARGET.singleVsFloorRps)} req/s, ${verdict(oneP99 <= TARGET.singleVsFloorP99)} p99`, errs(one));
+  const pricedRun = r.priced;
+  const cpuRatio = pricedRun.cpuPerRequest / one.cpuPerRequest;
+  const sp = r.storagePriced;
+  const sl = r.storageLoad;
+  row('priced debits (usage, not amount), 1 org', `${f0(pricedRun.rps)} req/s`, f1(pricedRun.p50), f1(pricedRun.p99), cpu(pricedRun),
+    `debits, 1 org: CPU ${cpu(one)} ms, DO ${f3(sl.doRows)} + D1 ${f3(sl.d1Rows)} rows/debit`,
+    `CPU ${ratio(cpuRatio)}; rows DO ${f3(sp.doRows)} + D1 ${f3(sp.d1Rows)}`,
+    `CPU <= ${TARGET.pricedVsPlainCpu}x; DO rows <= plain`,
+    `${verdict(cpuRatio <= TARGET.pricedVsPlainCpu)} CPU, ${verdict(sp.doRows <= sl.doRows + 0.001)} rows`, errs(pricedRun));
   const a = r.auto;
   const vsOne = (x) => `${ratio(x.rps / one.rps)} / ${ratio(x.p50 / one.p50)} / ${ratio(x.p99 / one.p99)}`;
   row('debits, 1 org, with auto top-up, low-balance alert, events', `${f0(a.run.rps)} req/s`, f1(a.run.p50), f1(a.run.p99),

@@ -7,6 +7,8 @@
 --   floor         POST /bench/floor/{org}: Worker -> Durable Object, no work
 --   debit         POST /v1/orgs/{org}/debits, connections spread over every org
 --                 of ORGS_FILE in turn (one line = one organization)
+--   priced        the same debits priced from usage instead of an amount (one
+--                 gpt-4o-mini input token: 0.000015, rounded up to 0.0001)
 --   hold_capture  a hold, then its capture, per thread; counts captures
 --   batch         POST /v1/orgs/{org}/debits/batch with ARG debits per request
 --   wallet        GET /v1/orgs/{org}/wallet
@@ -71,6 +73,13 @@ local function debit_body(n)
       '","user_id":"user_' .. (n % 20 + 1) .. '"}'
 end
 
+-- The same debit priced by the rate card: one input token of gpt-4o-mini
+-- costs 0.0001 after rounding up, as AMOUNT does.
+local function priced_body(n)
+  return '{"feature":"' .. FEATURES[n % #FEATURES + 1] ..
+      '","usage":{"model":"gpt-4o-mini","input_tokens":1,"output_tokens":0},"user_id":"user_' .. (n % 20 + 1) .. '"}'
+end
+
 function request()
   if mode == "floor" then
     return wrk.format("POST", "/bench/floor/" .. orgs[1].org, {}, "")
@@ -78,6 +87,10 @@ function request()
     local o = pick_org()
     local k = key()
     return post("/v1/orgs/" .. o.org .. "/debits", o, debit_body(counter), k)
+  elseif mode == "priced" then
+    local o = pick_org()
+    local k = key()
+    return post("/v1/orgs/" .. o.org .. "/debits", o, priced_body(counter), k)
   elseif mode == "hold_capture" then
     local o = orgs[1]
     local id = table.remove(holds)
