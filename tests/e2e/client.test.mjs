@@ -96,6 +96,8 @@ test('withHold by usage: the hold is priced from the estimate, the capture from 
   assert.equal(captured.status, 'captured');
   assert.equal(units(captured.captured_amount), cost);
   assert.deepEqual(captured.entry.usage, { ...used, rate_id: rate.id });
+  assert.deepEqual(captured.captured_usage, { ...used, rate_id: rate.id });
+  assertAmount(captured.unbilled, '0');
   const balance = units('200') - cost;
   await assertWallet(org, balance, '0');
   const [entry] = await ledgerOf(w, org, 2);
@@ -111,6 +113,7 @@ test('withHold by usage: the hold is priced from the estimate, the capture from 
   const overCost = priceUnits(rate, { input_tokens: 100, output_tokens: 50_000 });
   assert.equal(units(over.captured_amount), overHeld);
   assert.equal(units(over.entry.unbilled), overCost - overHeld);
+  assert.equal(units(over.unbilled), overCost - overHeld);
   await assertWallet(org, balance - overHeld, '0');
 
   // An unknown model is refused typed (422 unknown_model), never resent.

@@ -229,6 +229,8 @@ export interface Hold {
   /** Holds placed from a usage_estimate: the estimate, and the rate it and its capture by usage are priced at. */
   usage_estimate?: UsageEstimate;
   rate_id?: string;
+  /** After a capture by usage: the usage captured and its rate. */
+  captured_usage?: PricedUsage;
   /** After a capture by usage: what it cost beyond the hold ("0" when it fit). */
   unbilled?: Amount;
 }
