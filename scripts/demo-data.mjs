@@ -16,10 +16,12 @@
 // used, and incident timelines hold from a usage estimate and capture what
 // they used (now and then more than estimated: unbilled). So that every tab
 // of the dashboard has something to show, the owner also puts a test card on
-// file (localstripe, as `make dev` runs it), buys a pack on the first day,
-// sets a low-balance alert and a cap on auto-triage, and turns on auto top-up
-// two thirds of the way through, which buys a second pack by itself. Token
-// counts are planned so the period consumes about 80% of the credits.
+// file (localstripe, as `make dev` runs it) and sets a low-balance alert and
+// a cap on auto-triage on day one, and at the end buys a pack and turns on
+// auto top-up, which buys a second pack by itself. Purchases come last
+// because Stripe's webhooks carry no X-Dev-Now: they move the organization's
+// clock to the real now (so does putting the card on file). Token counts are planned so the period consumes
+// about 80% of the trial.
 import { parseArgs } from 'node:util';
 
 const { values: args } = parseArgs({
@@ -216,20 +218,12 @@ for (const spec of Object.values(FEATURES)) {
   }
 }
 
-// Owner's set-up on day one: a test card, a pack, a low-balance alert and a cap on auto-triage.
-const packs = await request('GET', '/v1/packs', { token: owner });
-const pack = packs.json?.find((p) => p.id === PACK);
-if (!pack) fail(`no ${PACK} pack in GET /v1/packs`);
-const card_on_file = await request('POST', `/dev/orgs/${ORG}/payment-method`, { body: { payment_method: 'pm_card_visa' } });
-if (card_on_file.status !== 200) {
-  fail(`putting a test card on file answered ${card_on_file.status} ${card_on_file.text} (is localstripe running? use make dev)`);
-}
-const setupAt = `${dates[0]}T08:00:00.000Z`;
-await ownerCall('POST', '/purchases', { pack_id: PACK }, setupAt, { 'idempotency-key': `demo-${ORG}-first-pack` }, 'buying a pack');
-await ownerCall('PUT', '/alerts', { low_balance_threshold: '150' }, setupAt, {}, 'setting an alert');
-await ownerCall('PUT', '/feature-caps', { caps: { auto_triage: '25' } }, setupAt, {}, 'capping auto-triage');
-const budgetUnits = Math.floor((unitsOf(signup.json.available) + 2 * unitsOf(pack.credits)) * SHARE_OF_BALANCE);
-const autoTopUpDay = Math.floor((DAYS * 2) / 3);
+// Owner's set-up on day one: a low-balance alert and a cap on auto-triage
+// (incident bursts meet it). The card and the packs come at the end.
+const setupAt = `${dates[0]}T00:00:01.000Z`;
+await ownerCall('PUT', '/alerts', { low_balance_threshold: '100' }, setupAt, {}, 'setting an alert');
+await ownerCall('PUT', '/feature-caps', { caps: { auto_triage: '1' } }, setupAt, {}, 'capping auto-triage');
+const budgetUnits = Math.floor(unitsOf(signup.json.available) * SHARE_OF_BALANCE);
 
 async function ownerCall(method, path, body, at, headers, what) {
   const res = await request(method, `/v1/orgs/${ORG}${path}`, { token: owner, body, now: at, headers });
@@ -249,9 +243,8 @@ console.log(`demo-data: ${ORG} at ${BASE}: ${plan.reduce((n, d) => n + d.calls.l
   `${DAYS} days (${dates[0]} … ${today}), about ${amount(budgetUnits)} credits`);
 
 const stats = { debits: 0, captures: 0, refused: {}, units: 0, unbilled: 0 };
-for (const [dayIndex, { date, calls }] of plan.entries()) {
+for (const { date, calls } of plan) {
   const dayStart = Date.parse(`${date}T00:00:00Z`);
-  if (dayIndex === autoTopUpDay) await enableAutoTopUp(`${date}T00:00:01.000Z`);
   // Today only up to now: the organization's clock must not pass the real one.
   const span = date === today ? Math.max(0, now - dayStart - 60_000) : DAY_MS - 1000;
   calls.sort((a, b) => a.at - b.at);
@@ -280,14 +273,27 @@ function timeOf(dayStart, span, call) {
 }
 
 /**
- * Turns auto top-up on with the threshold just above what is available, so
- * the day's first call crosses it and the wallet buys a pack by itself.
+ * Now (the real time): the owner buys a pack, then turns auto top-up on with
+ * its threshold just above what is available, so the wallet buys a second
+ * pack by itself (once this month). Answers how many purchases are credited.
  */
-async function enableAutoTopUp(at) {
-  const wallet = await request('GET', `${orgPath}/wallet`, { token: owner, now: at });
+async function buyPacks() {
+  const cardOnFile = await request('POST', `/dev/orgs/${ORG}/payment-method`, { body: { payment_method: 'pm_card_visa' } });
+  if (cardOnFile.status !== 200) {
+    fail(`putting a test card on file answered ${cardOnFile.status} ${cardOnFile.text} (is localstripe running? use make dev)`);
+  }
+  await ownerCall('POST', '/purchases', { pack_id: PACK }, undefined, { 'idempotency-key': `demo-${ORG}-pack` }, 'buying a pack');
+  const wallet = await request('GET', `${orgPath}/wallet`, { token: owner });
   if (wallet.status !== 200) fail(`GET wallet answered ${wallet.status} ${wallet.text}`);
-  const threshold = amount(Math.max(1, Math.min(unitsOf(wallet.json.available) + 10_000, 1_000_000 * 10_000)));
-  await ownerCall('PUT', '/auto-top-up', { enabled: true, threshold, pack_id: PACK, monthly_limit: 1 }, at, {}, 'enabling auto top-up');
+  const threshold = amount(Math.min(unitsOf(wallet.json.available) + 10_000, 1_000_000 * 10_000));
+  await ownerCall('PUT', '/auto-top-up', { enabled: true, threshold, pack_id: PACK, monthly_limit: 1 }, undefined, {}, 'enabling auto top-up');
+  // The top-up's charge runs in the organization's object after the answer.
+  for (let i = 0; i < 50; i++) {
+    const after = await request('GET', `${orgPath}/wallet`, { token: owner });
+    if (unitsOf(after.json.balance) > unitsOf(wallet.json.balance)) return 2;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return 1;
 }
 
 function tally(res, units, date, what) {
@@ -335,7 +341,9 @@ async function sendHold(date, dayStart, span, call, key) {
   tally(res, res.json?.captured_amount ? unitsOf(res.json.captured_amount) : 0, date, `capture ${key}`);
 }
 
+const purchases = await buyPacks();
 const wallet = await request('GET', `${orgPath}/wallet`, { token: owner });
+console.log(`demo-data: ${purchases === 2 ? 'a pack bought by the owner and one by auto top-up' : 'a pack bought; auto top-up has not credited yet'} (${PACK}).`);
 console.log(`demo-data: ${stats.debits} debits and ${stats.captures} captures priced from usage, ` +
   `${amount(stats.units)} credits consumed, ${amount(stats.unbilled)} unbilled` +
   (Object.keys(stats.refused).length ? `; refused: ${JSON.stringify(stats.refused)}` : '') +
