@@ -1,7 +1,7 @@
 // The TypeScript client's retry rules and error mapping, with a fake fetch (no
 // worker): backoff bounds, one idempotency key for every attempt of an
 // operation, Retry-After honoured or too long to wait, 402/409/422 never
-// sent twice, and its list of error codes equal to the API's.
+// sent twice, and its error codes and wire types equal to the API's.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -224,4 +224,33 @@ test("the client's error codes and statuses are exactly the API's (api.rs), and 
     }
   }
   assert.ok(named > 50, `the document names codes (${named})`);
+});
+
+/** The properties of `export interface name {…}` in types.ts: name → optional? (top level only). */
+function interfaceProperties(source, name) {
+  const start = source.indexOf(`export interface ${name} `);
+  assert.ok(start >= 0, `types.ts declares ${name}`);
+  const body = source.slice(source.indexOf('{', start) + 1, source.indexOf('\n}', start));
+  const properties = {};
+  for (const [, property, optional] of body.matchAll(/^ {2}(\w+)(\?)?:/gm)) properties[property] = optional === '?';
+  return properties;
+}
+
+test("the client's reply and body types have exactly the OpenAPI schemas' properties, required where they are", () => {
+  const source = fs.readFileSync(path.join(ROOT, 'clients/typescript/src/types.ts'), 'utf8');
+  const { schemas } = JSON.parse(fs.readFileSync(path.join(ROOT, 'crates/wallet-core/src/openapi.json'), 'utf8')).components;
+  // OpenAPI schema → the client's interface (the same name unless given).
+  const names = {
+    Wallet: 'Wallet', FeatureCap: 'FeatureCap', LedgerEntry: 'LedgerEntry', Hold: 'Hold', Usage: 'Usage',
+    Transaction: 'Transaction', Pack: 'Pack', Purchase: 'Purchase', PaymentMethod: 'PaymentMethod',
+    AuditRecord: 'AuditRecord', AutoTopUp: 'AutoTopUp', Alerts: 'Alerts', Event: 'WalletEvent',
+    UsageReport: 'UsageReport', UsageEstimate: 'UsageEstimate', PricedUsage: 'PricedUsage', Rate: 'Rate',
+  };
+  for (const [schema, name] of Object.entries(names)) {
+    assert.ok(schemas[schema], `OpenAPI has ${schema}`);
+    const required = new Set(schemas[schema].required ?? []);
+    const expected = Object.fromEntries(Object.keys(schemas[schema].properties).map((p) => [p, !required.has(p)]).sort());
+    const actual = Object.fromEntries(Object.entries(interfaceProperties(source, name)).sort());
+    assert.deepEqual(actual, expected, `${name} (property → optional) against OpenAPI ${schema}`);
+  }
 });
