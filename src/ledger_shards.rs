@@ -12,6 +12,7 @@
 //! it can send again from there. Nothing is inserted with `OR IGNORE`: a row
 //! a shard refuses fails the whole batch, which is retried.
 
+use chrono::NaiveDate;
 use serde::Deserialize;
 use wallet_core::ledger::{EntryRow, ReplicaBatch};
 use wallet_core::reports::{self, DateRange, ModelLine, Transaction, UsageLine, UsageRollups};
@@ -411,8 +412,9 @@ fn usage_by_model() -> String {
     )
 }
 
-/// The rollup sums of one usage report, read from `usage_daily` only (never
-/// the raw ledger) in one D1 batch, so all four come from the same snapshot.
+/// The rollup sums of one usage report, read from `usage_daily` and
+/// `usage_models_daily` only (never the raw ledger) in one D1 batch, so all
+/// five come from the same snapshot.
 pub async fn usage_rollups(
     db: &D1Database,
     org_id: &str,
@@ -457,26 +459,10 @@ pub async fn usage_rollups(
         .await?;
     let [daily, by_feature, by_member, window, by_model] = <[D1Result; 5]>::try_from(results)
         .map_err(|_| worker::Error::RustError("D1 batch answered a wrong count".into()))?;
-    let bad_day = || worker::Error::RustError("usage_daily has a bad day".into());
     Ok(UsageRollups {
-        daily: daily
-            .results::<DayRow>()?
-            .into_iter()
-            .map(|r| {
-                let day = r.day.parse().map_err(|_| bad_day())?;
-                Ok((day, Credits::from_units(r.credits_units), r.entries))
-            })
-            .collect::<worker::Result<_>>()?,
-        by_feature: by_feature
-            .results::<KeyRow>()?
-            .into_iter()
-            .map(KeyRow::into_line)
-            .collect(),
-        by_member: by_member
-            .results::<KeyRow>()?
-            .into_iter()
-            .map(KeyRow::into_line)
-            .collect(),
+        daily: daily_sums(&daily)?,
+        by_feature: lines(&by_feature)?,
+        by_member: lines(&by_member)?,
         trailing: Credits::from_units(
             window
                 .results::<SumRow>()?
@@ -489,4 +475,26 @@ pub async fn usage_rollups(
             .map(ModelRow::into_line)
             .collect(),
     })
+}
+
+/// The per-day sums of a usage report's first statement.
+fn daily_sums(result: &D1Result) -> worker::Result<Vec<(NaiveDate, Credits, i64)>> {
+    let bad_day = || worker::Error::RustError("usage_daily has a bad day".into());
+    result
+        .results::<DayRow>()?
+        .into_iter()
+        .map(|r| {
+            let day = r.day.parse().map_err(|_| bad_day())?;
+            Ok((day, Credits::from_units(r.credits_units), r.entries))
+        })
+        .collect()
+}
+
+/// The lines of a grouped usage statement (by feature or by member).
+fn lines(result: &D1Result) -> worker::Result<Vec<UsageLine>> {
+    Ok(result
+        .results::<KeyRow>()?
+        .into_iter()
+        .map(KeyRow::into_line)
+        .collect())
 }

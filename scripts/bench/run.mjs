@@ -1296,7 +1296,7 @@ function printTable(r) {
       `${f0(r.receiver.again)} sent again, ${f0(r.receiver.refused)} refused.`,
     `Sizes: whole SQLite pages (dbstat) of copies of the local files under the persist directory; "after pruning" ` +
       `clears the idempotency records (kept 24 h) on the copy and VACUUMs it. A credit row counts its two indexes. ` +
-      `A flush is one D1 batch of 4 statements (credit rows, rollups, watermark, read-back; src/ledger_shards.rs).`,
+      `A flush is one D1 batch of 4 statements (credit rows, rollups, watermark, read-back; a 5th, the rollups by model, when the stretch has entries priced from usage; src/ledger_shards.rs).`,
     `Ratios are figure / reference; throughput ratios want >= 1, latency ratios <= 1. Latency from wrk (closed loop).`,
     `CPU ms/req: CPU time of wrangler dev's processes (wrangler, its proxy, workerd with the D1 simulator) per ` +
       `completed request; for scenarios that write, until 2.5 s after wrk stopped, so that the replica flush is ` +
