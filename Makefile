@@ -50,6 +50,8 @@ lint:
 	# Non-test code: no function over 70 lines (clippy.toml).
 	cargo clippy -p wallet-domain -p wallet-core -- -D warnings -D clippy::too_many_lines
 	cargo clippy -p ai-wallet --target wasm32-unknown-unknown -- -D warnings -D clippy::too_many_lines
+	# The TypeScript client for AI features (clients/typescript), strict.
+	tsc --noEmit -p clients/typescript
 
 test-unit:
 	cargo test -p wallet-domain -p wallet-core

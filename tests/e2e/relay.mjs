@@ -33,7 +33,7 @@ export async function startRelay(target, { idempotent = false } = {}) {
   // A request matching `withheld` is forwarded but never answered: what the
   // caller sees when the answer is lost (say, the caller's runtime dies).
   let withheld = null;
-  // {at, method, path, requestBody, forwarded, status, responseBody}, recorded as
+  // {at, method, path, headers, requestBody, forwarded, status, responseBody}, recorded as
   // each request arrives; status is set once the answer is known.
   const exchanges = [];
   let online = true;
@@ -41,7 +41,7 @@ export async function startRelay(target, { idempotent = false } = {}) {
     const chunks = [];
     for await (const chunk of req) chunks.push(chunk);
     const requestBody = Buffer.concat(chunks);
-    const exchange = { at: Date.now(), method: req.method, path: req.url, requestBody: requestBody.toString(), forwarded: online };
+    const exchange = { at: Date.now(), method: req.method, path: req.url, headers: req.headers, requestBody: requestBody.toString(), forwarded: online };
     exchanges.push(exchange);
     if (!online) {
       exchange.status = 503;
