@@ -141,8 +141,14 @@ pub fn parse_date(field: &str, text: &str) -> Result<NaiveDate, Invalid> {
             4 | 7 => b == b'-',
             _ => b.is_ascii_digit(),
         });
+    // The shape is checked, so the parts are digits; chrono's format-string
+    // parser is left out of the wasm.
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().ok();
     shaped
-        .then(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+        .then(|| {
+            let year = i32::try_from(number(0..4)?).ok()?;
+            NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)
+        })
         .flatten()
         .ok_or_else(|| Invalid::new(field, "must be a calendar date YYYY-MM-DD (UTC)"))
 }
