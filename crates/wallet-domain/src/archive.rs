@@ -11,6 +11,9 @@
 //! length of its bytes.
 
 use crate::ledger::EntryRow;
+use crate::money::Credits;
+use crate::paging::{list_limit, Invalid};
+use crate::time::{from_millis, rfc3339};
 use crate::wallet::EntryKind;
 use flate2::{read::GzDecoder, Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
@@ -43,6 +46,54 @@ pub struct Checkpoint {
     pub sha256: String,
     pub bytes: u64,
     pub archived_at_ms: i64,
+}
+
+impl Checkpoint {
+    /// The segment as `GET …/ledger/segments` lists it.
+    pub fn to_json(&self, org_id: &str) -> serde_json::Value {
+        let at = |ms: i64| from_millis(ms).map(rfc3339);
+        serde_json::json!({
+            "id": format!("seg_{}", self.first_seq),
+            "key": segment_key(org_id, self.first_seq, self.last_seq),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "entries": self.entries,
+            "credits_added": Credits::from_units(self.credits_added),
+            "credits_removed": Credits::from_units(self.credits_removed),
+            "balance_after": Credits::from_units(self.balance_after),
+            "first_at": at(self.first_at_ms),
+            "last_at": at(self.last_at_ms),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "archived_at": at(self.archived_at_ms),
+        })
+    }
+}
+
+/// `GET …/ledger/segments`: oldest first, `limit`/`starting_after` (a
+/// segment id, `seg_{first_seq}`) as every list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentsQuery {
+    pub limit: u32,
+    pub after_first_seq: Option<u64>,
+}
+
+pub fn segments_query(
+    limit: Option<&str>,
+    starting_after: Option<&str>,
+) -> Result<SegmentsQuery, Invalid> {
+    let limit = list_limit(limit)?;
+    let after_first_seq = starting_after
+        .map(|id| {
+            id.strip_prefix("seg_")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| Invalid::new("starting_after", "must be a segment id (seg_…)"))
+        })
+        .transpose()?;
+    Ok(SegmentsQuery {
+        limit,
+        after_first_seq,
+    })
 }
 
 /// The object key of a segment: `ledger/{org}/{first_seq}-{last_seq}.ndjson.gz`.
@@ -360,6 +411,22 @@ mod tests {
             (9, 9)
         );
         assert_eq!(open(&sealed.bytes, &sealed.checkpoint).unwrap(), texts);
+    }
+
+    #[test]
+    fn segment_lists_take_their_own_cursor() {
+        let q = segments_query(Some("2"), Some("seg_501")).unwrap();
+        assert_eq!((q.limit, q.after_first_seq), (2, Some(501)));
+        assert_eq!(segments_query(None, None).unwrap().after_first_seq, None);
+        for bad in ["le_5", "seg_", "seg_x", "501"] {
+            assert!(segments_query(None, Some(bad)).is_err(), "{bad}");
+        }
+        assert!(segments_query(Some("0"), None).is_err());
+        let sealed = seal(&chain(1, 3, 0), 1_900_000_000_000).unwrap();
+        let view = sealed.checkpoint.to_json("org_1");
+        assert_eq!(view["id"], "seg_1");
+        assert_eq!(view["key"], "ledger/org_1/1-5.ndjson.gz");
+        assert_eq!(view["archived_at"], "2030-03-17T17:46:40.000Z");
     }
 
     #[test]
