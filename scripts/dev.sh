@@ -147,7 +147,7 @@ if [ -n "${EVENTS_WEBHOOK_URL:-}" ]; then
 fi
 # Limits you may want to try other values of locally pass through from the
 # environment (e.g. `MAX_METADATA_BYTES=4096 make dev`); unset, wrangler.toml's apply.
-for name in MAX_METADATA_BYTES; do
+for name in MAX_METADATA_BYTES LEDGER_LIVE_ENTRIES LEDGER_SEGMENT_ENTRIES OBJECT_BYTES_BUDGET; do
   if [ -n "${!name:-}" ]; then
     echo "    ${name}=${!name}"
     var_args+=(--var "${name}:${!name}")
