@@ -21,6 +21,9 @@ use worker::{SqlStorage, SqlStorageValue};
 
 pub type Statement = (&'static str, Vec<SqlStorageValue>);
 
+/// The largest integer a binding carries exactly to JavaScript (2^53 - 1).
+const JS_SAFE_MAX: i64 = (1 << 53) - 1;
+
 /// The first schema; later versions are the steps in [`MIGRATIONS`].
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS wallet (
@@ -916,7 +919,10 @@ pub fn checkpoints_meeting(
     below_first_seq: u64,
     limit: u32,
 ) -> worker::Result<Vec<Checkpoint>> {
-    let bound = |v: u64| int(v.min(i64::MAX as u64) as i64);
+    // Bounds past JavaScript's safe integers are clamped: no seq or time
+    // comes near them.
+    let bound = |v: u64| int(v.min(JS_SAFE_MAX as u64) as i64);
+    let time = |ms: i64| int(ms.clamp(-JS_SAFE_MAX, JS_SAFE_MAX));
     checkpoints(
         sql,
         "SELECT * FROM ledger_segments WHERE first_seq < ? AND first_seq < ? AND last_seq >= ?
@@ -925,9 +931,9 @@ pub fn checkpoints_meeting(
             bound(below_first_seq),
             bound(range.below_seq),
             bound(range.from_seq),
-            int(range.to_ms),
-            int(range.from_ms),
-            int(limit as i64),
+            time(range.to_ms),
+            time(range.from_ms),
+            int(i64::from(limit)),
         ],
     )
 }
