@@ -1028,6 +1028,31 @@ pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
 }
 
 #[derive(Deserialize)]
+struct Alerted {
+    storage_alerted_percent: i64,
+}
+
+/// The highest storage level `wallet.storage_high` announced (0: none).
+pub fn storage_alerted(sql: &SqlStorage) -> worker::Result<u8> {
+    let rows: Vec<Alerted> = sql
+        .exec(
+            "SELECT storage_alerted_percent FROM replica WHERE id = 1",
+            None,
+        )?
+        .to_array()?;
+    Ok(rows
+        .first()
+        .map_or(0, |r| r.storage_alerted_percent.clamp(0, 100) as u8))
+}
+
+pub fn set_storage_alerted(percent: u8) -> Statement {
+    (
+        "UPDATE replica SET storage_alerted_percent = ? WHERE id = 1",
+        vec![int(i64::from(percent))],
+    )
+}
+
+#[derive(Deserialize)]
 struct Sum {
     total: Option<i64>,
 }

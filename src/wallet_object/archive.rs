@@ -122,6 +122,52 @@ impl Instance {
         Ok(true)
     }
 
+    /// The storage watch, from the alarm: `wallet.storage_high` once per
+    /// level passed (50% and 80% of `OBJECT_BYTES_BUDGET`), committed with
+    /// the level in one transaction; and a log line while past 80%.
+    pub(super) fn watch_storage(&self, config: &wallet_core::WalletConfig) -> Result<()> {
+        let sql = self.state.storage().sql();
+        let object_bytes = sql.database_size() as u64;
+        let budget = config.object_bytes_budget;
+        let alerted = wallet_store::storage_alerted(&sql)?;
+        let (alerts, level) = archive::storage_alerts(object_bytes, budget, alerted);
+        let Some(mut wallet) = self.wallet.borrow().clone() else {
+            return Ok(());
+        };
+        if object_bytes.saturating_mul(100) >= budget.saturating_mul(80) {
+            console_error!(
+                "ledger storage of {} is at {} of {budget} bytes: archiving must catch up before it is full",
+                wallet.org_id(),
+                object_bytes
+            );
+        }
+        if level == alerted {
+            return Ok(());
+        }
+        let now = from_millis(Date::now().as_millis() as i64)
+            .ok_or_else(|| Error::RustError("bad clock".into()))?;
+        let writes: Vec<wallet_core::decision::Write> = alerts
+            .into_iter()
+            .map(|data| {
+                let seq = wallet.take_event_seq();
+                let event_type = wallet_core::events::EventType::StorageHigh;
+                let event =
+                    wallet_core::events::Event::new(wallet.org_id(), seq, event_type, now, data);
+                wallet_core::decision::Write::Event(event)
+            })
+            .collect();
+        let announced = !writes.is_empty();
+        let write = (wallet, wallet_core::decision::WalletWrite::Update);
+        let mut statements = wallet_store::statements(&writes, announced.then_some(&write));
+        statements.push(wallet_store::set_storage_alerted(level));
+        self.commit(statements)?;
+        if announced {
+            *self.wallet.borrow_mut() = Some(write.0);
+            self.arm_alarm(0.0);
+        }
+        Ok(())
+    }
+
     /// Whether the object's database is past `OBJECT_BYTES_BUDGET`.
     pub(super) fn past_budget(&self, config: &wallet_core::WalletConfig) -> bool {
         self.state.storage().sql().database_size() as u64 > config.object_bytes_budget

@@ -58,6 +58,7 @@ impl Instance {
                 next_alarm = next_alarm.or(Some(self.backoff_ms()));
             }
         }
+        self.watch_storage(&settings.config)?;
         let retention_ms = settings.config.idempotency_retention_seconds * 1000;
         let now_ms = Date::now().as_millis() as i64;
         let pruned = wallet_store::prune(&sql, now_ms - retention_ms)?;

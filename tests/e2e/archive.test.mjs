@@ -307,6 +307,22 @@ test('past its storage budget an organization cannot spend, and can still read',
     const s = await storage(w, org);
     assert.ok(s.object_bytes > s.object_bytes_budget, JSON.stringify(s));
     assert.equal(s.object_bytes_budget, 4096);
+    // The alarm after signup announced both levels, once each, and later
+    // alarms announce nothing more.
+    const storageEvents = async () => {
+      const res = await w.call('GET', '/v1/orgs/{org}/events', { org }, { token: ownerToken(org) });
+      assert.equal(res.status, 200, res.summary);
+      return res.json.data.filter((e) => e.type === 'wallet.storage_high').map((e) => e.data.percent);
+    };
+    await waitFor(async () => (await storageEvents()).length === 2, 15_000, 250);
+    for (let i = 0; i < 2; i++) {
+      const refill = await w.call('POST', '/v1/orgs/{org}/ledger/refill', { org }, { token: serviceToken(org) });
+      assert.equal(refill.status, 202, refill.summary);
+      await new Promise((r) => setTimeout(r, 1500));
+    }
+    assert.deepEqual((await storageEvents()).sort(), [50, 80]);
+    const [event] = (await w.call('GET', '/v1/orgs/{org}/events', { org }, { token: ownerToken(org) })).json.data;
+    assert.equal(event.data.object_bytes_budget, 4096);
   } finally {
     await full.stop();
   }

@@ -96,6 +96,41 @@ pub fn segments_query(
     })
 }
 
+/// The shares of `OBJECT_BYTES_BUDGET` at which `wallet.storage_high` fires.
+pub const STORAGE_ALERT_PERCENTS: [u8; 2] = [50, 80];
+/// Below this share the alerts are re-armed (archiving caught up).
+const STORAGE_REARM_PERCENT: u64 = 40;
+
+/// The storage watch: from the object's bytes, its budget and the highest
+/// level already announced, the levels to announce now (each passed for the
+/// first time, lowest first, with the event's data) and the level to record.
+pub fn storage_alerts(
+    object_bytes: u64,
+    budget_bytes: u64,
+    alerted_percent: u8,
+) -> (Vec<serde_json::Value>, u8) {
+    let share = |percent: u64| budget_bytes.saturating_mul(percent) / 100;
+    if object_bytes < share(STORAGE_REARM_PERCENT) {
+        return (Vec::new(), 0);
+    }
+    let due: Vec<u8> = STORAGE_ALERT_PERCENTS
+        .into_iter()
+        .filter(|p| *p > alerted_percent && object_bytes >= share(u64::from(*p)))
+        .collect();
+    let level = due.last().copied().unwrap_or(alerted_percent);
+    let events = due
+        .into_iter()
+        .map(|percent| {
+            serde_json::json!({
+                "percent": percent,
+                "object_bytes": object_bytes,
+                "object_bytes_budget": budget_bytes,
+            })
+        })
+        .collect();
+    (events, level)
+}
+
 /// The object key of a segment: `ledger/{org}/{first_seq}-{last_seq}.ndjson.gz`.
 pub fn segment_key(org_id: &str, first_seq: u64, last_seq: u64) -> String {
     format!("ledger/{org_id}/{first_seq}-{last_seq}.{SEGMENT_EXTENSION}")
@@ -427,6 +462,40 @@ mod tests {
         assert_eq!(view["id"], "seg_1");
         assert_eq!(view["key"], "ledger/org_1/1-5.ndjson.gz");
         assert_eq!(view["archived_at"], "2030-03-17T17:46:40.000Z");
+    }
+
+    #[test]
+    fn storage_alerts_fire_once_per_level_and_rearm_when_low() {
+        let levels = |events: &[serde_json::Value]| -> Vec<u64> {
+            events
+                .iter()
+                .map(|e| e["percent"].as_u64().unwrap())
+                .collect()
+        };
+        let (events, level) = storage_alerts(499, 1000, 0);
+        assert!(events.is_empty());
+        assert_eq!(level, 0);
+        let (events, level) = storage_alerts(500, 1000, 0);
+        assert_eq!((levels(&events), level), (vec![50], 50));
+        assert_eq!(events[0]["object_bytes_budget"], 1000);
+        let (events, level) = storage_alerts(790, 1000, 50);
+        assert_eq!((levels(&events), level), (vec![], 50), "once per level");
+        let (events, level) = storage_alerts(800, 1000, 50);
+        assert_eq!((levels(&events), level), (vec![80], 80));
+        let (events, level) = storage_alerts(5000, 1000, 80);
+        assert_eq!((levels(&events), level), (vec![], 80));
+        let (events, level) = storage_alerts(900, 1000, 0);
+        assert_eq!(
+            (levels(&events), level),
+            (vec![50, 80], 80),
+            "both, lowest first"
+        );
+        assert_eq!(
+            storage_alerts(450, 1000, 80).1,
+            80,
+            "not re-armed above 40%"
+        );
+        assert_eq!(storage_alerts(399, 1000, 80).1, 0, "re-armed below 40%");
     }
 
     #[test]
