@@ -992,7 +992,8 @@ pub fn oldest_live_entries(
 }
 
 /// Records a segment confirmed in R2 and removes its entries from `ops`
-/// (one transaction). A row still keeping an idempotency record keeps it,
+/// (one transaction). A row still keeping an idempotency record or a first
+/// answer (a capture's, answered again to a repeated capture) keeps them,
 /// without its entry, until the retention prunes it: a retried request
 /// still gets its first answer.
 pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
@@ -1017,7 +1018,8 @@ pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
             ],
         ),
         (
-            "DELETE FROM ops WHERE seq >= ? AND seq <= ? AND idempotency_key IS NULL",
+            "DELETE FROM ops WHERE seq >= ? AND seq <= ? AND idempotency_key IS NULL
+               AND response IS NULL",
             vec![first.clone(), last.clone()],
         ),
         (
