@@ -99,7 +99,7 @@ MUTANTS_ARGS ?=
 
 mutants:
 	@command -v cargo-mutants >/dev/null 2>&1 || cargo install --locked cargo-mutants@27.1.0
-	@status=0; cargo mutants -p wallet-domain -p wallet-core -o target/mutants $(MUTANTS_ARGS) || status=$$?; \
+	@mkdir -p target; status=0; cargo mutants -p wallet-domain -p wallet-core -o target/mutants $(MUTANTS_ARGS) || status=$$?; \
 	out=target/mutants/mutants.out; \
 	for outcome in caught missed unviable timeout; do \
 		printf '%-9s %s\n' "$$outcome" "$$(cat $$out/$$outcome.txt 2>/dev/null | wc -l)"; \
