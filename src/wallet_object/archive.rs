@@ -32,9 +32,21 @@ pub(super) struct OpenSegment {
     positions: Vec<(u64, i64)>,
 }
 
-/// The segments this instance read last, newest use last.
+/// What this instance remembers of the archive: the segments it read last
+/// (newest use last), and its last count of live entries.
 #[derive(Default)]
-pub(super) struct SegmentCache(RefCell<VecDeque<Rc<OpenSegment>>>);
+pub(super) struct SegmentCache(RefCell<VecDeque<Rc<OpenSegment>>>, Cell<Option<LiveCount>>);
+
+/// Live entries counted after `archived_through` when the next seq was
+/// `next_seq`: until then, entries are at most that count plus the seqs
+/// handed out since, so the alarm counts again only once those could pass
+/// the window (a count reads every live row).
+#[derive(Clone, Copy)]
+pub(super) struct LiveCount {
+    next_seq: u64,
+    archived_through: u64,
+    live: u64,
+}
 
 impl Instance {
     /// Seals segments while the live entries exceed the window, a few per
@@ -65,11 +77,25 @@ impl Instance {
             return Ok(None);
         }
         let archived_through = wallet_store::last_checkpoint(&sql)?.map_or(0, |c| c.last_seq);
-        // Entries are at most the seqs: no count while those fit the window.
+        // Entries are at most the seqs (or the last count plus the seqs
+        // since): no count while those fit the window.
         let live_seqs = next_seq.saturating_sub(archived_through + 1);
-        if live_seqs <= config.ledger_live_entries
-            || wallet_store::live_entries(&sql, archived_through)? <= config.ledger_live_entries
-        {
+        let bound = match self.segments.1.get() {
+            Some(c) if c.archived_through == archived_through => {
+                live_seqs.min(c.live + next_seq.saturating_sub(c.next_seq))
+            }
+            _ => live_seqs,
+        };
+        if bound <= config.ledger_live_entries {
+            return Ok(None);
+        }
+        let live = wallet_store::live_entries(&sql, archived_through)?;
+        self.segments.1.set(Some(LiveCount {
+            next_seq,
+            archived_through,
+            live,
+        }));
+        if live <= config.ledger_live_entries {
             return Ok(None);
         }
         let texts = wallet_store::oldest_live_entries(
