@@ -146,9 +146,9 @@ if [ -n "${EVENTS_WEBHOOK_URL:-}" ]; then
   var_args=(--var "EVENTS_WEBHOOK_URL:${EVENTS_WEBHOOK_URL}")
 fi
 # Limits you may want to try other values of locally pass through from the
-# environment (e.g. `MAX_METADATA_BYTES=4096 make dev`, `RATE_CARD='[…]' make dev`);
-# unset, wrangler.toml's apply.
-for name in MAX_METADATA_BYTES RATE_CARD; do
+# environment (e.g. `MAX_METADATA_BYTES=4096 make dev`, `RATE_CARD='[…]' make dev`,
+# `LEDGER_LIVE_ENTRIES=1000 make dev`); unset, wrangler.toml's apply.
+for name in MAX_METADATA_BYTES RATE_CARD LEDGER_LIVE_ENTRIES LEDGER_SEGMENT_ENTRIES OBJECT_BYTES_BUDGET; do
   if [ -n "${!name:-}" ]; then
     echo "    ${name}=${!name}"
     var_args+=(--var "${name}:${!name}")

@@ -230,6 +230,16 @@ async fn report_route(mut call: OrgCall<'_>, rest: &[&str], method: Method) -> A
             )?;
             reports::ledger(env, &org, now_ms, query, csv).await
         }
+        (["ledger", "segments"], Method::Get) => {
+            let query = wallet_core::archive::segments_query(
+                q("limit").as_deref(),
+                q("starting_after").as_deref(),
+            )?;
+            call_wallet(env, &org, now_ms, Query::Segments(query)).await
+        }
+        (["ledger", "storage"], Method::Get) => {
+            call_wallet(env, &org, now_ms, Query::Storage).await
+        }
         // An operator's tool (service token): after a shard was restored or
         // emptied, refill this organization now rather than at its next
         // credit movement.

@@ -14,6 +14,7 @@
 //! The object also answers the payment method on file from its cache
 //! (`payment_method_cache`).
 
+mod archive;
 mod auto_charge;
 mod event_handoff;
 mod pages;
@@ -94,6 +95,17 @@ struct ReplicaState {
     d1_batches: Cell<u64>,
 }
 
+/// The commands refused past the storage budget: those that spend.
+fn spends(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Debit { .. }
+            | Command::DebitBatch { .. }
+            | Command::PlaceHold { .. }
+            | Command::Capture { .. }
+    )
+}
+
 /// Counts one more failure in a row in `failures` and answers the delay
 /// before the next attempt: 5 s, doubling, at most 5 min.
 fn next_backoff_ms(failures: &Cell<u32>) -> f64 {
@@ -124,6 +136,8 @@ struct Instance {
     /// next instance's alarm send it again.
     charging: Cell<bool>,
     payment_method: RefCell<PaymentMethodCache>,
+    /// Ledger segments this instance read from R2 last.
+    segments: archive::SegmentCache,
 }
 
 impl DurableObject for WalletObject {
@@ -137,6 +151,7 @@ impl DurableObject for WalletObject {
                 replica: ReplicaState::default(),
                 charging: Cell::new(false),
                 payment_method: RefCell::new(PaymentMethodCache::default()),
+                segments: archive::SegmentCache::default(),
             }),
         }
     }
@@ -173,7 +188,7 @@ impl Instance {
         let reply = match envelope.request {
             WalletRequest::Bench(BenchRequest::Ping) => return Response::ok("{}"),
             WalletRequest::Bench(BenchRequest::StorageStats) => return self.storage_stats().await,
-            WalletRequest::Read(query) => self.read(&query, now),
+            WalletRequest::Read(query) => self.read(&query, now).await,
             WalletRequest::Outbox(request) => self.outbox(request, now),
             WalletRequest::Decide(command) => self
                 .ensure_loaded()
@@ -371,6 +386,15 @@ impl Instance {
             console_log!("{note}");
         }
         let statements = wallet_store::statements(&decision.writes, decision.wallet.as_ref());
+        if !statements.is_empty() && spends(&command) && self.past_budget(&settings.config) {
+            // Archiving has not kept up (R2 down): refuse spending, never
+            // fail the commit. Credits paid for and disputes are still
+            // recorded; reads go on.
+            console_error!(
+                "ledger storage of this organization is past its budget; spending refused"
+            );
+            return Ok(Reply::error(&ApiError::LedgerStorageFull, now));
+        }
         if !statements.is_empty() {
             if let Err(err) = self.commit(statements) {
                 // Storage may or may not hold part of it: reload before the next decision.

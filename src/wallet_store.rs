@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use wallet_core::archive::{Checkpoint, EntryRange, SegmentsQuery};
 use wallet_core::audit::{AuditQuery, AuditRecord};
 use wallet_core::auto_top_up::AutoTopUp;
 use wallet_core::decision::{Loaded, OpRow, Reads, StoredReply, StoredState, WalletWrite, Write};
@@ -15,10 +16,13 @@ use wallet_core::ledger::{row_json, EntryRow, LedgerQuery};
 use wallet_core::purchase::{CreditedPayment, Purchase};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::{seq_of, Hold, StoredWallet};
-use wallet_core::{Credits, Wallet};
+use wallet_core::{Credits, EntryKind, Wallet};
 use worker::{SqlStorage, SqlStorageValue};
 
 pub type Statement = (&'static str, Vec<SqlStorageValue>);
+
+/// The largest integer a binding carries exactly to JavaScript (2^53 - 1).
+const JS_SAFE_MAX: i64 = (1 << 53) - 1;
 
 /// The first schema; later versions are the steps in [`MIGRATIONS`].
 const SCHEMA_V1: &str = "
@@ -122,6 +126,23 @@ const MIGRATIONS: &[&str] = &[
        updated_at_ms INTEGER
      );
      CREATE INDEX events_undelivered ON events (seq) WHERE status != 'delivered';",
+    // 5: the ledger's sealed segments (SPEC §11): one checkpoint per segment
+    // put in R2, whose entries then left `ops`; and how far the storage
+    // alert went (0, 50 or 80: `wallet.storage_high` fires once per level).
+    "CREATE TABLE ledger_segments (
+       first_seq INTEGER PRIMARY KEY,
+       last_seq INTEGER NOT NULL,
+       entries INTEGER NOT NULL,
+       credits_added INTEGER NOT NULL,
+       credits_removed INTEGER NOT NULL,
+       balance_after INTEGER NOT NULL,
+       first_at_ms INTEGER NOT NULL,
+       last_at_ms INTEGER NOT NULL,
+       sha256 TEXT NOT NULL,
+       bytes INTEGER NOT NULL,
+       archived_at_ms INTEGER NOT NULL
+     );
+     ALTER TABLE replica ADD COLUMN storage_alerted_percent INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Deserialize)]
@@ -257,6 +278,7 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
             )));
         }
     }
+    check_against_checkpoint(sql, wallet.balance())?;
     Ok(Some(wallet))
 }
 
@@ -753,12 +775,18 @@ fn first_seq_at_or_after(sql: &SqlStorage, at_ms: i64, end_seq: i64) -> worker::
     Ok(low)
 }
 
-/// One page of the ledger, newest first, as stored entry texts spliced into
-/// `{"entries":[…],"has_more":…}` (the Worker formats them; nothing is
-/// parsed here, so a page holds the object for as little time as possible).
-pub fn ledger_page(sql: &SqlStorage, query: &LedgerQuery, next_seq: u64) -> worker::Result<String> {
+/// The live part of a ledger page: up to `limit + 1` stored entry texts,
+/// newest first, and the range the page asks for, for the archived part
+/// (nothing is parsed here, so a page holds the object for as little time
+/// as possible).
+pub fn ledger_live(
+    sql: &SqlStorage,
+    query: &LedgerQuery,
+    next_seq: u64,
+) -> worker::Result<(Vec<String>, EntryRange)> {
     let end = next_seq as i64;
-    let mut below = query.before_seq.map_or(end, |s| (s as i64).min(end));
+    let before = query.before_seq.map_or(end, |s| (s as i64).min(end));
+    let mut below = before;
     if let Some(to_ms) = query.to_ms {
         below = below.min(first_seq_at_or_after(sql, to_ms, end)?);
     }
@@ -773,19 +801,303 @@ pub fn ledger_page(sql: &SqlStorage, query: &LedgerQuery, next_seq: u64) -> work
             vec![int(below), int(from), int(query.limit as i64 + 1)],
         )?
         .to_array()?;
-    let has_more = rows.len() > query.limit as usize;
-    let mut out = String::with_capacity(rows.len() * 420 + 32);
+    // Archived entries are older than every live one: their seq bound is
+    // the cursor's, their time bounds the query's own.
+    let range = EntryRange {
+        from_seq: 0,
+        below_seq: before.max(0) as u64,
+        from_ms: query.from_ms.unwrap_or(i64::MIN),
+        to_ms: query.to_ms.unwrap_or(i64::MAX),
+    };
+    Ok((rows.into_iter().map(|r| r.entry).collect(), range))
+}
+
+/// A ledger page as the Worker reads it: `{"entries":[…],"has_more":…}`,
+/// the stored texts spliced in as they are.
+pub fn ledger_page_json(texts: &[String], limit: u32) -> String {
+    let has_more = texts.len() > limit as usize;
+    let mut out = String::with_capacity(texts.len() * 420 + 32);
     out.push_str("{\"entries\":[");
-    for (i, row) in rows.iter().take(query.limit as usize).enumerate() {
+    for (i, text) in texts.iter().take(limit as usize).enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&row.entry);
+        out.push_str(text);
     }
     out.push_str("],\"has_more\":");
     out.push_str(if has_more { "true" } else { "false" });
     out.push('}');
-    Ok(out)
+    out
+}
+
+#[derive(Deserialize)]
+struct CheckpointRow {
+    first_seq: i64,
+    last_seq: i64,
+    entries: i64,
+    credits_added: i64,
+    credits_removed: i64,
+    balance_after: i64,
+    first_at_ms: i64,
+    last_at_ms: i64,
+    sha256: String,
+    bytes: i64,
+    archived_at_ms: i64,
+}
+
+impl CheckpointRow {
+    fn checkpoint(self) -> Checkpoint {
+        Checkpoint {
+            first_seq: self.first_seq.max(0) as u64,
+            last_seq: self.last_seq.max(0) as u64,
+            entries: self.entries.max(0) as u64,
+            credits_added: self.credits_added,
+            credits_removed: self.credits_removed,
+            balance_after: self.balance_after,
+            first_at_ms: self.first_at_ms,
+            last_at_ms: self.last_at_ms,
+            sha256: self.sha256,
+            bytes: self.bytes.max(0) as u64,
+            archived_at_ms: self.archived_at_ms,
+        }
+    }
+}
+
+fn checkpoints(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> worker::Result<Vec<Checkpoint>> {
+    let rows: Vec<CheckpointRow> = sql.exec(query, bindings)?.to_array()?;
+    Ok(rows.into_iter().map(CheckpointRow::checkpoint).collect())
+}
+
+/// The newest segment's checkpoint: every seq at or below its `last_seq`
+/// is archived.
+pub fn last_checkpoint(sql: &SqlStorage) -> worker::Result<Option<Checkpoint>> {
+    let newest = checkpoints(
+        sql,
+        "SELECT * FROM ledger_segments ORDER BY first_seq DESC LIMIT 1",
+        vec![],
+    )?;
+    Ok(newest.into_iter().next())
+}
+
+/// The oldest segment holding seqs after `after_seq`, if any does.
+pub fn checkpoint_after(sql: &SqlStorage, after_seq: u64) -> worker::Result<Option<Checkpoint>> {
+    let found = checkpoints(
+        sql,
+        "SELECT * FROM ledger_segments WHERE last_seq > ? ORDER BY first_seq LIMIT 1",
+        vec![int(after_seq as i64)],
+    )?;
+    Ok(found.into_iter().next())
+}
+
+/// One page of checkpoints, oldest first, and whether more follow.
+pub fn checkpoints_page(
+    sql: &SqlStorage,
+    query: &SegmentsQuery,
+) -> worker::Result<(Vec<Checkpoint>, bool)> {
+    let mut page = checkpoints(
+        sql,
+        "SELECT * FROM ledger_segments WHERE first_seq > ? ORDER BY first_seq LIMIT ?",
+        vec![
+            int(query.after_first_seq.map_or(0, |s| s as i64)),
+            int(query.limit as i64 + 1),
+        ],
+    )?;
+    let has_more = page.len() > query.limit as usize;
+    page.truncate(query.limit as usize);
+    Ok((page, has_more))
+}
+
+/// Up to `limit` checkpoints of segments that may hold entries of `range`,
+/// newest first, below `below_first_seq`.
+pub fn checkpoints_meeting(
+    sql: &SqlStorage,
+    range: &EntryRange,
+    below_first_seq: u64,
+    limit: u32,
+) -> worker::Result<Vec<Checkpoint>> {
+    // Bounds past JavaScript's safe integers are clamped: no seq or time
+    // comes near them.
+    let bound = |v: u64| int(v.min(JS_SAFE_MAX as u64) as i64);
+    let time = |ms: i64| int(ms.clamp(-JS_SAFE_MAX, JS_SAFE_MAX));
+    checkpoints(
+        sql,
+        "SELECT * FROM ledger_segments WHERE first_seq < ? AND first_seq < ? AND last_seq >= ?
+           AND first_at_ms < ? AND last_at_ms >= ? ORDER BY first_seq DESC LIMIT ?",
+        vec![
+            bound(below_first_seq),
+            bound(range.below_seq),
+            bound(range.from_seq),
+            time(range.to_ms),
+            time(range.from_ms),
+            int(i64::from(limit)),
+        ],
+    )
+}
+
+#[derive(Deserialize)]
+struct ArchiveTotals {
+    segments: i64,
+    archived_entries: Option<i64>,
+}
+
+/// How many segments there are and the entries they hold.
+pub fn archive_totals(sql: &SqlStorage) -> worker::Result<(u64, u64)> {
+    let rows: Vec<ArchiveTotals> = sql
+        .exec(
+            "SELECT count(*) AS segments, sum(entries) AS archived_entries FROM ledger_segments",
+            None,
+        )?
+        .to_array()?;
+    Ok(rows.first().map_or((0, 0), |r| {
+        (
+            r.segments.max(0) as u64,
+            r.archived_entries.unwrap_or(0).max(0) as u64,
+        )
+    }))
+}
+
+#[derive(Deserialize)]
+struct Count {
+    n: i64,
+}
+
+/// The entries still in the object (after `after_seq`, the archived ones').
+pub fn live_entries(sql: &SqlStorage, after_seq: u64) -> worker::Result<u64> {
+    let rows: Vec<Count> = sql
+        .exec(
+            "SELECT count(*) AS n FROM ops WHERE seq > ? AND entry IS NOT NULL",
+            vec![int(after_seq as i64)],
+        )?
+        .to_array()?;
+    Ok(rows.first().map_or(0, |r| r.n.max(0) as u64))
+}
+
+/// The oldest `limit` live entries after `after_seq`, oldest first, as stored.
+pub fn oldest_live_entries(
+    sql: &SqlStorage,
+    after_seq: u64,
+    limit: u64,
+) -> worker::Result<Vec<String>> {
+    let rows: Vec<EntryText> = sql
+        .exec(
+            "SELECT seq, entry FROM ops WHERE seq > ? AND entry IS NOT NULL ORDER BY seq LIMIT ?",
+            vec![int(after_seq as i64), int(limit as i64)],
+        )?
+        .to_array()?;
+    Ok(rows.into_iter().map(|r| r.entry).collect())
+}
+
+/// Records a segment confirmed in R2 and removes its entries from `ops`
+/// (one transaction). A row still keeping an idempotency record or a first
+/// answer (a capture's, answered again to a repeated capture) keeps them,
+/// without its entry, until the retention prunes it: a retried request
+/// still gets its first answer.
+pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
+    let (first, last) = (int(c.first_seq as i64), int(c.last_seq as i64));
+    vec![
+        (
+            "INSERT INTO ledger_segments (first_seq, last_seq, entries, credits_added,
+               credits_removed, balance_after, first_at_ms, last_at_ms, sha256, bytes,
+               archived_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                first.clone(),
+                last.clone(),
+                int(c.entries as i64),
+                int(c.credits_added),
+                int(c.credits_removed),
+                int(c.balance_after),
+                int(c.first_at_ms),
+                int(c.last_at_ms),
+                text(c.sha256.as_str()),
+                int(c.bytes as i64),
+                int(c.archived_at_ms),
+            ],
+        ),
+        (
+            "DELETE FROM ops WHERE seq >= ? AND seq <= ? AND idempotency_key IS NULL
+               AND response IS NULL",
+            vec![first.clone(), last.clone()],
+        ),
+        (
+            "UPDATE ops SET entry = NULL WHERE seq >= ? AND seq <= ? AND entry IS NOT NULL",
+            vec![first, last],
+        ),
+    ]
+}
+
+#[derive(Deserialize)]
+struct Alerted {
+    storage_alerted_percent: i64,
+}
+
+/// The highest storage level `wallet.storage_high` announced (0: none).
+pub fn storage_alerted(sql: &SqlStorage) -> worker::Result<u8> {
+    let rows: Vec<Alerted> = sql
+        .exec(
+            "SELECT storage_alerted_percent FROM replica WHERE id = 1",
+            None,
+        )?
+        .to_array()?;
+    Ok(rows
+        .first()
+        .map_or(0, |r| r.storage_alerted_percent.clamp(0, 100) as u8))
+}
+
+pub fn set_storage_alerted(percent: u8) -> Statement {
+    (
+        "UPDATE replica SET storage_alerted_percent = ? WHERE id = 1",
+        vec![int(i64::from(percent))],
+    )
+}
+
+#[derive(Deserialize)]
+struct Sum {
+    total: Option<i64>,
+}
+
+/// The signed sum of the live entries after `after_seq`, computed by the
+/// database from each entry's kind and amount.
+fn live_sum(sql: &SqlStorage, after_seq: u64) -> worker::Result<i64> {
+    let adding: Vec<&str> = EntryKind::ALL
+        .into_iter()
+        .filter(|k| k.adds_credits())
+        .map(EntryKind::as_str)
+        .collect();
+    let rows: Vec<Sum> = sql
+        .exec(
+            "SELECT sum(CASE WHEN json_extract(entry, '$.kind') IN (SELECT value FROM json_each(?))
+               THEN 1 ELSE -1 END * json_extract(entry, '$.amount')) AS total
+             FROM ops WHERE seq > ? AND entry IS NOT NULL",
+            vec![
+                text(serde_json::to_string(&adding).expect("kinds serialize")),
+                int(after_seq as i64),
+            ],
+        )?
+        .to_array()?;
+    Ok(rows.first().and_then(|r| r.total).unwrap_or(0))
+}
+
+/// With part of the ledger archived: the balance must be the last
+/// checkpoint's `balance_after` plus the live entries' sum.
+fn check_against_checkpoint(sql: &SqlStorage, balance: Credits) -> worker::Result<()> {
+    let Some(last) = last_checkpoint(sql)? else {
+        return Ok(());
+    };
+    let live = live_sum(sql, last.last_seq)?;
+    if last.balance_after.checked_add(live) != Some(balance.units()) {
+        return Err(worker::Error::RustError(format!(
+            "stored wallet is inconsistent: balance {balance} but segment {}-{} ends at {} and live entries add {}",
+            last.first_seq,
+            last.last_seq,
+            Credits::from_units(last.balance_after),
+            Credits::from_units(live)
+        )));
+    }
+    Ok(())
 }
 
 /// Whether any entry is newer than `seq`.

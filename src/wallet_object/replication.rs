@@ -48,6 +48,17 @@ impl Instance {
             }
         }
         let settings = settings(&self.env).map_err(Error::RustError)?;
+        // Sealing waits for R2; while it cannot, entries stay live and the
+        // alarm comes back with the backoff.
+        match self.archive(&settings.config).await {
+            Ok(true) => next_alarm = next_alarm.or(Some(FLUSH_CONTINUE_MS)),
+            Ok(false) => {}
+            Err(err) => {
+                console_error!("archiving the ledger failed, retrying: {err}");
+                next_alarm = next_alarm.or(Some(self.backoff_ms()));
+            }
+        }
+        self.watch_storage(&settings.config)?;
         let retention_ms = settings.config.idempotency_retention_seconds * 1000;
         let now_ms = Date::now().as_millis() as i64;
         let pruned = wallet_store::prune(&sql, now_ms - retention_ms)?;
@@ -125,7 +136,11 @@ impl Instance {
         };
         self.replica.watermark.set(Some(from));
         for _ in 0..FLUSH_MAX_BATCHES {
-            let entries = wallet_store::outbox(&sql, from, FLUSH_MAX_ENTRIES)?;
+            // A shard behind the archive (a refill) gets those from R2.
+            let mut entries = self.archived_outbox(from, FLUSH_MAX_ENTRIES).await?;
+            if entries.is_empty() {
+                entries = wallet_store::outbox(&sql, from, FLUSH_MAX_ENTRIES)?;
+            }
             if entries.is_empty() {
                 return Ok(true);
             }

@@ -130,6 +130,19 @@ test('an attempt that takes longer than timeoutMs is a network error and is retr
   assert.equal(requests[0].headers['idempotency-key'], requests[1].headers['idempotency-key']);
 });
 
+test('507 ledger_storage_full is thrown at once, not retried like other 5xx', async () => {
+  const { client, requests, sleeps } = fakeClient([apiError(507, 'ledger_storage_full'), json(201, ENTRY)]);
+  await assert.rejects(client.debit({ feature: 'chat', amount: '1' }), (err) => {
+    assert.ok(err instanceof WalletError);
+    assert.equal(err.code, 'ledger_storage_full');
+    assert.equal(err.status, 507);
+    assert.equal(err.attempts, 1);
+    return true;
+  });
+  assert.equal(requests.length, 1);
+  assert.deepEqual(sleeps, []);
+});
+
 test('402, 409 and 422 are thrown at once, typed with their details, never sent twice', async () => {
   const cases = [
     [apiError(402, 'insufficient_credits', { available: '3', requested: '5' }), 'insufficient_credits', { available: '3', requested: '5' }],

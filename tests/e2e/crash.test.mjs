@@ -11,8 +11,15 @@
 // caller was given is in the ledger once, the ledger has no debit or capture
 // nobody was given, each PaymentIntent credited once, each refund and
 // dispute taken once, each won dispute given back once, and the balance is
-// the sum of the ledger and what the model expects.
+// the sum of the ledger and what the model expects. A small live window
+// (ARCHIVE) keeps the alarm sealing ledger segments into R2 all along, so
+// kills also land between a segment's put and its checkpoint, and between
+// the checkpoint and the next alarm: at the end every organization's
+// archive must verify end to end (scripts/verify-archive.mjs) and hold,
+// with the live entries, exactly the ledger.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -25,6 +32,7 @@ import {
 } from './money.mjs';
 
 const KILLS = 10;
+const ARCHIVE = { LEDGER_LIVE_ENTRIES: '40', LEDGER_SEGMENT_ENTRIES: '20' };
 const ORGS = 3;
 const LANES = 6; // concurrent request streams
 // Each round's kill comes at a random moment KILL_AFTER_MS into its load, but
@@ -54,12 +62,14 @@ const SCENARIOS = [
   { name: 'paid', stages: [['paid']] },
 ];
 
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+
 let stack;
 let worker;
 
 before(async () => {
   // Only the test's deliveries reach the worker (localstripe's own are not registered).
-  stack = await startStack({ webhooks: 'none' });
+  stack = await startStack({ webhooks: 'none', vars: ARCHIVE });
   worker = stack.worker;
 }, { timeout: 180_000 });
 
@@ -170,7 +180,7 @@ test(`acknowledged operations survive ${KILLS} SIGKILLs of the runtime under mix
   }
   const setUpMs = Date.now() - began;
 
-  const stats = { kills: 0, requests: 0, unanswered: 0, replays: 0, deliveries: 0, deliveriesUnanswered: 0, deliveriesWhileDown: 0, retried5xx: 0 };
+  const stats = { kills: 0, requests: 0, unanswered: 0, replays: 0, deliveries: 0, deliveriesUnanswered: 0, deliveriesWhileDown: 0, retried5xx: 0, segments: 0 };
   const given = new Map(orgs.map((org) => [org, new Map()])); // org → entry id → amount the caller was told
   const refused = []; // answers other than the expected success
   const replayMismatches = [];
@@ -378,6 +388,7 @@ test(`acknowledged operations survive ${KILLS} SIGKILLs of the runtime under mix
   let doubled = 0;
   let returnedTotal = 0;
   const problems = [];
+  const archivedOrgs = [];
   if (!allAcknowledged()) {
     problems.push(`stages never acknowledged: ${payments.flatMap((p) => p.stages.filter((st) => !st.acked).map((st) => `${p.intent.id} ${st.type}`))}`);
   }
@@ -438,6 +449,22 @@ test(`acknowledged operations survive ${KILLS} SIGKILLs of the runtime under mix
     assertWalletInvariants(wallet.json);
     if (problems.length === 0) assertLedgerAddsUp(ledger, wallet.json.balance);
 
+    // The archive: sealed while the runtime was being killed, nothing lost
+    // or doubled between R2 and the object, every segment intact.
+    const storage = await waitFor(async () => {
+      const res = await w.call('GET', '/v1/orgs/{org}/ledger/storage', { org }, { token: ownerToken(org) });
+      return res.status === 200 && res.json.live_entries <= 40 && res.json;
+    }, 30_000, 250).catch(() => null);
+    if (!storage) problems.push(`${org}: the archive did not catch up`);
+    else {
+      stats.segments += storage.segments;
+      if (storage.segments === 0) problems.push(`${org}: nothing was archived`);
+      if (storage.live_entries + storage.archived_entries !== ledger.length) {
+        problems.push(`${org}: ${storage.live_entries} live + ${storage.archived_entries} archived entries, the ledger lists ${ledger.length}`);
+      }
+      archivedOrgs.push(org);
+    }
+
     // Each piece of news is one event, once.
     const events = await allEvents(w, org);
     const count = (type) => events.filter((e) => e.type === type).length;
@@ -468,12 +495,24 @@ test(`acknowledged operations survive ${KILLS} SIGKILLs of the runtime under mix
     }
   }
 
+  // Last, once nothing else is asked of the worker: each archive checked
+  // from the bucket (wrangler's local R2) and the API.
+  for (const org of archivedOrgs) {
+    const verified = await new Promise((resolve) => {
+      execFile(process.execPath, [path.join(ROOT, 'scripts/verify-archive.mjs'), org, '--base', worker.base, '--persist-to', persistTo], {
+        cwd: ROOT, encoding: 'utf8', timeout: 180_000,
+        env: { ...process.env, PATH: `${path.join(ROOT, 'node_modules/.bin')}${path.delimiter}${process.env.PATH}` },
+      }, (err, stdout, stderr) => resolve({ status: err ? (err.code ?? 1) : 0, stdout, stderr }));
+    });
+    if (verified.status !== 0) problems.push(`${org}: verify-archive: ${verified.stdout}${verified.stderr}`);
+  }
+
   t.diagnostic(`kills ${stats.kills}, requests ${stats.requests} (${stats.unanswered} unanswered and retried after a restart), ` +
     `${returnedTotal} entries given to callers, ${stats.deliveries} Stripe event deliveries (${stats.deliveriesUnanswered} unanswered: ` +
     `${stats.deliveriesWhileDown} sent while the runtime was down, the rest cut by a kill; ` +
     `${stats.retried5xx} answered 5xx, all sent again) ` +
     `about ${payments.length + orgs.length} PaymentIntents, replays ${stats.replays} (${replayMismatches.length} mismatched), ` +
-    `lost ${lost}, doubled ${doubled}, set-up ${setUpMs} ms, load ${loadDone - began} ms, total ${Date.now() - began} ms`);
+    `lost ${lost}, doubled ${doubled}, ${stats.segments} segments sealed, set-up ${setUpMs} ms, load ${loadDone - began} ms, total ${Date.now() - began} ms`);
   assert.deepEqual(replayMismatches, [], 'replays answered differently');
   assert.deepEqual(problems, []);
   assert.equal(lost, 0);

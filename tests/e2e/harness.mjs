@@ -144,8 +144,9 @@ export function migrateShard(dir, shard, logFile = path.join(dir, `migrate-${sha
  * `vars` override the worker's variables and the secrets of .dev.vars
  * (`wrangler dev --var NAME:VALUE`). `readyStatus`: the /healthz status that
  * means it is up (500 for a deployment that must refuse to serve).
+ * `config`: another wrangler configuration file (default wrangler.toml).
  */
-export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARDS, readyStatus = 200 } = {}) {
+export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARDS, readyStatus = 200, config } = {}) {
   const dir = persistTo ?? tempDir();
   const [port, inspectorPort] = [await freePort(), await freePort()];
   const logFile = path.join(dir, `wrangler-dev-${port}.log`);
@@ -164,6 +165,7 @@ export async function startWorker({ persistTo, vars = {}, migrate = LEDGER_SHARD
       '--inspector-port', String(inspectorPort), // 9229 may be taken by `make dev`
       '--persist-to', dir,
       '--show-interactive-dev-session=false',
+      ...(config ? ['--config', config] : []),
       ...Object.entries(vars).flatMap(([name, value]) => ['--var', `${name}:${value}`]),
     ],
     { cwd: ROOT, env: wranglerEnv(), stdio: ['ignore', out, out], detached: true },

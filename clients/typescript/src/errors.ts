@@ -31,6 +31,7 @@ export const ERROR_STATUS = {
   rate_limited: 429,
   internal_error: 500,
   payment_provider_unavailable: 503,
+  ledger_storage_full: 507,
 } as const;
 
 /** A code the API answers. */

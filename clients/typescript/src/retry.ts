@@ -24,11 +24,12 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
 /**
  * Statuses worth sending again: 429 (a cap or a read limit; Retry-After says
  * when) and 5xx (the request may not have been applied; the same
- * Idempotency-Key makes a resend safe). Never 402, 409, 422 or any other 4xx:
- * the same request would be refused the same way.
+ * Idempotency-Key makes a resend safe), except 507 (`ledger_storage_full`:
+ * the organization's storage stays full until an operator acts). Never 402,
+ * 409, 422 or any other 4xx: the same request would be refused the same way.
  */
 export function isRetryableStatus(status: number): boolean {
-  return status === 429 || (status >= 500 && status <= 599);
+  return status === 429 || (status >= 500 && status <= 599 && status !== 507);
 }
 
 /**

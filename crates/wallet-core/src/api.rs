@@ -87,8 +87,11 @@ const ORG_LIMITED_READ: &[u16] = &[200, 401, 403, 404, 422, 429, 500];
 /// An organization's route with a JSON body.
 const ORG_WRITE: &[u16] = &[200, 400, 401, 403, 404, 413, 422, 500];
 /// Debits and holds: ORG_WRITE answering 201, plus 402, 409 and 429.
-const ORG_SPEND: &[u16] = &[201, 400, 401, 402, 403, 404, 409, 413, 422, 429, 500];
+/// And 507 `ledger_storage_full` where a debit may be refused (SPEC §11).
+const ORG_SPEND: &[u16] = &[201, 400, 401, 402, 403, 404, 409, 413, 422, 429, 500, 507];
 const HOLD_CLOSE: &[u16] = &[200, 400, 401, 403, 404, 409, 413, 422, 500];
+/// A capture moves credits: HOLD_CLOSE plus 507 `ledger_storage_full`.
+const HOLD_CAPTURE: &[u16] = &[200, 400, 401, 403, 404, 409, 413, 422, 500, 507];
 
 /// Every route the Worker answers. The OpenAPI document must describe
 /// exactly these, each with exactly its statuses (checked by a test).
@@ -191,7 +194,7 @@ pub const ROUTES: &[Route] = &[
         "post",
         "/v1/orgs/{org}/debits/batch",
         MAX_BATCH_BODY_BYTES,
-        ORG_WRITE,
+        &[200, 400, 401, 403, 404, 413, 422, 500, 507],
         Access::Org(SERVICE),
     ),
     route(
@@ -205,7 +208,7 @@ pub const ROUTES: &[Route] = &[
         "post",
         "/v1/orgs/{org}/holds/{hold_id}/capture",
         MAX_BODY_BYTES,
-        HOLD_CLOSE,
+        HOLD_CAPTURE,
         Access::Org(SERVICE),
     ),
     route(
@@ -218,6 +221,20 @@ pub const ROUTES: &[Route] = &[
     route(
         "get",
         "/v1/orgs/{org}/ledger",
+        0,
+        ORG_READ,
+        Access::Org(OWNER_OR_ADMIN),
+    ),
+    route(
+        "get",
+        "/v1/orgs/{org}/ledger/segments",
+        0,
+        ORG_READ,
+        Access::Org(OWNER_OR_ADMIN),
+    ),
+    route(
+        "get",
+        "/v1/orgs/{org}/ledger/storage",
         0,
         ORG_READ,
         Access::Org(OWNER_OR_ADMIN),
@@ -351,6 +368,9 @@ pub enum ApiError {
         retry_after_seconds: i64,
     },
     Rejected(Rejection),
+    /// The organization's Durable Object is past `OBJECT_BYTES_BUDGET`
+    /// (archiving has not kept up): spending is refused until it is not.
+    LedgerStorageFull,
     Internal,
 }
 
@@ -441,6 +461,7 @@ impl ApiError {
                 "rate_limited",
                 format!("Too many reads of this kind for this organization; retry in {retry_after_seconds} seconds."),
             ),
+            ApiError::LedgerStorageFull => Told::new(507, "ledger_storage_full", "This organization's ledger storage is full until its oldest entries are archived; retry later."),
             ApiError::Internal => Told::new(500, "internal_error", "Something went wrong on our side; the request may be retried."),
             ApiError::Rejected(r) => rejection_told(r),
         }
@@ -1351,6 +1372,10 @@ pub enum Query {
     Ledger(crate::ledger::LedgerQuery),
     Audit(crate::audit::AuditQuery),
     Events(crate::events::EventsQuery),
+    /// The ledger's sealed segments, oldest first.
+    Segments(crate::archive::SegmentsQuery),
+    /// The object's storage: live and archived entries, bytes and budget.
+    Storage,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

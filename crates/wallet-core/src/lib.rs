@@ -16,8 +16,8 @@ pub mod decision;
 pub mod deployment;
 
 pub use wallet_domain::{
-    audit, auto_top_up, config, csv, events, ids, ledger, money, paging, purchase, rate_card,
-    reports, stripe, time, token, wallet,
+    archive, audit, auto_top_up, config, csv, events, ids, ledger, money, paging, purchase,
+    rate_card, reports, stripe, time, token, wallet,
 };
 pub use wallet_domain::{
     Credits, DebitRequest, EntryKind, Hold, HoldRequest, HoldStatus, LedgerEntry, Pack,

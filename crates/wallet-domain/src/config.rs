@@ -54,6 +54,14 @@ pub struct WalletConfig {
     pub max_metadata_bytes: usize,
     /// What each model's tokens cost, effective-dated (`RATE_CARD`).
     pub rate_card: RateCard,
+    /// The ledger's live window and segments (SPEC §11): entries past
+    /// `ledger_live_entries` are sealed to R2, oldest first, in segments of
+    /// `ledger_segment_entries` (`LEDGER_LIVE_ENTRIES`, `LEDGER_SEGMENT_ENTRIES`).
+    pub ledger_live_entries: u64,
+    pub ledger_segment_entries: u64,
+    /// The object's storage budget (`OBJECT_BYTES_BUDGET`): past it, new
+    /// entries are refused (507); at 50% and 80% `wallet.storage_high` fires.
+    pub object_bytes_budget: u64,
 }
 
 /// The shard of organizations created before shards existed.
@@ -190,6 +198,22 @@ fn shards(vars: &Vars) -> Result<(Vec<String>, Vec<String>), ConfigError> {
     Ok((ledger_shards, ledger_shards_open))
 }
 
+/// `LEDGER_LIVE_ENTRIES`, `LEDGER_SEGMENT_ENTRIES` (at most the live
+/// window: a segment is sealed only from entries past it) and
+/// `OBJECT_BYTES_BUDGET` (at most the object's 10 GB).
+fn archive(vars: &Vars) -> Result<(u64, u64, u64), ConfigError> {
+    let live = vars.integer("LEDGER_LIVE_ENTRIES", "1000000", 100_000_000)?;
+    let segment = vars.integer("LEDGER_SEGMENT_ENTRIES", "100000", 1_000_000)?;
+    if segment > live {
+        return Err(ConfigError::new(
+            "LEDGER_SEGMENT_ENTRIES",
+            "exceeds LEDGER_LIVE_ENTRIES",
+        ));
+    }
+    let budget = vars.integer("OBJECT_BYTES_BUDGET", "5000000000", 10_000_000_000)?;
+    Ok((live as u64, segment as u64, budget as u64))
+}
+
 impl WalletConfig {
     /// Builds the configuration from named variables; `lookup` returns a
     /// variable's text or `None` when it is unset (the documented default applies).
@@ -214,7 +238,11 @@ impl WalletConfig {
             ));
         }
         let (ledger_shards, ledger_shards_open) = shards(&vars)?;
+        let (ledger_live_entries, ledger_segment_entries, object_bytes_budget) = archive(&vars)?;
         Ok(WalletConfig {
+            ledger_live_entries,
+            ledger_segment_entries,
+            object_bytes_budget,
             ledger_shards,
             ledger_shards_open,
             credits_per_usd,
@@ -440,6 +468,42 @@ mod tests {
         let ids: Vec<&str> = cfg.packs.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["starter", "team", "business", "scale"]);
         assert_eq!(cfg.pack("team").unwrap().credits, Credits::whole(5250));
+        assert_eq!(cfg.ledger_live_entries, 1_000_000);
+        assert_eq!(cfg.ledger_segment_entries, 100_000);
+        assert_eq!(cfg.object_bytes_budget, 5_000_000_000);
+    }
+
+    #[test]
+    fn archive_settings_are_read_and_bounded() {
+        let cfg = with(&[
+            ("LEDGER_LIVE_ENTRIES", "1000"),
+            ("LEDGER_SEGMENT_ENTRIES", "500"),
+            ("OBJECT_BYTES_BUDGET", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                cfg.ledger_live_entries,
+                cfg.ledger_segment_entries,
+                cfg.object_bytes_budget
+            ),
+            (1000, 500, 65536)
+        );
+        let bad: &[(&str, &str)] = &[
+            ("LEDGER_LIVE_ENTRIES", "0"),
+            ("LEDGER_LIVE_ENTRIES", "many"),
+            ("LEDGER_SEGMENT_ENTRIES", "1000001"),
+            ("OBJECT_BYTES_BUDGET", "10000000001"),
+            ("OBJECT_BYTES_BUDGET", "-1"),
+        ];
+        for (name, value) in bad {
+            assert_eq!(with(&[(name, value)]).unwrap_err().variable, *name);
+        }
+        let wider = with(&[
+            ("LEDGER_LIVE_ENTRIES", "10"),
+            ("LEDGER_SEGMENT_ENTRIES", "11"),
+        ]);
+        assert_eq!(wider.unwrap_err().variable, "LEDGER_SEGMENT_ENTRIES");
     }
 
     #[test]

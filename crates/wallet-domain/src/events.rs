@@ -42,6 +42,8 @@ pub enum EventType {
     PurchaseDisputed,
     #[serde(rename = "purchase.dispute_closed")]
     PurchaseDisputeClosed,
+    #[serde(rename = "wallet.storage_high")]
+    StorageHigh,
 }
 
 impl EventType {
@@ -57,6 +59,7 @@ impl EventType {
             EventType::PurchaseRefunded => "purchase.refunded",
             EventType::PurchaseDisputed => "purchase.disputed",
             EventType::PurchaseDisputeClosed => "purchase.dispute_closed",
+            EventType::StorageHigh => "wallet.storage_high",
         }
     }
 }

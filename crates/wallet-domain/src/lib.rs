@@ -3,7 +3,8 @@
 //! Layers, each depending only on those above it in this list:
 //! - **base**: `money`, `time`, `ids`, `csv`, `paging` (with [`paging::Invalid`]).
 //! - **domain**: `rate_card`, `config`, `stripe`, `token`, then `auto_top_up`, `events`,
-//!   `wallet`, `purchase`, `audit`, `ledger`, `reports`.
+//!   `wallet`, `purchase`, `audit`, `ledger`, `archive` (the ledger's sealed
+//!   segments), `reports`.
 //!
 //! Architecture Invariant: no I/O, no clock, no HTTP. Nothing here knows
 //! the wire (`ApiError`, routes, the Worker ⇄ object protocol) or the
@@ -11,6 +12,7 @@
 //! crate, so the compiler keeps the dependency one-way. Rules refuse with
 //! [`wallet::Rejection`] or [`paging::Invalid`], never with HTTP errors.
 
+pub mod archive;
 pub mod audit;
 pub mod auto_top_up;
 pub mod config;

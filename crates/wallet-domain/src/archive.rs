@@ -1,0 +1,546 @@
+//! The ledger's sealed segments (SPEC §11): what an organization's oldest
+//! entries become when they leave its Durable Object for R2.
+//!
+//! Format (`.ndjson.gz`): a gzip stream (no name, mtime 0, level 6) of the
+//! entries' stored JSON texts, oldest first, one per line, each ended by
+//! `\n`. The texts are kept byte for byte, so a ledger page read from a
+//! segment is the page read before archiving. The same entries always seal
+//! to the same bytes, so a put repeated after a crash writes what the first
+//! one wrote. A segment is known by its [`Checkpoint`]: its seq range,
+//! counts, credits in and out, the balance at its end, and the SHA-256 and
+//! length of its bytes.
+
+use crate::ledger::EntryRow;
+use crate::money::Credits;
+use crate::paging::{list_limit, Invalid};
+use crate::time::{from_millis, rfc3339};
+use crate::wallet::EntryKind;
+use flate2::{read::GzDecoder, Compression, GzBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+
+/// The segment format's file extension, part of every key.
+pub const SEGMENT_EXTENSION: &str = "ndjson.gz";
+
+/// Most bytes one segment may decode to: far more than the largest segment
+/// the settings allow (1,000,000 entries of ~0.5 KB), so a corrupt or
+/// hostile object cannot exhaust memory.
+const MAX_DECODED_BYTES: u64 = 2 << 30;
+
+/// One sealed segment's record, kept by the object (and listed by
+/// `GET …/ledger/segments`). Credits are minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub entries: u64,
+    pub credits_added: i64,
+    pub credits_removed: i64,
+    pub balance_after: i64,
+    /// The oldest and newest entry's time: a `from`/`to` range finds its
+    /// segments without opening the others.
+    pub first_at_ms: i64,
+    pub last_at_ms: i64,
+    /// SHA-256 of the segment's bytes, lowercase hex.
+    pub sha256: String,
+    pub bytes: u64,
+    pub archived_at_ms: i64,
+}
+
+impl Checkpoint {
+    /// The segment as `GET …/ledger/segments` lists it.
+    pub fn to_json(&self, org_id: &str) -> serde_json::Value {
+        let at = |ms: i64| from_millis(ms).map(rfc3339);
+        serde_json::json!({
+            "id": format!("seg_{}", self.first_seq),
+            "key": segment_key(org_id, self.first_seq, self.last_seq),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "entries": self.entries,
+            "credits_added": Credits::from_units(self.credits_added),
+            "credits_removed": Credits::from_units(self.credits_removed),
+            "balance_after": Credits::from_units(self.balance_after),
+            "first_at": at(self.first_at_ms),
+            "last_at": at(self.last_at_ms),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "archived_at": at(self.archived_at_ms),
+        })
+    }
+}
+
+/// `GET …/ledger/segments`: oldest first, `limit`/`starting_after` (a
+/// segment id, `seg_{first_seq}`) as every list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentsQuery {
+    pub limit: u32,
+    pub after_first_seq: Option<u64>,
+}
+
+pub fn segments_query(
+    limit: Option<&str>,
+    starting_after: Option<&str>,
+) -> Result<SegmentsQuery, Invalid> {
+    let limit = list_limit(limit)?;
+    let after_first_seq = starting_after
+        .map(|id| {
+            id.strip_prefix("seg_")
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| Invalid::new("starting_after", "must be a segment id (seg_…)"))
+        })
+        .transpose()?;
+    Ok(SegmentsQuery {
+        limit,
+        after_first_seq,
+    })
+}
+
+/// The shares of `OBJECT_BYTES_BUDGET` at which `wallet.storage_high` fires.
+pub const STORAGE_ALERT_PERCENTS: [u8; 2] = [50, 80];
+/// Below this share the alerts are re-armed (archiving caught up).
+const STORAGE_REARM_PERCENT: u64 = 40;
+
+/// The storage watch: from the object's bytes, its budget and the highest
+/// level already announced, the levels to announce now (each passed for the
+/// first time, lowest first, with the event's data) and the level to record.
+pub fn storage_alerts(
+    object_bytes: u64,
+    budget_bytes: u64,
+    alerted_percent: u8,
+) -> (Vec<serde_json::Value>, u8) {
+    let share = |percent: u64| budget_bytes.saturating_mul(percent) / 100;
+    if object_bytes < share(STORAGE_REARM_PERCENT) {
+        return (Vec::new(), 0);
+    }
+    let due: Vec<u8> = STORAGE_ALERT_PERCENTS
+        .into_iter()
+        .filter(|p| *p > alerted_percent && object_bytes >= share(u64::from(*p)))
+        .collect();
+    let level = due.last().copied().unwrap_or(alerted_percent);
+    let events = due
+        .into_iter()
+        .map(|percent| {
+            serde_json::json!({
+                "percent": percent,
+                "object_bytes": object_bytes,
+                "object_bytes_budget": budget_bytes,
+            })
+        })
+        .collect();
+    (events, level)
+}
+
+/// The object key of a segment: `ledger/{org}/{first_seq}-{last_seq}.ndjson.gz`.
+pub fn segment_key(org_id: &str, first_seq: u64, last_seq: u64) -> String {
+    format!("ledger/{org_id}/{first_seq}-{last_seq}.{SEGMENT_EXTENSION}")
+}
+
+/// A segment ready to be put: its bytes and its checkpoint.
+#[derive(Debug)]
+pub struct Sealed {
+    pub bytes: Vec<u8>,
+    pub checkpoint: Checkpoint,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Seals `texts` (stored entry JSON, oldest first): refuses an empty range,
+/// unreadable entries, seqs out of order and a balance chain with a gap
+/// (each entry's `balance_after` is the previous one's plus its effect).
+pub fn seal(texts: &[String], archived_at_ms: i64) -> Result<Sealed, String> {
+    let rows = texts
+        .iter()
+        .map(|t| serde_json::from_str::<EntryRow>(t).map_err(|e| format!("unreadable entry: {e}")))
+        .collect::<Result<Vec<EntryRow>, String>>()?;
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err("a segment holds at least one entry".into());
+    };
+    let (mut added, mut removed) = (0i64, 0i64);
+    let mut previous: Option<&EntryRow> = None;
+    for row in &rows {
+        let effect = signed_effect(row)?;
+        if let Some(prev) = previous {
+            if row.seq <= prev.seq {
+                return Err(format!("entry {} is out of order", row.seq));
+            }
+            if prev.balance_after.checked_add(effect) != Some(row.balance_after) {
+                return Err(format!("the balance chain breaks at entry {}", row.seq));
+            }
+        }
+        if effect >= 0 {
+            added += effect;
+        } else {
+            removed -= effect;
+        }
+        previous = Some(row);
+    }
+    let bytes = compress(texts);
+    Ok(Sealed {
+        checkpoint: Checkpoint {
+            first_seq: first.seq,
+            last_seq: last.seq,
+            entries: rows.len() as u64,
+            credits_added: added,
+            credits_removed: removed,
+            balance_after: last.balance_after,
+            first_at_ms: first.created_at_ms,
+            last_at_ms: last.created_at_ms,
+            sha256: sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+            archived_at_ms,
+        },
+        bytes,
+    })
+}
+
+/// An entry's signed effect on the balance, by its kind.
+pub fn signed_effect(row: &EntryRow) -> Result<i64, String> {
+    let kind =
+        EntryKind::parse(&row.kind).ok_or_else(|| format!("entry {} has a bad kind", row.seq))?;
+    Ok(if kind.adds_credits() {
+        row.amount
+    } else {
+        -row.amount
+    })
+}
+
+fn compress(texts: &[String]) -> Vec<u8> {
+    let mut encoder = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::new(6));
+    for text in texts {
+        encoder
+            .write_all(text.as_bytes())
+            .and_then(|()| encoder.write_all(b"\n"))
+            .expect("writing to memory cannot fail");
+    }
+    encoder.finish().expect("writing to memory cannot fail")
+}
+
+/// The entry texts of a segment's bytes, checked against its checkpoint:
+/// length, SHA-256, entry count and seq range. Any difference is an error.
+pub fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+    if bytes.len() as u64 != checkpoint.bytes || sha256_hex(bytes) != checkpoint.sha256 {
+        return Err(format!(
+            "segment {}-{} does not match its checksum",
+            checkpoint.first_seq, checkpoint.last_seq
+        ));
+    }
+    let texts = decode(bytes)?;
+    let seq_of = |text: &String| {
+        serde_json::from_str::<EntryRow>(text)
+            .map(|r| r.seq)
+            .map_err(|e| format!("unreadable entry: {e}"))
+    };
+    let first = texts.first().map(seq_of).transpose()?;
+    let last = texts.last().map(seq_of).transpose()?;
+    if texts.len() as u64 != checkpoint.entries
+        || first != Some(checkpoint.first_seq)
+        || last != Some(checkpoint.last_seq)
+    {
+        return Err(format!(
+            "segment {}-{} does not hold the entries of its checkpoint",
+            checkpoint.first_seq, checkpoint.last_seq
+        ));
+    }
+    Ok(texts)
+}
+
+/// The entry texts of a segment's bytes (no checks against a checkpoint).
+pub fn decode(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let mut text = String::new();
+    GzDecoder::new(bytes)
+        .take(MAX_DECODED_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("segment is not readable: {e}"))?;
+    let Some(body) = text.strip_suffix('\n') else {
+        return Err("segment is empty or truncated".into());
+    };
+    Ok(body.split('\n').map(str::to_string).collect())
+}
+
+/// The entries of `texts` (a segment, oldest first) within the seq range
+/// `[from_seq, below_seq)` and the time range `[from_ms, to_ms)`, newest
+/// first, at most `limit`.
+pub fn newest_within<'a>(
+    texts: &'a [String],
+    rows: &[(u64, i64)],
+    range: &EntryRange,
+    limit: usize,
+) -> Vec<&'a str> {
+    rows.iter()
+        .zip(texts)
+        .rev()
+        .filter(|((seq, at_ms), _)| range.holds(*seq, *at_ms))
+        .take(limit)
+        .map(|(_, text)| text.as_str())
+        .collect()
+}
+
+/// A page's bounds: seqs `[from_seq, below_seq)`, times `[from_ms, to_ms)`.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryRange {
+    pub from_seq: u64,
+    pub below_seq: u64,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl EntryRange {
+    pub fn holds(&self, seq: u64, at_ms: i64) -> bool {
+        seq >= self.from_seq && seq < self.below_seq && at_ms >= self.from_ms && at_ms < self.to_ms
+    }
+
+    /// Whether a segment may hold entries of this range.
+    pub fn meets(&self, c: &Checkpoint) -> bool {
+        c.first_seq < self.below_seq
+            && c.last_seq >= self.from_seq
+            && c.first_at_ms < self.to_ms
+            && c.last_at_ms >= self.from_ms
+    }
+}
+
+/// `(seq, created_at_ms)` of each entry text, in order.
+pub fn positions(texts: &[String]) -> Result<Vec<(u64, i64)>, String> {
+    #[derive(Deserialize)]
+    struct Position {
+        seq: u64,
+        created_at_ms: i64,
+    }
+    texts
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Position>(t)
+                .map(|p| (p.seq, p.created_at_ms))
+                .map_err(|e| format!("unreadable entry: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A chain of entries of every kind, with every optional field set on
+    /// some of them (priced usage and unbilled included).
+    fn chain(start_seq: u64, n: usize, opening: i64) -> Vec<String> {
+        let mut balance = opening;
+        (0..n)
+            .map(|i| {
+                let kind = EntryKind::ALL[i % EntryKind::ALL.len()];
+                let amount = 10_000 + i as i64 * 7;
+                balance += if kind.adds_credits() { amount } else { -amount };
+                let full = i % 3 == 0;
+                let row = EntryRow {
+                    seq: start_seq + i as u64 * 2,
+                    id: format!("e_{}", start_seq + i as u64 * 2),
+                    kind: kind.as_str().into(),
+                    amount,
+                    balance_after: balance,
+                    created_at_ms: 1_900_000_000_000 + i as i64 * 1000,
+                    usage_day: "2030-03-01".into(),
+                    feature: full.then(|| "chat".into()),
+                    user_id: full.then(|| "u_1".into()),
+                    project_id: full.then(|| "p \"q\"\n".into()),
+                    hold_id: full.then(|| "h_1".into()),
+                    pack_id: full.then(|| "team".into()),
+                    amount_cents: full.then_some(5000),
+                    currency: full.then(|| "usd".into()),
+                    payment_intent_id: full.then(|| "pi_1".into()),
+                    purchase_id: full.then(|| "pur_1".into()),
+                    source: None,
+                    metadata: None,
+                    model: full.then(|| "gpt-x".into()),
+                    input_tokens: full.then_some(1200),
+                    cached_input_tokens: full.then_some(300),
+                    output_tokens: full.then_some(450),
+                    rate_id: full.then(|| "rate_1".into()),
+                    unbilled: full.then_some(3),
+                };
+                serde_json::to_string(&row).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_round_trips_every_field_byte_for_byte() {
+        let texts = chain(5, 40, 2_000_000);
+        let sealed = seal(&texts, 1_900_000_100_000).unwrap();
+        assert_eq!(open(&sealed.bytes, &sealed.checkpoint).unwrap(), texts);
+        let rows: Vec<EntryRow> = texts
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let again: Vec<EntryRow> = decode(&sealed.bytes)
+            .unwrap()
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert_eq!(again, rows);
+        assert!(rows[0].model.is_some() && rows[0].unbilled == Some(3));
+        let c = &sealed.checkpoint;
+        assert_eq!((c.first_seq, c.last_seq, c.entries), (5, 5 + 39 * 2, 40));
+        assert_eq!(c.balance_after, rows[39].balance_after);
+        // Every entry's effect is counted, the first one's too.
+        assert_eq!(
+            c.credits_added - c.credits_removed,
+            rows[39].balance_after - 2_000_000
+        );
+        assert_eq!(c.sha256, sha256_hex(&sealed.bytes));
+        assert_eq!(c.bytes, sealed.bytes.len() as u64);
+        assert!(sealed.bytes.len() < texts.iter().map(String::len).sum::<usize>() / 3);
+    }
+
+    #[test]
+    fn sealing_is_deterministic_and_gzip_readable() {
+        let texts = chain(1, 25, 0);
+        let a = seal(&texts, 1).unwrap();
+        let b = seal(&texts, 2).unwrap();
+        assert_eq!(a.bytes, b.bytes, "a repeated put writes the same bytes");
+        assert_eq!(a.checkpoint.sha256, b.checkpoint.sha256);
+        assert_eq!(&a.bytes[..3], &[0x1f, 0x8b, 8], "gzip, deflate");
+        assert_eq!(&a.bytes[4..8], &[0, 0, 0, 0], "mtime 0");
+    }
+
+    #[test]
+    fn an_altered_segment_is_refused() {
+        let texts = chain(1, 10, 0);
+        let sealed = seal(&texts, 1).unwrap();
+        let mut bad = sealed.bytes.clone();
+        let middle = bad.len() / 2;
+        bad[middle] ^= 1;
+        assert!(open(&bad, &sealed.checkpoint).is_err());
+        assert!(open(&sealed.bytes[..sealed.bytes.len() - 1], &sealed.checkpoint).is_err());
+        let mut other = sealed.checkpoint.clone();
+        other.entries += 1;
+        assert!(open(&sealed.bytes, &other).is_err(), "count differs");
+        let mut shifted = sealed.checkpoint.clone();
+        shifted.first_seq += 1;
+        assert!(open(&sealed.bytes, &shifted).is_err(), "range differs");
+    }
+
+    #[test]
+    fn empty_ranges_and_broken_chains_are_not_sealed() {
+        assert!(seal(&[], 1).is_err());
+        let mut texts = chain(1, 5, 0);
+        let mut row: EntryRow = serde_json::from_str(&texts[3]).unwrap();
+        row.balance_after += 1;
+        texts[3] = serde_json::to_string(&row).unwrap();
+        assert!(seal(&texts, 1).unwrap_err().contains("chain"));
+        let mut swapped = chain(1, 5, 0);
+        swapped.swap(1, 2);
+        assert!(seal(&swapped, 1).is_err());
+        assert!(decode(b"").is_err());
+    }
+
+    #[test]
+    fn a_single_entry_is_a_segment() {
+        let texts = chain(9, 1, 100);
+        let sealed = seal(&texts, 1).unwrap();
+        assert_eq!(
+            (sealed.checkpoint.first_seq, sealed.checkpoint.last_seq),
+            (9, 9)
+        );
+        assert_eq!(open(&sealed.bytes, &sealed.checkpoint).unwrap(), texts);
+    }
+
+    #[test]
+    fn segment_lists_take_their_own_cursor() {
+        let q = segments_query(Some("2"), Some("seg_501")).unwrap();
+        assert_eq!((q.limit, q.after_first_seq), (2, Some(501)));
+        assert_eq!(segments_query(None, None).unwrap().after_first_seq, None);
+        for bad in ["le_5", "seg_", "seg_x", "501"] {
+            assert!(segments_query(None, Some(bad)).is_err(), "{bad}");
+        }
+        assert!(segments_query(Some("0"), None).is_err());
+        let sealed = seal(&chain(1, 3, 0), 1_900_000_000_000).unwrap();
+        let view = sealed.checkpoint.to_json("org_1");
+        assert_eq!(view["id"], "seg_1");
+        assert_eq!(view["key"], "ledger/org_1/1-5.ndjson.gz");
+        assert_eq!(view["archived_at"], "2030-03-17T17:46:40.000Z");
+    }
+
+    #[test]
+    fn storage_alerts_fire_once_per_level_and_rearm_when_low() {
+        let levels = |events: &[serde_json::Value]| -> Vec<u64> {
+            events
+                .iter()
+                .map(|e| e["percent"].as_u64().unwrap())
+                .collect()
+        };
+        let (events, level) = storage_alerts(499, 1000, 0);
+        assert!(events.is_empty());
+        assert_eq!(level, 0);
+        let (events, level) = storage_alerts(500, 1000, 0);
+        assert_eq!((levels(&events), level), (vec![50], 50));
+        assert_eq!(events[0]["object_bytes_budget"], 1000);
+        let (events, level) = storage_alerts(790, 1000, 50);
+        assert_eq!((levels(&events), level), (vec![], 50), "once per level");
+        let (events, level) = storage_alerts(800, 1000, 50);
+        assert_eq!((levels(&events), level), (vec![80], 80));
+        let (events, level) = storage_alerts(5000, 1000, 80);
+        assert_eq!((levels(&events), level), (vec![], 80));
+        let (events, level) = storage_alerts(900, 1000, 0);
+        assert_eq!(
+            (levels(&events), level),
+            (vec![50, 80], 80),
+            "both, lowest first"
+        );
+        assert_eq!(
+            storage_alerts(450, 1000, 80).1,
+            80,
+            "not re-armed above 40%"
+        );
+        assert_eq!(storage_alerts(399, 1000, 80).1, 0, "re-armed below 40%");
+    }
+
+    #[test]
+    fn keys_name_the_org_and_range() {
+        assert_eq!(segment_key("org_1", 1, 500), "ledger/org_1/1-500.ndjson.gz");
+    }
+
+    proptest! {
+        /// Any range within a segment picks exactly the entries a filter
+        /// over the whole list picks, newest first.
+        #[test]
+        fn ranges_pick_what_a_filter_over_the_entries_picks(
+            n in 1usize..60,
+            from_seq in 0u64..130,
+            span in 0u64..130,
+            from_i in 0i64..70,
+            to_i in 0i64..70,
+            limit in 0usize..70,
+        ) {
+            let texts = chain(1, n, 0);
+            let sealed = seal(&texts, 1).unwrap();
+            let opened = open(&sealed.bytes, &sealed.checkpoint).unwrap();
+            let rows = positions(&opened).unwrap();
+            let range = EntryRange {
+                from_seq,
+                below_seq: from_seq + span,
+                from_ms: 1_900_000_000_000 + from_i * 1000,
+                to_ms: 1_900_000_000_000 + to_i * 1000,
+            };
+            let picked = newest_within(&opened, &rows, &range, limit);
+            let expected: Vec<&str> = texts
+                .iter()
+                .rev()
+                .filter(|t| {
+                    let r: EntryRow = serde_json::from_str(t).unwrap();
+                    r.seq >= from_seq && r.seq < from_seq + span
+                        && r.created_at_ms >= range.from_ms && r.created_at_ms < range.to_ms
+                })
+                .take(limit)
+                .map(String::as_str)
+                .collect();
+            prop_assert_eq!(&picked, &expected);
+            if !expected.is_empty() {
+                prop_assert!(range.meets(&sealed.checkpoint));
+            }
+        }
+    }
+}
