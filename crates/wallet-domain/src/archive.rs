@@ -200,11 +200,7 @@ pub fn seal(texts: &[String], archived_at_ms: i64) -> Result<Sealed, String> {
 pub fn signed_effect(row: &EntryRow) -> Result<i64, String> {
     let kind =
         EntryKind::parse(&row.kind).ok_or_else(|| format!("entry {} has a bad kind", row.seq))?;
-    Ok(if kind.adds_credits() {
-        row.amount
-    } else {
-        -row.amount
-    })
+    Ok(kind.signed(row.amount))
 }
 
 fn compress(texts: &[String]) -> Vec<u8> {

@@ -70,6 +70,15 @@ impl EntryKind {
         }
     }
 
+    /// The signed effect on the balance of an entry of this kind moving `units`.
+    pub fn signed(self, units: i64) -> i64 {
+        if self.adds_credits() {
+            units
+        } else {
+            -units
+        }
+    }
+
     pub fn adds_credits(self) -> bool {
         match self {
             EntryKind::TrialGrant | EntryKind::Purchase | EntryKind::DisputeReinstatement => true,
@@ -206,11 +215,7 @@ fn usage_rejection(e: PriceError) -> Rejection {
 impl LedgerEntry {
     /// Signed effect on the balance.
     pub fn signed_amount(&self) -> i64 {
-        if self.kind.adds_credits() {
-            self.amount.units()
-        } else {
-            -self.amount.units()
-        }
+        self.kind.signed(self.amount.units())
     }
 }
 
