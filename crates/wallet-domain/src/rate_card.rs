@@ -252,23 +252,24 @@ pub fn price(rate: &Rate, usage: &Usage) -> Result<Credits, PriceError> {
         .ok_or(PriceError::Overflow)
 }
 
-/// The exact rational price of `usage` at `rate` as (numerator, denominator)
-/// in units: for tests to check [`price`] against.
-pub fn exact_units(rate: &Rate, usage: &Usage) -> (i128, i128) {
-    let uncached = i128::from(usage.input_tokens - usage.cached_input_tokens);
-    let numerator = uncached * i128::from(rate.input_per_million.units())
-        + i128::from(usage.cached_input_tokens) * i128::from(rate.cached_input_per_million.units())
-        + i128::from(usage.output_tokens) * i128::from(rate.output_per_million.units())
-        + i128::from(rate.per_request.units()) * TOKENS_PER_MILLION;
-    (numerator, TOKENS_PER_MILLION)
-}
-
 const _: () = assert!(UNITS_PER_CREDIT == 10_000);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The exact rational price of `usage` at `rate` as (numerator, denominator)
+    /// in units, computed on its own to check [`price`] against.
+    fn exact_units(rate: &Rate, usage: &Usage) -> (i128, i128) {
+        let uncached = i128::from(usage.input_tokens - usage.cached_input_tokens);
+        let numerator = uncached * i128::from(rate.input_per_million.units())
+            + i128::from(usage.cached_input_tokens)
+                * i128::from(rate.cached_input_per_million.units())
+            + i128::from(usage.output_tokens) * i128::from(rate.output_per_million.units())
+            + i128::from(rate.per_request.units()) * TOKENS_PER_MILLION;
+        (numerator, TOKENS_PER_MILLION)
+    }
 
     fn rate(input: &str, cached: &str, output: &str, per_request: &str) -> Rate {
         let json = format!(
