@@ -10,14 +10,18 @@ use std::collections::{BTreeMap, HashMap};
 use wallet_core::archive::{Checkpoint, EntryRange, SegmentsQuery};
 use wallet_core::audit::{AuditQuery, AuditRecord};
 use wallet_core::auto_top_up::AutoTopUp;
-use wallet_core::decision::{Loaded, OpRow, Reads, StoredReply, StoredState, WalletWrite, Write};
+use wallet_core::decision::{Loaded, Reads, StoredReply, StoredState, WalletWrite, Write};
 use wallet_core::events::{listed_json, Alerts, DeliveryStatus, Event, EventsQuery};
-use wallet_core::ledger::{row_json, EntryRow, LedgerQuery};
+use wallet_core::ledger::{EntryRow, LedgerQuery};
 use wallet_core::purchase::{CreditedPayment, Purchase};
 use wallet_core::time::from_millis;
 use wallet_core::wallet::{seq_of, Hold, StoredWallet};
-use wallet_core::{Credits, EntryKind, Wallet};
+use wallet_core::{Credits, Wallet};
 use worker::{SqlStorage, SqlStorageValue};
+
+mod entries;
+
+pub use entries::{entry_text, live_entries, oldest_after, restore_legacy_entries};
 
 pub type Statement = (&'static str, Vec<SqlStorageValue>);
 
@@ -143,6 +147,9 @@ const MIGRATIONS: &[&str] = &[
        archived_at_ms INTEGER NOT NULL
      );
      ALTER TABLE replica ADD COLUMN storage_alerted_percent INTEGER NOT NULL DEFAULT 0;",
+    // 6: compact entries (SPEC §11): the entry's fields as columns instead
+    // of a JSON text, and a debit's answer rebuilt from its entry.
+    entries::MIGRATION_COMPACT_ENTRIES,
 ];
 
 #[derive(Deserialize)]
@@ -260,15 +267,7 @@ pub fn load(sql: &SqlStorage) -> worker::Result<Option<Wallet>> {
         Wallet::restore(stored, holds).map_err(|e| worker::Error::RustError(e.to_string()))?;
     // The balance is the running sum of the ledger: the newest entry's
     // balance_after must be the stored balance.
-    let newest: Vec<EntryText> = sql
-        .exec(
-            "SELECT seq, entry FROM ops WHERE entry IS NOT NULL ORDER BY seq DESC LIMIT 1",
-            None,
-        )?
-        .to_array()?;
-    if let Some(row) = newest.first() {
-        let entry: EntryRow =
-            serde_json::from_str(&row.entry).map_err(|_| corrupt("ledger entry"))?;
+    if let Some(entry) = entries::newest_entry(sql)? {
         if entry.balance_after != wallet.balance().units() {
             return Err(worker::Error::RustError(format!(
                 "stored wallet is inconsistent: balance {} but entry {} ends at {}",
@@ -287,7 +286,7 @@ pub fn statements(writes: &[Write], wallet: Option<&(Wallet, WalletWrite)>) -> V
     let mut out: Vec<Statement> = writes
         .iter()
         .map(|write| match write {
-            Write::Op(op) => insert_op(op),
+            Write::Op(op) => entries::insert_op(op),
             Write::Hold(hold) => upsert_hold(hold),
             Write::Purchase(purchase) => upsert_purchase(purchase),
             Write::CreditedPayment(payment) => upsert_credited_payment(payment),
@@ -418,24 +417,6 @@ fn upsert_hold(hold: &Hold) -> Statement {
             text(serde_json::to_string(hold).expect("holds serialize")),
             hold.closed_at
                 .map_or(SqlStorageValue::Null, |t| int(t.timestamp_millis())),
-        ],
-    )
-}
-
-fn insert_op(op: &OpRow) -> Statement {
-    (
-        "INSERT INTO ops (seq, idempotency_key, fingerprint, status, response, entry, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-        vec![
-            int(op.seq as i64),
-            opt_text(op.idempotency.as_ref().map(|(k, _)| k.as_str())),
-            opt_text(op.idempotency.as_ref().map(|(_, f)| f.as_str())),
-            int(op.status as i64),
-            opt_text(op.response.as_deref()),
-            op.entry
-                .as_ref()
-                .map_or(SqlStorageValue::Null, |e| text(row_json(e))),
-            int(op.created_at_ms),
         ],
     )
 }
@@ -680,38 +661,43 @@ fn stored_replies(
 ) -> worker::Result<HashMap<String, StoredReply>> {
     #[derive(Deserialize)]
     struct KeyedReply {
+        seq: u64,
         idempotency_key: String,
         fingerprint: String,
         status: u16,
-        response: String,
+        response: Option<String>,
     }
     let rows: Vec<KeyedReply> = match keys {
         [] => Vec::new(),
         [key] => sql
             .exec(
-                "SELECT idempotency_key, fingerprint, status, response FROM ops WHERE idempotency_key = ?",
+                "SELECT seq, idempotency_key, fingerprint, status, response FROM ops WHERE idempotency_key = ?",
                 vec![text(key.as_str())],
             )?
             .to_array()?,
         _ => sql
             .exec(
-                "SELECT idempotency_key, fingerprint, status, response FROM ops
+                "SELECT seq, idempotency_key, fingerprint, status, response FROM ops
                  WHERE idempotency_key IN (SELECT value FROM json_each(?))",
                 vec![text(serde_json::to_string(keys).expect("keys serialize"))],
             )?
             .to_array()?,
     };
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let reply = StoredReply {
-                fingerprint: r.fingerprint,
-                status: r.status,
-                response: r.response,
-            };
-            (r.idempotency_key, reply)
-        })
-        .collect())
+    let mut replies = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let response = match r.response {
+            Some(text) => text,
+            None => entries::debit_answer(sql, r.seq)?
+                .ok_or_else(|| corrupt(&format!("the answer of operation {}", r.seq)))?,
+        };
+        let reply = StoredReply {
+            fingerprint: r.fingerprint,
+            status: r.status,
+            response,
+        };
+        replies.insert(r.idempotency_key, reply);
+    }
+    Ok(replies)
 }
 
 #[derive(Deserialize)]
@@ -743,12 +729,6 @@ fn read_record<T: serde::de::DeserializeOwned>(
 }
 
 #[derive(Deserialize)]
-struct EntryText {
-    seq: i64,
-    entry: String,
-}
-
-#[derive(Deserialize)]
 struct TimeRow {
     seq: i64,
     created_at_ms: i64,
@@ -775,10 +755,8 @@ fn first_seq_at_or_after(sql: &SqlStorage, at_ms: i64, end_seq: i64) -> worker::
     Ok(low)
 }
 
-/// The live part of a ledger page: up to `limit + 1` stored entry texts,
-/// newest first, and the range the page asks for, for the archived part
-/// (nothing is parsed here, so a page holds the object for as little time
-/// as possible).
+/// The live part of a ledger page: up to `limit + 1` entry texts, newest
+/// first, and the range the page asks for, for the archived part.
 pub fn ledger_live(
     sql: &SqlStorage,
     query: &LedgerQuery,
@@ -794,13 +772,8 @@ pub fn ledger_live(
         Some(from_ms) => first_seq_at_or_after(sql, from_ms, end)?,
         None => 0,
     };
-    let rows: Vec<EntryText> = sql
-        .exec(
-            "SELECT seq, entry FROM ops WHERE seq < ? AND seq >= ? AND entry IS NOT NULL
-             ORDER BY seq DESC LIMIT ?",
-            vec![int(below), int(from), int(query.limit as i64 + 1)],
-        )?
-        .to_array()?;
+    let archived_through = last_checkpoint(sql)?.map_or(0, |c| c.last_seq);
+    let rows = entries::live_newest_first(sql, archived_through, from, below, query.limit + 1)?;
     // Archived entries are older than every live one: their seq bound is
     // the cursor's, their time bounds the query's own.
     let range = EntryRange {
@@ -809,7 +782,7 @@ pub fn ledger_live(
         from_ms: query.from_ms.unwrap_or(i64::MIN),
         to_ms: query.to_ms.unwrap_or(i64::MAX),
     };
-    Ok((rows.into_iter().map(|r| r.entry).collect(), range))
+    Ok((rows.iter().map(entry_text).collect(), range))
 }
 
 /// A ledger page as the Worker reads it: `{"entries":[…],"has_more":…}`,
@@ -960,42 +933,12 @@ pub fn archive_totals(sql: &SqlStorage) -> worker::Result<(u64, u64)> {
     }))
 }
 
-#[derive(Deserialize)]
-struct Count {
-    n: i64,
-}
-
-/// The entries still in the object (after `after_seq`, the archived ones').
-pub fn live_entries(sql: &SqlStorage, after_seq: u64) -> worker::Result<u64> {
-    let rows: Vec<Count> = sql
-        .exec(
-            "SELECT count(*) AS n FROM ops WHERE seq > ? AND entry IS NOT NULL",
-            vec![int(after_seq as i64)],
-        )?
-        .to_array()?;
-    Ok(rows.first().map_or(0, |r| r.n.max(0) as u64))
-}
-
-/// The oldest `limit` live entries after `after_seq`, oldest first, as stored.
-pub fn oldest_live_entries(
-    sql: &SqlStorage,
-    after_seq: u64,
-    limit: u64,
-) -> worker::Result<Vec<String>> {
-    let rows: Vec<EntryText> = sql
-        .exec(
-            "SELECT seq, entry FROM ops WHERE seq > ? AND entry IS NOT NULL ORDER BY seq LIMIT ?",
-            vec![int(after_seq as i64), int(limit as i64)],
-        )?
-        .to_array()?;
-    Ok(rows.into_iter().map(|r| r.entry).collect())
-}
-
 /// Records a segment confirmed in R2 and removes its entries from `ops`
 /// (one transaction). A row still keeping an idempotency record or a first
-/// answer (a capture's, answered again to a repeated capture) keeps them,
-/// without its entry, until the retention prunes it: a retried request
-/// still gets its first answer.
+/// answer (a capture's, answered again to a repeated capture) stays, entry
+/// included (a debit's answer is rebuilt from it), until the retention
+/// prunes it: a retried request still gets its first answer. Reads of live
+/// entries start after the last checkpoint, so it is not read twice.
 pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
     let (first, last) = (int(c.first_seq as i64), int(c.last_seq as i64));
     vec![
@@ -1020,10 +963,6 @@ pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
         (
             "DELETE FROM ops WHERE seq >= ? AND seq <= ? AND idempotency_key IS NULL
                AND response IS NULL",
-            vec![first.clone(), last.clone()],
-        ),
-        (
-            "UPDATE ops SET entry = NULL WHERE seq >= ? AND seq <= ? AND entry IS NOT NULL",
             vec![first, last],
         ),
     ]
@@ -1054,40 +993,13 @@ pub fn set_storage_alerted(percent: u8) -> Statement {
     )
 }
 
-#[derive(Deserialize)]
-struct Sum {
-    total: Option<i64>,
-}
-
-/// The signed sum of the live entries after `after_seq`, computed by the
-/// database from each entry's kind and amount.
-fn live_sum(sql: &SqlStorage, after_seq: u64) -> worker::Result<i64> {
-    let adding: Vec<&str> = EntryKind::ALL
-        .into_iter()
-        .filter(|k| k.adds_credits())
-        .map(EntryKind::as_str)
-        .collect();
-    let rows: Vec<Sum> = sql
-        .exec(
-            "SELECT sum(CASE WHEN json_extract(entry, '$.kind') IN (SELECT value FROM json_each(?))
-               THEN 1 ELSE -1 END * json_extract(entry, '$.amount')) AS total
-             FROM ops WHERE seq > ? AND entry IS NOT NULL",
-            vec![
-                text(serde_json::to_string(&adding).expect("kinds serialize")),
-                int(after_seq as i64),
-            ],
-        )?
-        .to_array()?;
-    Ok(rows.first().and_then(|r| r.total).unwrap_or(0))
-}
-
 /// With part of the ledger archived: the balance must be the last
 /// checkpoint's `balance_after` plus the live entries' sum.
 fn check_against_checkpoint(sql: &SqlStorage, balance: Credits) -> worker::Result<()> {
     let Some(last) = last_checkpoint(sql)? else {
         return Ok(());
     };
-    let live = live_sum(sql, last.last_seq)?;
+    let live = entries::live_sum(sql, last.last_seq)?;
     if last.balance_after.checked_add(live) != Some(balance.units()) {
         return Err(worker::Error::RustError(format!(
             "stored wallet is inconsistent: balance {balance} but segment {}-{} ends at {} and live entries add {}",
@@ -1102,9 +1014,14 @@ fn check_against_checkpoint(sql: &SqlStorage, balance: Credits) -> worker::Resul
 
 /// Whether any entry is newer than `seq`.
 pub fn has_entries_after(sql: &SqlStorage, seq: u64) -> worker::Result<bool> {
-    let rows: Vec<EntryText> = sql
+    #[derive(Deserialize)]
+    struct Seq {
+        #[allow(dead_code)]
+        seq: i64,
+    }
+    let rows: Vec<Seq> = sql
         .exec(
-            "SELECT seq, entry FROM ops WHERE seq > ? AND entry IS NOT NULL ORDER BY seq LIMIT 1",
+            "SELECT seq FROM ops WHERE seq > ? AND kind IS NOT NULL ORDER BY seq LIMIT 1",
             vec![int(seq as i64)],
         )?
         .to_array()?;
@@ -1113,18 +1030,7 @@ pub fn has_entries_after(sql: &SqlStorage, seq: u64) -> worker::Result<bool> {
 
 /// Up to `limit` entries after `after_seq`, oldest first, parsed.
 pub fn outbox(sql: &SqlStorage, after_seq: u64, limit: usize) -> worker::Result<Vec<EntryRow>> {
-    let rows: Vec<EntryText> = sql
-        .exec(
-            "SELECT seq, entry FROM ops WHERE seq > ? AND entry IS NOT NULL ORDER BY seq LIMIT ?",
-            vec![int(after_seq as i64), int(limit as i64)],
-        )?
-        .to_array()?;
-    rows.into_iter()
-        .map(|r| {
-            serde_json::from_str::<EntryRow>(&r.entry)
-                .map_err(|_| corrupt(&format!("ledger entry {}", r.seq)))
-        })
-        .collect()
+    oldest_after(sql, after_seq, limit as u64)
 }
 
 #[derive(Deserialize)]
@@ -1151,13 +1057,16 @@ pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
         .to_array()?;
     let mut written = 0;
     if let Some(last) = due.last().map(|r| r.seq) {
-        // Rows without an entry were only idempotency records (holds placed).
+        // Rows without an entry were only idempotency records (holds placed);
+        // archived entries stayed only for theirs.
         let deleted = sql.exec(
-            "DELETE FROM ops WHERE seq > ? AND seq <= ? AND entry IS NULL",
+            "DELETE FROM ops WHERE seq > ? AND seq <= ? AND (kind IS NULL
+               OR seq <= (SELECT coalesce(max(last_seq), 0) FROM ledger_segments))",
             vec![int(from), int(last)],
         )?;
         let cleared = sql.exec(
-            "UPDATE ops SET idempotency_key = NULL, fingerprint = NULL, response = NULL
+            "UPDATE ops SET idempotency_key = NULL, fingerprint = NULL, response = NULL,
+               reply_spent_today = NULL, reply_cap_remaining = NULL
              WHERE seq > ? AND seq <= ? AND (idempotency_key IS NOT NULL OR response IS NOT NULL)",
             vec![int(from), int(last)],
         )?;
@@ -1203,7 +1112,7 @@ struct LegacyState {
 pub fn legacy_entries_below(sql: &SqlStorage, next_seq: u64) -> worker::Result<Option<u64>> {
     let rows: Vec<LegacyState> = sql
         .exec(
-            "SELECT legacy_restored, (SELECT min(seq) FROM ops WHERE entry IS NOT NULL) AS lowest
+            "SELECT legacy_restored, (SELECT min(seq) FROM ops WHERE kind IS NOT NULL) AS lowest
              FROM replica WHERE id = 1",
             None,
         )?
@@ -1216,33 +1125,4 @@ pub fn legacy_entries_below(sql: &SqlStorage, next_seq: u64) -> worker::Result<O
     }
     let lowest = state.lowest.map_or(next_seq, |s| s.max(0) as u64);
     Ok((lowest > 1).then_some(lowest))
-}
-
-/// Copies entries back into `ops` (where a hold's row holds the seq, the
-/// entry is added to it); `done` marks the restore finished. Returns the
-/// rows written.
-pub fn restore_legacy_entries(
-    sql: &SqlStorage,
-    entries: &[EntryRow],
-    done: bool,
-) -> worker::Result<u64> {
-    let mut written = 0;
-    for entry in entries {
-        let cursor = sql.exec(
-            "INSERT INTO ops (seq, entry, created_at_ms) VALUES (?, ?, ?)
-             ON CONFLICT (seq) DO UPDATE SET entry = excluded.entry WHERE ops.entry IS NULL",
-            vec![
-                int(entry.seq as i64),
-                text(serde_json::to_string(entry).expect("entries serialize")),
-                int(entry.created_at_ms),
-            ],
-        )?;
-        written += cursor.rows_written();
-    }
-    if done {
-        written += sql
-            .exec("UPDATE replica SET legacy_restored = 1 WHERE id = 1", None)?
-            .rows_written();
-    }
-    Ok(written as u64)
 }

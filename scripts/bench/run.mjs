@@ -56,6 +56,9 @@ const TARGET = {
   pricedVsPlainCpu: 1.05,
   d1RowsPerDebit: 0.05,
   wasmGzipKiB: 500,
+  // SPEC §11: bytes per entry within the idempotency retention and after it.
+  entryBytesLive: 500,
+  entryBytesPruned: 250,
 };
 
 // ---------------------------------------------------------------------------
@@ -896,12 +899,23 @@ async function doSizes(org) {
   for (const file of bySize) {
     const sized = await withCopy(file, (db) => {
       if (db.prepare('SELECT org_id FROM wallet').get()?.org_id !== org) return undefined;
-      const entries = db.prepare('SELECT count(*) AS n FROM ops WHERE entry IS NOT NULL').get().n;
-      const avg = db.prepare('SELECT avg(length(entry)) AS entry, avg(length(response)) AS response FROM ops').get();
+      const entries = db.prepare('SELECT count(*) AS n FROM ops WHERE kind IS NOT NULL').get().n;
+      // What the entry's own columns and its idempotency record hold, on average.
+      const avg = db.prepare(`SELECT avg(coalesce(length(kind), 0) + coalesce(length(feature), 0)
+          + coalesce(length(user_id), 0) + coalesce(length(project_id), 0) + coalesce(length(metadata), 0)
+          + coalesce(length(model), 0) + coalesce(length(rate_id), 0) + coalesce(length(extra), 0)) AS entry,
+        avg(coalesce(length(idempotency_key), 0) + coalesce(length(fingerprint), 0)
+          + coalesce(length(response), 0)) AS record FROM ops WHERE kind IS NOT NULL`).get();
       const stored = dbBytes(db);
-      db.exec(`UPDATE ops SET idempotency_key = NULL, fingerprint = NULL, response = NULL;
-               DELETE FROM ops WHERE entry IS NULL; VACUUM;`);
-      return { entries, stored, pruned: dbBytes(db), avgEntryChars: avg.entry, avgResponseChars: avg.response };
+      const tables = btreeBytes(db);
+      // As the retention's pruning leaves it (wallet_store::prune), then VACUUM.
+      db.exec(`UPDATE ops SET idempotency_key = NULL, fingerprint = NULL, response = NULL,
+                 reply_spent_today = NULL, reply_cap_remaining = NULL;
+               DELETE FROM ops WHERE kind IS NULL; VACUUM;`);
+      return {
+        entries, stored, pruned: dbBytes(db), avgEntryChars: avg.entry, avgRecordChars: avg.record,
+        opsBytes: (tables.ops ?? 0) + (tables.ops_by_key ?? 0),
+      };
     });
     if (sized) return sized;
   }
@@ -1245,7 +1259,9 @@ function printTable(r) {
     if (!d) continue;
     row(`DO SQLite, ${f0(d.entries)} entries (${what})`, `${f0(d.stored / d.entries)} B/entry stored, ${f0(d.pruned / d.entries)} after pruning`,
       '-', '-', '-', `${(d.stored / 1048576).toFixed(1)} MiB file`,
-      `entry ${f0(d.avgEntryChars)} chars, reply ${f0(d.avgResponseChars)}`, '-', '');
+      `entry text ${f0(d.avgEntryChars)} chars, key+fingerprint+reply ${f0(d.avgRecordChars)}; ops+index ${f0(d.opsBytes / d.entries)} B/entry`,
+      d === r.doSize ? `<= ${TARGET.entryBytesLive} B, <= ${TARGET.entryBytesPruned} B after` : '-',
+      d === r.doSize ? verdict(d.stored / d.entries <= TARGET.entryBytesLive && d.pruned / d.entries <= TARGET.entryBytesPruned) : '');
   }
   const s1 = r.d1Size;
   const per = (x) => (x.rows ? f0(x.bytes / x.rows) : 'n/a');

@@ -98,19 +98,13 @@ impl Instance {
         if live <= config.ledger_live_entries {
             return Ok(None);
         }
-        let texts = wallet_store::oldest_live_entries(
-            &sql,
-            archived_through,
-            config.ledger_segment_entries,
-        )?;
-        let last_seq = texts
-            .last()
-            .map(|t| serde_json::from_str::<EntryRow>(t).map(|r| r.seq))
-            .transpose()?;
+        let rows =
+            wallet_store::oldest_after(&sql, archived_through, config.ledger_segment_entries)?;
         // Only what the D1 shard holds: a refill reads older entries from R2
         // but never sends what was not replicated first.
         let replicated = self.replica.watermark.get().unwrap_or(0);
-        Ok(last_seq.filter(|seq| *seq <= replicated).map(|_| texts))
+        let due = rows.last().is_some_and(|row| row.seq <= replicated);
+        Ok(due.then(|| rows.iter().map(wallet_store::entry_text).collect()))
     }
 
     /// Seals the next due segment; `Ok(false)` when none is due.

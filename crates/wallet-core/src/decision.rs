@@ -17,7 +17,7 @@ use crate::config::WalletConfig;
 use crate::events::{Event, EventType};
 use crate::purchase::{is_purchase_id, ChargeOutcome, CreditedPayment, Purchase};
 use crate::wallet::{seq_of, Hold, LedgerEntry, Wallet};
-use crate::Rejection;
+use crate::{Credits, Rejection};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -102,9 +102,49 @@ pub struct OpRow {
     pub seq: u64,
     pub idempotency: Option<(String, String)>,
     pub status: u16,
-    pub response: Option<String>,
+    pub answer: Option<StoredAnswer>,
     pub entry: Option<LedgerEntry>,
     pub created_at_ms: i64,
+}
+
+impl OpRow {
+    /// The first answer's text, as a replay sends it again.
+    pub fn answer_text(&self) -> Option<String> {
+        match (&self.answer, &self.entry) {
+            (Some(StoredAnswer::Text(text)), _) => Some(text.clone()),
+            (Some(StoredAnswer::Debit(totals)), Some(entry)) => Some(totals.reply_text(entry)),
+            (Some(StoredAnswer::Debit(_)), None) | (None, _) => None,
+        }
+    }
+}
+
+/// How an operation's first answer is kept for its replays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredAnswer {
+    /// The text as it was sent.
+    Text(String),
+    /// A debit's answer, rebuilt from its entry and the day's figures after
+    /// it (SPEC §11: the entry is not stored twice).
+    Debit(DebitTotals),
+}
+
+/// What a debit's answer says beside its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebitTotals {
+    pub spent_today: Credits,
+    pub cap_remaining: Credits,
+}
+
+impl DebitTotals {
+    /// A debit's answer: its entry with the day's spend and what is left of
+    /// the cap after it. One function for the first answer and its replays,
+    /// so they are the same bytes.
+    pub fn reply_text(&self, entry: &LedgerEntry) -> String {
+        let mut response = crate::api::entry_json(entry);
+        response["spent_today"] = json!(self.spent_today);
+        response["cap_remaining"] = json!(self.cap_remaining);
+        response.to_string()
+    }
 }
 
 /// One row a decision writes, besides the wallet itself.
@@ -596,7 +636,7 @@ fn open(
             seq: entry.seq,
             idempotency: None,
             status: 201,
-            response: None,
+            answer: None,
             entry: Some(entry),
             created_at_ms: now.timestamp_millis(),
         }));

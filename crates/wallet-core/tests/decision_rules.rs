@@ -113,7 +113,7 @@ impl Memory {
         for write in &d.writes {
             match write {
                 Write::Op(op) => {
-                    if let Some(response) = &op.response {
+                    if let Some(response) = &op.answer_text() {
                         self.responses.insert(op.seq, response.clone());
                         if let Some((key, fingerprint)) = &op.idempotency {
                             self.replies.insert(

@@ -150,6 +150,156 @@ pub fn parse_row(text: &str) -> Result<LedgerEntry, String> {
         .into_entry()
 }
 
+/// An entry as the Durable Object's `ops` row keeps it (SPEC §11: compact
+/// entries): one column per frequent field, so nothing repeats a field name
+/// per row, and one JSON text (`extra`) for what few entries carry
+/// (purchases, captures, disputes). What the row already says is not stored
+/// again: the seq is the row's key, the time its `created_at_ms`, the id
+/// `le_<seq>` and the usage day the entry's UTC day unless they differ.
+/// [`EntryColumns::into_row`] gives back the [`EntryRow`] exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryColumns {
+    pub seq: u64,
+    pub created_at_ms: i64,
+    /// `None` on a row that only keeps an idempotency record.
+    pub kind: Option<String>,
+    pub amount: Option<i64>,
+    pub balance_after: Option<i64>,
+    pub feature: Option<String>,
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    /// The metadata map as JSON text.
+    pub metadata: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub cached_input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub rate_id: Option<String>,
+    /// [`EntryExtra`] as JSON text, `None` when every field of it is absent.
+    pub extra: Option<String>,
+}
+
+/// The rarely present fields of an entry, stored together.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryExtra {
+    /// Only when it is not `le_<seq>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Only when it is not the UTC day of `created_at_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_day: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_intent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PurchaseSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbilled: Option<i64>,
+}
+
+/// The UTC day of an instant in milliseconds, as `usage_day` writes it.
+fn utc_day(ms: i64) -> Option<String> {
+    crate::time::from_millis(ms).map(|t| t.date_naive().to_string())
+}
+
+impl EntryColumns {
+    pub fn of(row: &EntryRow) -> EntryColumns {
+        let extra = EntryExtra {
+            id: (row.id != crate::ids::entry_id(row.seq)).then(|| row.id.clone()),
+            usage_day: (utc_day(row.created_at_ms).as_deref() != Some(row.usage_day.as_str()))
+                .then(|| row.usage_day.clone()),
+            hold_id: row.hold_id.clone(),
+            pack_id: row.pack_id.clone(),
+            amount_cents: row.amount_cents,
+            currency: row.currency.clone(),
+            payment_intent_id: row.payment_intent_id.clone(),
+            purchase_id: row.purchase_id.clone(),
+            source: row.source,
+            unbilled: row.unbilled,
+        };
+        EntryColumns {
+            seq: row.seq,
+            created_at_ms: row.created_at_ms,
+            kind: Some(row.kind.clone()),
+            amount: Some(row.amount),
+            balance_after: Some(row.balance_after),
+            feature: row.feature.clone(),
+            user_id: row.user_id.clone(),
+            project_id: row.project_id.clone(),
+            metadata: row
+                .metadata
+                .as_ref()
+                .map(|m| serde_json::to_string(m).expect("metadata serializes")),
+            model: row.model.clone(),
+            input_tokens: row.input_tokens,
+            cached_input_tokens: row.cached_input_tokens,
+            output_tokens: row.output_tokens,
+            rate_id: row.rate_id.clone(),
+            extra: (extra != EntryExtra::default())
+                .then(|| serde_json::to_string(&extra).expect("extras serialize")),
+        }
+    }
+
+    /// The entry back; `Ok(None)` for a row without one.
+    pub fn into_row(self) -> Result<Option<EntryRow>, String> {
+        let (Some(kind), Some(amount), Some(balance_after)) =
+            (self.kind, self.amount, self.balance_after)
+        else {
+            return Ok(None);
+        };
+        let bad = |what: &str| format!("stored ledger entry {} has a bad {what}", self.seq);
+        let extra: EntryExtra = match &self.extra {
+            Some(text) => serde_json::from_str(text).map_err(|_| bad("extra"))?,
+            None => EntryExtra::default(),
+        };
+        let metadata = match &self.metadata {
+            Some(text) => {
+                Some(serde_json::from_str::<Metadata>(text).map_err(|_| bad("metadata"))?)
+            }
+            None => None,
+        };
+        let usage_day = match extra.usage_day {
+            Some(day) => day,
+            None => utc_day(self.created_at_ms).ok_or_else(|| bad("created_at"))?,
+        };
+        Ok(Some(EntryRow {
+            seq: self.seq,
+            id: extra.id.unwrap_or_else(|| crate::ids::entry_id(self.seq)),
+            kind,
+            amount,
+            balance_after,
+            created_at_ms: self.created_at_ms,
+            usage_day,
+            feature: self.feature,
+            user_id: self.user_id,
+            project_id: self.project_id,
+            hold_id: extra.hold_id,
+            pack_id: extra.pack_id,
+            amount_cents: extra.amount_cents,
+            currency: extra.currency,
+            payment_intent_id: extra.payment_intent_id,
+            purchase_id: extra.purchase_id,
+            source: extra.source,
+            metadata,
+            model: self.model,
+            input_tokens: self.input_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            output_tokens: self.output_tokens,
+            rate_id: self.rate_id,
+            unbilled: extra.unbilled,
+        }))
+    }
+}
+
 /// Entries per CSV chunk: one Durable Object read each, small enough that
 /// a debit waiting behind it is not held up noticeably.
 pub const CSV_CHUNK_ENTRIES: u32 = 500;
@@ -404,6 +554,160 @@ mod tests {
         let mut row = EntryRow::of(&grant.unwrap());
         row.kind = kind.into();
         serde_json::to_string(&row).unwrap()
+    }
+
+    /// A debit row of the bench's mix: member, project, four metadata keys.
+    fn debit_row(seq: u64) -> EntryRow {
+        EntryRow {
+            seq,
+            id: crate::ids::entry_id(seq),
+            kind: "debit".into(),
+            amount: 1,
+            balance_after: 99_999,
+            created_at_ms: 1_893_492_000_000,
+            usage_day: "2030-01-01".into(),
+            feature: Some("chat".into()),
+            user_id: Some("user_3".into()),
+            project_id: Some("proj_2".into()),
+            hold_id: None,
+            pack_id: None,
+            amount_cents: None,
+            currency: None,
+            payment_intent_id: None,
+            purchase_id: None,
+            source: None,
+            metadata: Some(
+                [("model", "gpt-4o-mini"), ("trace_id", "0f1e2d3c4b5a6978")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            ),
+            model: None,
+            input_tokens: None,
+            cached_input_tokens: None,
+            output_tokens: None,
+            rate_id: None,
+            unbilled: None,
+        }
+    }
+
+    fn columns_round_trip(row: &EntryRow) -> EntryColumns {
+        let columns = EntryColumns::of(row);
+        assert_eq!(columns.clone().into_row().unwrap().as_ref(), Some(row));
+        // The stored JSON text of the entry (what pages and segments carry)
+        // comes back byte for byte.
+        let back = columns.clone().into_row().unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(row).unwrap()
+        );
+        columns
+    }
+
+    #[test]
+    fn entry_columns_keep_every_field_and_store_what_is_derived_only_when_it_differs() {
+        let plain = columns_round_trip(&debit_row(7));
+        assert_eq!(plain.extra, None, "id and usage day are derived");
+        assert_eq!(
+            plain.metadata.as_deref(),
+            Some(r#"{"model":"gpt-4o-mini","trace_id":"0f1e2d3c4b5a6978"}"#)
+        );
+
+        // A capture counted on its hold's day (the day before), priced by usage, with unbilled credits.
+        let mut capture = debit_row(8);
+        capture.kind = "capture".into();
+        capture.usage_day = "2029-12-31".into();
+        capture.hold_id = Some("hold_000000000005".into());
+        capture.metadata = None;
+        capture.model = Some("claude-sonnet-4".into());
+        capture.input_tokens = Some(u64::MAX >> 12);
+        capture.cached_input_tokens = Some(0);
+        capture.output_tokens = Some(250);
+        capture.rate_id = Some("rate_claude-sonnet-4_20260101T000000Z".into());
+        capture.unbilled = Some(12_345);
+        let stored = columns_round_trip(&capture);
+        assert_eq!(
+            stored.extra.as_deref(),
+            Some(r#"{"usage_day":"2029-12-31","hold_id":"hold_000000000005","unbilled":12345}"#)
+        );
+
+        // A purchase credited by auto top-up, with an id of another form.
+        let mut purchase = debit_row(9);
+        purchase.kind = "purchase".into();
+        purchase.id = "le_legacy_9".into();
+        purchase.amount = 10_000_000;
+        (purchase.feature, purchase.user_id, purchase.project_id) = (None, None, None);
+        purchase.metadata = None;
+        purchase.pack_id = Some("starter".into());
+        purchase.amount_cents = Some(1_000);
+        purchase.currency = Some("usd".into());
+        purchase.payment_intent_id = Some("pi_123".into());
+        purchase.purchase_id = Some("pur_0123456789abcdef01234567".into());
+        purchase.source = Some(PurchaseSource::AutoTopUp);
+        let stored = columns_round_trip(&purchase);
+        assert!(stored
+            .extra
+            .as_deref()
+            .unwrap()
+            .starts_with(r#"{"id":"le_legacy_9","pack_id""#));
+        assert!(stored
+            .extra
+            .as_deref()
+            .unwrap()
+            .contains(r#""source":"auto_top_up""#));
+
+        // A row keeping only an idempotency record has no entry.
+        assert_eq!(
+            EntryColumns {
+                seq: 3,
+                ..EntryColumns::default()
+            }
+            .into_row(),
+            Ok(None)
+        );
+        // Unreadable stored texts are errors, never a different entry.
+        let mut broken = plain.clone();
+        broken.extra = Some("{".into());
+        assert!(broken.into_row().is_err());
+        let mut broken = plain;
+        broken.metadata = Some("[1]".into());
+        assert!(broken.into_row().is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn entry_columns_round_trip_any_entry(
+            seq in 1u64..1_000_000_000_000,
+            at_ms in 0i64..4_102_444_800_000,
+            day_offset in -2i64..=0,
+            amount in 1i64..(1 << 53),
+            balance in -(1i64 << 53)..(1 << 53),
+            feature in proptest::option::of("[a-z_]{1,40}"),
+            user in proptest::option::of("\\PC{0,20}"),
+            metadata in proptest::option::of(proptest::collection::btree_map("\\PC{1,10}", "\\PC{0,30}", 0..5)),
+            tokens in proptest::option::of((0u64..u64::MAX, 0u64..1 << 40, 0u64..1 << 40)),
+            hold in proptest::option::of(1u64..1_000_000),
+        ) {
+            let mut row = debit_row(seq);
+            row.created_at_ms = at_ms;
+            row.usage_day = crate::time::from_millis(at_ms + day_offset * 86_400_000)
+                .unwrap()
+                .date_naive()
+                .to_string();
+            row.amount = amount;
+            row.balance_after = balance;
+            row.feature = feature;
+            row.user_id = user;
+            row.metadata = metadata;
+            if let Some((input, cached, output)) = tokens {
+                row.model = Some("gpt-4o".into());
+                row.input_tokens = Some(input);
+                row.cached_input_tokens = Some(cached);
+                row.output_tokens = Some(output);
+                row.rate_id = Some("rate_gpt-4o_20260101T000000Z".into());
+            }
+            row.hold_id = hold.map(crate::ids::hold_id);
+            columns_round_trip(&row);
+        }
     }
 
     #[test]

@@ -471,7 +471,7 @@ fn record_settlement(settlement: Settlement, d: &mut Decision, now: DateTime<Utc
             seq: entry.seq,
             idempotency: None,
             status: 200,
-            response: None,
+            answer: None,
             entry: Some(entry),
             created_at_ms: now.timestamp_millis(),
         }));

@@ -1,8 +1,8 @@
 //! AI spending: debits (single and batched), holds, captures and releases.
 //! A replay of a debit or hold was answered before any of this runs.
 
-use super::{OpRow, Reply, Step, StoredReply, Write};
-use crate::api::{entry_json, hold_json, ApiError, BatchSlot, CaptureBody, DebitBody, HoldBody};
+use super::{DebitTotals, OpRow, Reply, Step, StoredAnswer, StoredReply, Write};
+use crate::api::{hold_json, ApiError, BatchSlot, CaptureBody, DebitBody, HoldBody};
 use crate::wallet::{price_usage, seq_of, HoldPricing, PricedUsage};
 use crate::{Credits, DebitRequest, HoldRequest, Rejection};
 use serde_json::json;
@@ -31,15 +31,16 @@ pub(super) fn debit(
     };
     match decided {
         Ok(entry) => {
-            let mut response = entry_json(&entry);
-            response["spent_today"] = json!(s.wallet.spent_today());
-            response["cap_remaining"] = json!(s.wallet.cap_remaining());
-            let text = response.to_string();
+            let totals = DebitTotals {
+                spent_today: s.wallet.spent_today(),
+                cap_remaining: s.wallet.cap_remaining(),
+            };
+            let text = totals.reply_text(&entry);
             s.d.writes.push(Write::Op(OpRow {
                 seq: entry.seq,
                 idempotency: Some((idempotency_key.to_string(), fingerprint.to_string())),
                 status: 201,
-                response: Some(text.clone()),
+                answer: Some(StoredAnswer::Debit(totals)),
                 entry: Some(entry),
                 created_at_ms: s.now.timestamp_millis(),
             }));
@@ -188,7 +189,7 @@ pub(super) fn place_hold(
                 seq: seq_of(&hold.id).expect("hold ids carry their seq"),
                 idempotency: Some((idempotency_key.to_string(), fingerprint.to_string())),
                 status: 201,
-                response: Some(text.clone()),
+                answer: Some(StoredAnswer::Text(text.clone())),
                 entry: None,
                 created_at_ms: s.now.timestamp_millis(),
             }));
@@ -220,7 +221,7 @@ pub(super) fn capture(s: &mut Step, hold_id: &str, body: &CaptureBody) -> Reply 
                     seq: entry.seq,
                     idempotency: None,
                     status: 200,
-                    response: Some(text.clone()),
+                    answer: Some(StoredAnswer::Text(text.clone())),
                     entry: Some(entry),
                     created_at_ms: s.now.timestamp_millis(),
                 }));
