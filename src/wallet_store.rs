@@ -1041,21 +1041,27 @@ struct PruneCursor {
 /// Forgets idempotency records older than `older_than_ms` (their ledger
 /// entries stay) and deletes closed holds as old; bounded per call. Walks
 /// ops in seq (= time) order from a cursor, so it never scans the history.
-/// Returns the rows written.
-pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
+/// Returns the rows written and whether more is due (a full call's worth).
+pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<(u64, bool)> {
     const PER_CALL: i64 = 5000;
     let cursor: Vec<PruneCursor> = sql
         .exec("SELECT pruned_seq FROM replica WHERE id = 1", None)?
         .to_array()?;
     let from = cursor.first().map_or(0, |c| c.pruned_seq);
-    let due: Vec<TimeRow> = sql
+    // The next rows after the cursor, whatever their gaps (archived rows
+    // are gone); seq order is time order, so the due ones come first.
+    let next: Vec<TimeRow> = sql
         .exec(
-            "SELECT seq, created_at_ms FROM ops WHERE seq > ?1 AND seq <= ?1 + ?3
-               AND created_at_ms < ?2 ORDER BY seq",
-            vec![int(from), int(older_than_ms), int(PER_CALL)],
+            "SELECT seq, created_at_ms FROM ops WHERE seq > ? ORDER BY seq LIMIT ?",
+            vec![int(from), int(PER_CALL)],
         )?
         .to_array()?;
+    let due: Vec<&TimeRow> = next
+        .iter()
+        .take_while(|r| r.created_at_ms < older_than_ms)
+        .collect();
     let mut written = 0;
+    let more = due.len() as i64 >= PER_CALL;
     if let Some(last) = due.last().map(|r| r.seq) {
         // Rows without an entry were only idempotency records (holds placed);
         // archived entries stayed only for theirs.
@@ -1081,7 +1087,7 @@ pub fn prune(sql: &SqlStorage, older_than_ms: i64) -> worker::Result<u64> {
            AND closed_at_ms < ? LIMIT ?)",
         vec![int(older_than_ms), int(PER_CALL)],
     )?;
-    Ok((written + holds.rows_written()) as u64)
+    Ok(((written + holds.rows_written()) as u64, more))
 }
 
 /// Deletes events created before `older_than_ms` that need nothing more:

@@ -661,20 +661,25 @@ const iso = (ms) => new Date(ms).toISOString();
 /** LEDGER_ENTRIES debits through POST /debits/batch (1,000 per request), dated over the span. */
 async function seedLedger() {
   const startMs = Date.now() - LEDGER_SPAN_MS - 60_000;
-  await createOrg(LEDGER_ORG, iso(startMs), iso(startMs));
-  await eventsDelivered([LEDGER_ORG]); // its daily cap's settings.changed, before the seeding
-  const service = token(LEDGER_ORG, 'service');
-  const batches = Array.from({ length: Math.ceil(LEDGER_ENTRIES / 1000) }, (_, b) => b);
-  progress(`ledger: ${f0(LEDGER_ENTRIES)} debits into ${LEDGER_ORG} through ${batches.length} batch requests`);
+  return seedDebits(LEDGER_ORG, LEDGER_ENTRIES, startMs, LEDGER_SPAN_MS);
+}
+
+/** `count` debits into a new organization `org`, dated from startMs over spanMs. */
+async function seedDebits(org, count, startMs, spanMs) {
+  await createOrg(org, iso(startMs), iso(startMs));
+  await eventsDelivered([org]); // its daily cap's settings.changed, before the seeding
+  const service = token(org, 'service');
+  const batches = Array.from({ length: Math.ceil(count / 1000) }, (_, b) => b);
+  progress(`ledger: ${f0(count)} debits into ${org} through ${batches.length} batch requests`);
   const t0 = performance.now();
   let failed = 0;
   // Two requests in flight: the Worker parses one while the object applies the other.
   await pool(batches, 2, async (b) => {
-    const debits = Array.from({ length: Math.min(1000, LEDGER_ENTRIES - b * 1000) }, (_, j) => {
+    const debits = Array.from({ length: Math.min(1000, count - b * 1000) }, (_, j) => {
       const k = b * 1000 + j;
       // A typical AI call's record: who, which project, the model and tokens, a trace id.
       return {
-        idempotency_key: `${RUN_ID}-ledger-${k}`,
+        idempotency_key: `${RUN_ID}-${org}-${k}`,
         feature: FEATURES[k % FEATURES.length],
         amount: '0.0001',
         user_id: `user_${(k % 20) + 1}`,
@@ -689,24 +694,24 @@ async function seedLedger() {
     });
     const res = await expectStatus(
       'ledger seed batch',
-      api('POST', `/v1/orgs/${LEDGER_ORG}/debits/batch`, {
+      api('POST', `/v1/orgs/${org}/debits/batch`, {
         auth: service,
         body: { debits },
-        headers: { 'x-dev-now': iso(startMs + 60_000 + Math.floor((b * LEDGER_SPAN_MS) / batches.length)) },
+        headers: { 'x-dev-now': iso(startMs + 60_000 + Math.floor((b * spanMs) / batches.length)) },
       }),
       200,
     );
     failed += debits.length - (res.text.match(/"status":201/g) ?? []).length;
   });
   const secs = (performance.now() - t0) / 1000;
-  if (failed) problems.push(`ledger seed: ${failed} batch items failed`);
-  await settledStorage(LEDGER_ORG);
-  return { startMs, debitsPerSec: LEDGER_ENTRIES / secs, secs };
+  if (failed) problems.push(`ledger seed of ${org}: ${failed} batch items failed`);
+  await settledStorage(org);
+  return { startMs, debitsPerSec: count / secs, secs };
 }
 
-async function ledgerPage(owner, query) {
+async function ledgerPage(owner, query, org = LEDGER_ORG) {
   const t = performance.now();
-  const res = await fetch(`${BASE}/v1/orgs/${LEDGER_ORG}/ledger?${query}`, {
+  const res = await fetch(`${BASE}/v1/orgs/${org}/ledger?${query}`, {
     headers: { authorization: `Bearer ${owner}` },
     signal: AbortSignal.timeout(30_000),
   });
@@ -718,11 +723,10 @@ async function ledgerPage(owner, query) {
 }
 
 /** Follows the cursor from the newest entry; stops at the end, after maxPages, or when stop.done. */
-async function walk(owner, query, { maxPages = Infinity, stop = null, ms = [] } = {}) {
-  let after = null;
+async function walk(owner, query, { maxPages = Infinity, stop = null, ms = [], org = LEDGER_ORG, after = null } = {}) {
   let entries = 0;
   for (let pages = 0; pages < maxPages && !stop?.done; pages++) {
-    const page = await ledgerPage(owner, after ? `${query}&starting_after=${after}` : query);
+    const page = await ledgerPage(owner, after ? `${query}&starting_after=${after}` : query, org);
     ms.push(page.ms);
     entries += page.data.length;
     if (!page.hasMore || page.data.length === 0) break;
@@ -800,6 +804,96 @@ async function debitsWhilePaging() {
   const pagingSecs = await paging;
   const after = check(await wrk({ label: `${label}, alone again`, mode: 'debit', orgsFile: file, settle: [LEDGER_ORG] }));
   return { before, during, after, pages: { ...percentiles(pageMs), perSec: pageMs.length / pagingSecs } };
+}
+
+// ---------------------------------------------------------------------------
+// One organization far past its live window: the ledger archive (SPEC §11)
+
+const ARCHIVE_ORG = 'bench-archive';
+const ARCHIVE_ENTRIES = Number(args['archive-entries']); // the trial grant included
+const ARCHIVE_LIVE = Number(args['archive-live']); // the worker's LEDGER_LIVE_ENTRIES
+const ARCHIVE_SEGMENT = Number(args['archive-segment']); // its LEDGER_SEGMENT_ENTRIES
+// Its history spans days 30 to 2 ago: past the 24 h idempotency retention, as
+// an organization's old history is, so records are pruned and the object
+// keeps only the live window.
+const ARCHIVE_SPAN_MS = 28 * 86_400_000;
+const ARCHIVE_POSITIONS = 20;
+// List prices, $ per GB-month: Durable Object SQLite storage, R2 Standard.
+const DO_GB_MONTH = 0.2;
+const R2_GB_MONTH = 0.015;
+
+async function ledgerStorage(org) {
+  const owner = token(org, 'owner', `owner_${org}`);
+  return (await expectStatus(`ledger storage ${org}`, api('GET', `/v1/orgs/${org}/ledger/storage`, { auth: owner }), 200)).json;
+}
+
+/** Every checkpoint of org's archive (GET …/ledger/segments, 100 per page). */
+async function segmentsOf(org) {
+  const owner = token(org, 'owner', `owner_${org}`);
+  const out = [];
+  for (let after = null; ;) {
+    const q = `limit=100${after ? `&starting_after=${after}` : ''}`;
+    const page = (await expectStatus('ledger segments', api('GET', `/v1/orgs/${org}/ledger/segments?${q}`, { auth: owner }), 200)).json;
+    out.push(...page.data);
+    if (!page.has_more || page.data.length === 0) return out;
+    after = page.data[page.data.length - 1].id;
+  }
+}
+
+/** Polls the organization's storage until the alarm has sealed all it should (live entries within the window). */
+async function archiveCaughtUp(org, timeoutMs) {
+  const t0 = performance.now();
+  for (;;) {
+    const s = await ledgerStorage(org);
+    if (s.live_entries <= ARCHIVE_LIVE) return { ...s, waitSecs: (performance.now() - t0) / 1000 };
+    if (performance.now() - t0 > timeoutMs) {
+      problems.push(`archive of ${org}: still ${s.live_entries} live entries after ${timeoutMs / 1000} s`);
+      return { ...s, waitSecs: (performance.now() - t0) / 1000 };
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+/** Pages (limit=100) walked from evenly spread positions in seq range (low, high], PAGES_PER_RANGE from each. */
+async function pagesFrom(org, low, high) {
+  const owner = token(org, 'owner', `owner_${org}`);
+  const ms = [];
+  for (let i = 0; i < ARCHIVE_POSITIONS; i++) {
+    const seq = low + Math.floor(((i + 0.5) * (high - low)) / ARCHIVE_POSITIONS) + 1;
+    await walk(owner, 'limit=100', { maxPages: PAGES_PER_RANGE, ms, org, after: `le_${String(seq).padStart(12, '0')}` });
+  }
+  return percentiles(ms);
+}
+
+async function archiveScenario() {
+  const startMs = Date.now() - ARCHIVE_SPAN_MS - 2 * 86_400_000;
+  const seed = await seedDebits(ARCHIVE_ORG, ARCHIVE_ENTRIES - 1, startMs, ARCHIVE_SPAN_MS);
+  progress(`archive: waiting for ${ARCHIVE_ORG}'s alarm to seal what is past ${f0(ARCHIVE_LIVE)} live entries`);
+  const caught = await archiveCaughtUp(ARCHIVE_ORG, SMOKE ? 120_000 : 600_000);
+  const segments = await segmentsOf(ARCHIVE_ORG);
+  const archived = segments.reduce((n, c) => n + c.entries, 0);
+  const archivedBytes = segments.reduce((n, c) => n + c.bytes, 0);
+  const file = await doSizes(ARCHIVE_ORG);
+  const archivedThrough = segments.length ? segments[segments.length - 1].last_seq : 0;
+  progress(`archive: ${ARCHIVE_POSITIONS} positions x ${PAGES_PER_RANGE} pages in the live entries, then in the archived ones`);
+  const live = await pagesFrom(ARCHIVE_ORG, archivedThrough, ARCHIVE_ENTRIES);
+  const sealed = await pagesFrom(ARCHIVE_ORG, 0, archivedThrough);
+  progress(`archive: the whole history of ${f0(ARCHIVE_ENTRIES)} entries as ?format=csv`);
+  const t1 = performance.now();
+  const res = await fetch(`${BASE}/v1/orgs/${ARCHIVE_ORG}/ledger?format=csv`, {
+    headers: { authorization: `Bearer ${token(ARCHIVE_ORG, 'owner', `owner_${ARCHIVE_ORG}`)}` },
+    signal: AbortSignal.timeout(900_000),
+  });
+  let csvRows = -1; // the header
+  const decoder = new TextDecoder();
+  for await (const chunk of res.body) csvRows += (decoder.decode(chunk, { stream: true }).match(/\r\n/g) ?? []).length;
+  const csvSecs = (performance.now() - t1) / 1000;
+  if (res.status !== 200) problems.push(`archive csv: HTTP ${res.status}`);
+  if (csvRows !== ARCHIVE_ENTRIES) problems.push(`archive csv has ${csvRows} rows, expected ${ARCHIVE_ENTRIES}`);
+  if (archived + caught.live_entries !== ARCHIVE_ENTRIES) {
+    problems.push(`archive: ${archived} archived + ${caught.live_entries} live entries, expected ${ARCHIVE_ENTRIES}`);
+  }
+  return { seed, caught, segments: segments.length, archived, archivedBytes, file, live, sealed, csv: { rows: csvRows, secs: csvSecs } };
 }
 
 // ---------------------------------------------------------------------------
@@ -1046,6 +1140,7 @@ async function main() {
   const doSize = await doSizes(LEDGER_ORG);
   const reads = await ledgerReads(seed);
   const paging = await debitsWhilePaging();
+  const archive = await archiveScenario();
 
   // The same floor again: how far the machine drifted during the run.
   const floorEnd = check(await wrk({ label: 'floor again (drift check)', mode: 'floor', orgsFile: files.single }));
@@ -1096,7 +1191,7 @@ async function main() {
   // wrangler reports the upload's size with zlib.gzipSync at its default level.
   const wasmGzip = zlib.gzipSync(wasm).length;
 
-  const figures = { floor, floorEnd, one, priced, storagePriced, auto, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, wasm: wasm.length, wasmGzip };
+  const figures = { floor, floorEnd, one, priced, storagePriced, auto, multi: multiRun, holds, batches, wallet, usage, storageLoad, storageIso, prune, many, seed, doSize, doSizePlain, d1Size, reads, paging, archive, wasm: wasm.length, wasmGzip };
   const receiverTotals = { ...receiver.stats, accepted: receiver.total() };
   await receiver.close();
   figures.receiver = receiverTotals;
@@ -1253,6 +1348,23 @@ function printTable(r) {
     cpu(p.during), `alone ${f0(aloneRps)} req/s`, `${ratio(p.during.rps / aloneRps)} debits/s`, '-', '', errs(p.during));
   row(`  its pages meanwhile (limit=100)`, `${f1(p.pages.perSec)} pages/s`, f1(p.pages.p50), f1(p.pages.p99), '-', '-',
     `${f0(p.pages.n)} pages`, '-', '');
+
+  const ar = r.archive;
+  const liveB = ar.file ? ar.file.stored / ar.caught.live_entries : NaN;
+  const archB = ar.archivedBytes / Math.max(1, ar.archived);
+  row(`archive: seed ${f0(ARCHIVE_ENTRIES)} entries (live ${f0(ARCHIVE_LIVE)}, segments ${f0(ARCHIVE_SEGMENT)}), batch x1000`,
+    `${f0(ar.seed.debitsPerSec)} debits/s`, '-', '-', '-', `seed without archiving ${f0(r.seed.debitsPerSec)} debits/s`,
+    ratio(ar.seed.debitsPerSec / r.seed.debitsPerSec), '>= 0.9x', verdict(ar.seed.debitsPerSec / r.seed.debitsPerSec >= 0.9));
+  row('  sealed after seeding', `${plural(ar.segments, 'segment')}, ${f0(ar.archived)} entries archived`, '-', '-', '-',
+    `${f0(ar.caught.live_entries)} live entries`, `caught up ${f1(ar.caught.waitSecs)} s after seeding`, `live <= ${f0(ARCHIVE_LIVE)}`,
+    verdict(ar.caught.live_entries <= ARCHIVE_LIVE));
+  row('  object bytes', `${(ar.caught.object_bytes / 1048576).toFixed(1)} MiB`, '-', '-', '-',
+    `${f0(liveB)} B per live entry (file), ${f1(archB)} B per archived entry (R2)`,
+    `per 1M entries-month: DO $${((1e6 * liveB) / 1e9 * DO_GB_MONTH).toFixed(4)}, R2 $${((1e6 * archB) / 1e9 * R2_GB_MONTH).toFixed(6)}`, '-', '');
+  row('  ledger pages (limit=100) from live positions', `${plural(ar.live.n, 'page')}`, f1(ar.live.p50), f1(ar.live.p99), '-', '-', '-', '', '');
+  row('  ledger pages (limit=100) from archived positions', `${plural(ar.sealed.n, 'page')}`, f1(ar.sealed.p50), f1(ar.sealed.p99), '-',
+    'live pages', `p99 ${ratio(ar.sealed.p99 / ar.live.p99)}`, 'p99 <= 3x live', verdict(ar.sealed.p99 <= 3 * ar.live.p99));
+  row(`  ?format=csv, all ${f0(ar.csv.rows)} entries`, `${f0(ar.csv.rows / ar.csv.secs)} rows/s`, '-', '-', '-', `${f1(ar.csv.secs)} s`, '-', '', '');
 
   // Sizes for the capacity model.
   for (const [d, what] of [[r.doSize, 'with metadata'], [r.doSizePlain, 'plain']]) {

@@ -61,8 +61,12 @@ impl Instance {
         self.watch_storage(&settings.config)?;
         let retention_ms = settings.config.idempotency_retention_seconds * 1000;
         let now_ms = Date::now().as_millis() as i64;
-        let pruned = wallet_store::prune(&sql, now_ms - retention_ms)?;
+        let (pruned, more) = wallet_store::prune(&sql, now_ms - retention_ms)?;
         add(&self.replica.do_rows_written, pruned);
+        if more {
+            // A long history past the retention is pruned a bounded step per alarm.
+            next_alarm = next_alarm.or(Some(FLUSH_CONTINUE_MS));
+        }
         let unsent_too = !matches!(settings.events, Ok(Some(_)));
         let events_before = now_ms - EVENTS_RETENTION_DAYS * 86_400_000;
         let pruned = wallet_store::prune_events(&sql, events_before, unsent_too)?;
