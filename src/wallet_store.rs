@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use wallet_core::archive::{Checkpoint, EntryRange, SegmentsQuery};
+use wallet_core::archive::{Block, Checkpoint, EntryRange, SegmentsQuery};
 use wallet_core::audit::{AuditQuery, AuditRecord};
 use wallet_core::auto_top_up::AutoTopUp;
 use wallet_core::decision::{Loaded, Reads, StoredReply, StoredState, WalletWrite, Write};
@@ -150,6 +150,9 @@ const MIGRATIONS: &[&str] = &[
     // 6: compact entries (SPEC §11): the entry's fields as columns instead
     // of a JSON text, and a debit's answer rebuilt from its entry.
     entries::MIGRATION_COMPACT_ENTRIES,
+    // 7: where each block of a segment begins (`archive::Block`), so a
+    // page reads one block; NULL for segments sealed before blocks.
+    "ALTER TABLE ledger_segments ADD COLUMN blocks TEXT;",
 ];
 
 #[derive(Deserialize)]
@@ -816,11 +819,37 @@ struct CheckpointRow {
     sha256: String,
     bytes: i64,
     archived_at_ms: i64,
+    /// `[[first_seq, first_at_ms, offset], …]`; NULL before blocks.
+    blocks: Option<String>,
+}
+
+/// A segment's blocks in their column: one `[first_seq, first_at_ms, offset]` each.
+fn blocks_json(blocks: &[Block]) -> SqlStorageValue {
+    if blocks.is_empty() {
+        return SqlStorageValue::Null;
+    }
+    let triples: Vec<(u64, i64, u64)> = blocks
+        .iter()
+        .map(|b| (b.first_seq, b.first_at_ms, b.offset))
+        .collect();
+    text(serde_json::to_string(&triples).expect("blocks serialize"))
 }
 
 impl CheckpointRow {
-    fn checkpoint(self) -> Checkpoint {
-        Checkpoint {
+    fn checkpoint(self) -> worker::Result<Checkpoint> {
+        let triples: Vec<(u64, i64, u64)> = match self.blocks.as_deref() {
+            Some(text) => serde_json::from_str(text).map_err(|_| corrupt("segment blocks"))?,
+            None => Vec::new(),
+        };
+        let blocks = triples
+            .into_iter()
+            .map(|(first_seq, first_at_ms, offset)| Block {
+                first_seq,
+                first_at_ms,
+                offset,
+            })
+            .collect();
+        Ok(Checkpoint {
             first_seq: self.first_seq.max(0) as u64,
             last_seq: self.last_seq.max(0) as u64,
             entries: self.entries.max(0) as u64,
@@ -832,7 +861,8 @@ impl CheckpointRow {
             sha256: self.sha256,
             bytes: self.bytes.max(0) as u64,
             archived_at_ms: self.archived_at_ms,
-        }
+            blocks,
+        })
     }
 }
 
@@ -842,7 +872,7 @@ fn checkpoints(
     bindings: Vec<SqlStorageValue>,
 ) -> worker::Result<Vec<Checkpoint>> {
     let rows: Vec<CheckpointRow> = sql.exec(query, bindings)?.to_array()?;
-    Ok(rows.into_iter().map(CheckpointRow::checkpoint).collect())
+    rows.into_iter().map(CheckpointRow::checkpoint).collect()
 }
 
 /// The newest segment's checkpoint: every seq at or below its `last_seq`
@@ -945,7 +975,7 @@ pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
         (
             "INSERT INTO ledger_segments (first_seq, last_seq, entries, credits_added,
                credits_removed, balance_after, first_at_ms, last_at_ms, sha256, bytes,
-               archived_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               archived_at_ms, blocks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             vec![
                 first.clone(),
                 last.clone(),
@@ -958,6 +988,7 @@ pub fn archive_statements(c: &Checkpoint) -> Vec<Statement> {
                 text(c.sha256.as_str()),
                 int(c.bytes as i64),
                 int(c.archived_at_ms),
+                blocks_json(&c.blocks),
             ],
         ),
         (

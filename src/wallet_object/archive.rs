@@ -12,8 +12,9 @@
 
 use super::*;
 use std::collections::VecDeque;
-use wallet_core::archive::{self, Checkpoint, EntryRange};
+use wallet_core::archive::{self, BlockSpan, Checkpoint, EntryRange};
 use wallet_core::ledger::EntryRow;
+use worker::Range;
 
 /// The R2 bucket binding of the archive.
 const ARCHIVE_BINDING: &str = "LEDGER_ARCHIVE";
@@ -21,21 +22,23 @@ const ARCHIVE_BINDING: &str = "LEDGER_ARCHIVE";
 const SEGMENTS_PER_ALARM: usize = 2;
 /// Checkpoints looked up per step of a page that reaches into the archive.
 const CHECKPOINTS_PER_STEP: u32 = 16;
-/// Decoded segments kept in memory: a page walk or a CSV export reads the
-/// same segment over and over.
-const OPEN_SEGMENTS_KEPT: usize = 2;
+/// Decoded blocks kept in memory (about 0.2 MB each): a page walk or a CSV
+/// export reads the same block several times.
+const OPEN_BLOCKS_KEPT: usize = 8;
 
-/// A segment read from R2 and checked against its checkpoint.
-pub(super) struct OpenSegment {
+/// A block of a segment read from R2 and checked against its checkpoint.
+pub(super) struct OpenBlock {
+    /// The segment's first seq and the block's: its name in the cache.
+    segment_first_seq: u64,
     first_seq: u64,
     texts: Vec<String>,
     positions: Vec<(u64, i64)>,
 }
 
-/// What this instance remembers of the archive: the segments it read last
+/// What this instance remembers of the archive: the blocks it read last
 /// (newest use last), and its last count of live entries.
 #[derive(Default)]
-pub(super) struct SegmentCache(RefCell<VecDeque<Rc<OpenSegment>>>, Cell<Option<LiveCount>>);
+pub(super) struct SegmentCache(RefCell<VecDeque<Rc<OpenBlock>>>, Cell<Option<LiveCount>>);
 
 /// Live entries counted after `archived_through` when the next seq was
 /// `next_seq`: until then, entries are at most that count plus the seqs
@@ -127,7 +130,7 @@ impl Instance {
             .execute()
             .await?;
         // Read back: nothing leaves the object before R2 holds it intact.
-        let stored = read_object(&bucket, &key).await?;
+        let stored = read_object(&bucket, &key, None).await?;
         archive::open(&stored, c).map_err(Error::RustError)?;
         // Alarms never overlap and entries never change: the rows are still
         // the ones sealed, whatever requests ran during the awaits.
@@ -224,16 +227,19 @@ impl Instance {
             }
             for c in &batch {
                 below_first_seq = c.first_seq;
-                let segment = self.open_segment(c).await?;
-                let picked = archive::newest_within(
-                    &segment.texts,
-                    &segment.positions,
-                    range,
-                    want - out.len(),
-                );
-                out.extend(picked.into_iter().map(str::to_string));
-                if out.len() >= want {
-                    break;
+                // Newest block first; only blocks that may hold the range are read.
+                for span in c.spans().iter().rev().filter(|b| range.meets_block(b)) {
+                    let block = self.open_block(c, span).await?;
+                    let picked = archive::newest_within(
+                        &block.texts,
+                        &block.positions,
+                        range,
+                        want - out.len(),
+                    );
+                    out.extend(picked.into_iter().map(str::to_string));
+                    if out.len() >= want {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -251,47 +257,54 @@ impl Instance {
         let Some(c) = wallet_store::checkpoint_after(&sql, after_seq)? else {
             return Ok(Vec::new());
         };
-        let segment = self.open_segment(&c).await?;
-        segment
-            .texts
-            .iter()
-            .zip(&segment.positions)
-            .filter(|(_, (seq, _))| *seq > after_seq)
-            .take(limit)
-            .map(|(text, _)| serde_json::from_str::<EntryRow>(text).map_err(Error::from))
-            .collect()
+        let mut out = Vec::new();
+        for span in c.spans().iter().filter(|b| b.last_seq > after_seq) {
+            let block = self.open_block(&c, span).await?;
+            for (text, (seq, _)) in block.texts.iter().zip(&block.positions) {
+                if *seq > after_seq && out.len() < limit {
+                    out.push(serde_json::from_str::<EntryRow>(text)?);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
-    /// The segment of checkpoint `c`, from memory or from R2 (checked).
-    async fn open_segment(&self, c: &Checkpoint) -> Result<Rc<OpenSegment>> {
+    /// A block of checkpoint `c`'s segment, from memory or from R2 (a
+    /// ranged read, checked).
+    async fn open_block(&self, c: &Checkpoint, span: &BlockSpan) -> Result<Rc<OpenBlock>> {
         let cached = self
             .segments
             .0
             .borrow()
             .iter()
-            .find(|s| s.first_seq == c.first_seq)
+            .find(|b| b.segment_first_seq == c.first_seq && b.first_seq == span.first_seq)
             .cloned();
-        if let Some(segment) = cached {
-            return Ok(segment);
+        if let Some(block) = cached {
+            return Ok(block);
         }
         let org_id = self
             .org_id()
             .ok_or_else(|| Error::RustError("no wallet".into()))?;
         let key = archive::segment_key(&org_id, c.first_seq, c.last_seq);
-        let bytes = read_object(&self.env.bucket(ARCHIVE_BINDING)?, &key).await?;
-        let texts = archive::open(&bytes, c).map_err(Error::RustError)?;
+        let bucket = self.env.bucket(ARCHIVE_BINDING)?;
+        let bytes = read_object(&bucket, &key, (!span.whole).then_some(span)).await?;
+        let texts = archive::open_block(&bytes, span, c).map_err(Error::RustError)?;
         let positions = archive::positions(&texts).map_err(Error::RustError)?;
-        let segment = Rc::new(OpenSegment {
-            first_seq: c.first_seq,
+        let block = Rc::new(OpenBlock {
+            segment_first_seq: c.first_seq,
+            first_seq: span.first_seq,
             texts,
             positions,
         });
         let mut kept = self.segments.0.borrow_mut();
-        if kept.len() >= OPEN_SEGMENTS_KEPT {
+        if kept.len() >= OPEN_BLOCKS_KEPT {
             kept.pop_front();
         }
-        kept.push_back(Rc::clone(&segment));
-        Ok(segment)
+        kept.push_back(Rc::clone(&block));
+        Ok(block)
     }
 
     /// `GET …/ledger/segments`: checkpoints, oldest first.
@@ -328,10 +341,16 @@ impl Instance {
     }
 }
 
-/// An object's bytes; a missing object is an error.
-async fn read_object(bucket: &Bucket, key: &str) -> Result<Vec<u8>> {
-    let object = bucket
-        .get(key)
+/// An object's bytes, or those of one block of it; a missing object is an error.
+async fn read_object(bucket: &Bucket, key: &str, span: Option<&BlockSpan>) -> Result<Vec<u8>> {
+    let mut get = bucket.get(key);
+    if let Some(span) = span {
+        get = get.range(Range::OffsetWithLength {
+            offset: span.offset,
+            length: span.length,
+        });
+    }
+    let object = get
         .execute()
         .await?
         .ok_or_else(|| Error::RustError(format!("archive object {key} is missing")))?;

@@ -7,15 +7,22 @@
 //! segment is the page read before archiving. The same entries always seal
 //! to the same bytes, so a put repeated after a crash writes what the first
 //! one wrote. A segment is known by its [`Checkpoint`]: its seq range,
-//! counts, credits in and out, the balance at its end, and the SHA-256 and
-//! length of its bytes.
+//! counts, credits in and out, the balance at its end, the SHA-256 and
+//! length of its bytes, and its blocks.
+//!
+//! Blocks: the stream is a series of gzip members of [`BLOCK_ENTRIES`]
+//! entries each (concatenated members are one gzip stream to any reader),
+//! and the checkpoint records where each begins, so a ledger page reads one
+//! block with a ranged read instead of the whole segment. A block is checked
+//! by its member's CRC-32 and length and by its entries' seqs; the whole
+//! segment by its SHA-256 when sealed and by `scripts/verify-archive.mjs`.
 
 use crate::ledger::EntryRow;
 use crate::money::Credits;
 use crate::paging::{list_limit, Invalid};
 use crate::time::{from_millis, rfc3339};
 use crate::wallet::EntryKind;
-use flate2::{read::GzDecoder, Compression, GzBuilder};
+use flate2::{read::MultiGzDecoder, Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -27,6 +34,31 @@ pub const SEGMENT_EXTENSION: &str = "ndjson.gz";
 /// the settings allow (1,000,000 entries of ~0.5 KB), so a corrupt or
 /// hostile object cannot exhaust memory.
 const MAX_DECODED_BYTES: u64 = 2 << 30;
+
+/// Entries per block of a segment.
+pub const BLOCK_ENTRIES: usize = 500;
+
+/// Where a block of a segment begins: its first entry and byte offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub first_seq: u64,
+    pub first_at_ms: i64,
+    pub offset: u64,
+}
+
+/// A block's bytes and bounds, for one read. `last_seq` and `last_at_ms`
+/// are upper bounds (the next block's first), except for the last block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSpan {
+    pub offset: u64,
+    pub length: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub first_at_ms: i64,
+    pub last_at_ms: i64,
+    /// The whole segment (one sealed before blocks): checked by its SHA-256.
+    pub whole: bool,
+}
 
 /// One sealed segment's record, kept by the object (and listed by
 /// `GET …/ledger/segments`). Credits are minor units.
@@ -46,9 +78,48 @@ pub struct Checkpoint {
     pub sha256: String,
     pub bytes: u64,
     pub archived_at_ms: i64,
+    /// Oldest first; empty for a segment sealed before blocks.
+    #[serde(default)]
+    pub blocks: Vec<Block>,
 }
 
 impl Checkpoint {
+    /// The segment's blocks as byte ranges with their bounds, oldest first.
+    pub fn spans(&self) -> Vec<BlockSpan> {
+        if self.blocks.is_empty() {
+            return vec![BlockSpan {
+                offset: 0,
+                length: self.bytes,
+                first_seq: self.first_seq,
+                last_seq: self.last_seq,
+                first_at_ms: self.first_at_ms,
+                last_at_ms: self.last_at_ms,
+                whole: true,
+            }];
+        }
+        let ends = self.blocks.iter().skip(1).map(|next| {
+            (
+                next.offset,
+                next.first_seq.saturating_sub(1),
+                next.first_at_ms,
+            )
+        });
+        let last = (self.bytes, self.last_seq, self.last_at_ms);
+        self.blocks
+            .iter()
+            .zip(ends.chain(std::iter::once(last)))
+            .map(|(b, (end, last_seq, last_at_ms))| BlockSpan {
+                offset: b.offset,
+                length: end.saturating_sub(b.offset),
+                first_seq: b.first_seq,
+                last_seq,
+                first_at_ms: b.first_at_ms,
+                last_at_ms,
+                whole: false,
+            })
+            .collect()
+    }
+
     /// The segment as `GET …/ledger/segments` lists it.
     pub fn to_json(&self, org_id: &str) -> serde_json::Value {
         let at = |ms: i64| from_millis(ms).map(rfc3339);
@@ -177,7 +248,7 @@ pub fn seal(texts: &[String], archived_at_ms: i64) -> Result<Sealed, String> {
         }
         previous = Some(row);
     }
-    let bytes = compress(texts);
+    let (bytes, blocks) = compress(texts, &rows);
     Ok(Sealed {
         checkpoint: Checkpoint {
             first_seq: first.seq,
@@ -191,6 +262,7 @@ pub fn seal(texts: &[String], archived_at_ms: i64) -> Result<Sealed, String> {
             sha256: sha256_hex(&bytes),
             bytes: bytes.len() as u64,
             archived_at_ms,
+            blocks,
         },
         bytes,
     })
@@ -203,17 +275,53 @@ pub fn signed_effect(row: &EntryRow) -> Result<i64, String> {
     Ok(kind.signed(row.amount))
 }
 
-fn compress(texts: &[String]) -> Vec<u8> {
-    let mut encoder = GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), Compression::new(6));
-    for text in texts {
-        encoder
-            .write_all(text.as_bytes())
-            .and_then(|()| encoder.write_all(b"\n"))
-            .expect("writing to memory cannot fail");
+/// The segment's bytes, one gzip member per block, and where each begins.
+fn compress(texts: &[String], rows: &[EntryRow]) -> (Vec<u8>, Vec<Block>) {
+    let mut bytes = Vec::new();
+    let mut blocks = Vec::with_capacity(texts.len().div_ceil(BLOCK_ENTRIES));
+    for (chunk, chunk_rows) in texts.chunks(BLOCK_ENTRIES).zip(rows.chunks(BLOCK_ENTRIES)) {
+        blocks.push(Block {
+            first_seq: chunk_rows[0].seq,
+            first_at_ms: chunk_rows[0].created_at_ms,
+            offset: bytes.len() as u64,
+        });
+        let mut encoder = GzBuilder::new().mtime(0).write(bytes, Compression::new(6));
+        for text in chunk {
+            encoder
+                .write_all(text.as_bytes())
+                .and_then(|()| encoder.write_all(b"\n"))
+                .expect("writing to memory cannot fail");
+        }
+        bytes = encoder.finish().expect("writing to memory cannot fail");
     }
-    encoder.finish().expect("writing to memory cannot fail")
+    (bytes, blocks)
+}
+
+/// The entry texts of one block's bytes (a ranged read of `span`), checked
+/// against it: a whole segment against its checkpoint (SHA-256 included),
+/// a block by its gzip CRC-32 and length, its entry count and its seqs.
+pub fn open_block(
+    bytes: &[u8],
+    span: &BlockSpan,
+    checkpoint: &Checkpoint,
+) -> Result<Vec<String>, String> {
+    if span.whole {
+        return open(bytes, checkpoint);
+    }
+    let texts = decode(bytes)?;
+    let seqs = positions(&texts)?;
+    let fits = bytes.len() as u64 == span.length
+        && texts.len() <= BLOCK_ENTRIES
+        && seqs.first().map(|p| p.0) == Some(span.first_seq)
+        && seqs.iter().all(|p| p.0 <= span.last_seq)
+        && seqs.windows(2).all(|w| w[0].0 < w[1].0);
+    if !fits {
+        return Err(format!(
+            "block {} of segment {}-{} does not hold the entries of its checkpoint",
+            span.first_seq, checkpoint.first_seq, checkpoint.last_seq
+        ));
+    }
+    Ok(texts)
 }
 
 /// The entry texts of a segment's bytes, checked against its checkpoint:
@@ -248,7 +356,7 @@ pub fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String
 /// The entry texts of a segment's bytes (no checks against a checkpoint).
 pub fn decode(bytes: &[u8]) -> Result<Vec<String>, String> {
     let mut text = String::new();
-    GzDecoder::new(bytes)
+    MultiGzDecoder::new(bytes)
         .take(MAX_DECODED_BYTES)
         .read_to_string(&mut text)
         .map_err(|e| format!("segment is not readable: {e}"))?;
@@ -292,10 +400,19 @@ impl EntryRange {
 
     /// Whether a segment may hold entries of this range.
     pub fn meets(&self, c: &Checkpoint) -> bool {
-        c.first_seq < self.below_seq
-            && c.last_seq >= self.from_seq
-            && c.first_at_ms < self.to_ms
-            && c.last_at_ms >= self.from_ms
+        self.meets_bounds(c.first_seq, c.last_seq, c.first_at_ms, c.last_at_ms)
+    }
+
+    /// Whether a block may hold entries of this range.
+    pub fn meets_block(&self, b: &BlockSpan) -> bool {
+        self.meets_bounds(b.first_seq, b.last_seq, b.first_at_ms, b.last_at_ms)
+    }
+
+    fn meets_bounds(&self, first_seq: u64, last_seq: u64, first_ms: i64, last_ms: i64) -> bool {
+        first_seq < self.below_seq
+            && last_seq >= self.from_seq
+            && first_ms < self.to_ms
+            && last_ms >= self.from_ms
     }
 }
 
@@ -494,6 +611,57 @@ mod tests {
         assert_eq!(storage_alerts(399, 1000, 80).1, 0, "re-armed below 40%");
     }
 
+    /// The bytes of one block, as a ranged read gets them.
+    fn block_bytes<'a>(bytes: &'a [u8], span: &BlockSpan) -> &'a [u8] {
+        &bytes[span.offset as usize..(span.offset + span.length) as usize]
+    }
+
+    #[test]
+    fn a_segment_is_blocks_each_readable_alone() {
+        let n = BLOCK_ENTRIES * 2 + 37;
+        let texts = chain(3, n, 0);
+        let sealed = seal(&texts, 1).unwrap();
+        let c = &sealed.checkpoint;
+        let spans = c.spans();
+        assert_eq!(spans.len(), 3);
+        // Contiguous, covering every byte; one gzip stream as a whole.
+        assert_eq!(spans[0].offset, 0);
+        for pair in spans.windows(2) {
+            assert_eq!(pair[0].offset + pair[0].length, pair[1].offset);
+            assert!(pair[0].last_seq < pair[1].first_seq);
+        }
+        assert_eq!(spans[2].offset + spans[2].length, c.bytes);
+        assert_eq!(
+            (spans[2].last_seq, spans[2].last_at_ms),
+            (c.last_seq, c.last_at_ms)
+        );
+        assert_eq!(decode(&sealed.bytes).unwrap(), texts);
+        for (i, span) in spans.iter().enumerate() {
+            let block = open_block(block_bytes(&sealed.bytes, span), span, c).unwrap();
+            let expected: Vec<String> = texts.chunks(BLOCK_ENTRIES).nth(i).unwrap().to_vec();
+            assert_eq!(block, expected, "block {i}");
+            assert_eq!(&block_bytes(&sealed.bytes, span)[..3], &[0x1f, 0x8b, 8]);
+        }
+        // A changed byte fails the member's CRC; a block under another span is refused.
+        let mut bad = sealed.bytes.clone();
+        bad[(spans[1].offset + spans[1].length / 2) as usize] ^= 1;
+        assert!(open_block(block_bytes(&bad, &spans[1]), &spans[1], c).is_err());
+        assert!(open_block(block_bytes(&sealed.bytes, &spans[1]), &spans[0], c).is_err());
+        let mut shorter = spans[1];
+        shorter.length -= 1;
+        assert!(open_block(block_bytes(&sealed.bytes, &shorter), &shorter, c).is_err());
+        // A checkpoint sealed before blocks is read whole, by its SHA-256.
+        let old = Checkpoint {
+            blocks: Vec::new(),
+            ..c.clone()
+        };
+        let whole = old.spans();
+        assert_eq!(whole.len(), 1);
+        assert!(whole[0].whole && whole[0].length == c.bytes);
+        assert_eq!(open_block(&sealed.bytes, &whole[0], &old).unwrap(), texts);
+        assert!(open_block(&bad, &whole[0], &old).is_err());
+    }
+
     #[test]
     fn keys_name_the_org_and_range() {
         assert_eq!(segment_key("org_1", 1, 500), "ledger/org_1/1-500.ndjson.gz");
@@ -536,6 +704,36 @@ mod tests {
             prop_assert_eq!(&picked, &expected);
             if !expected.is_empty() {
                 prop_assert!(range.meets(&sealed.checkpoint));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The blocks a range meets hold every entry of the segment in it:
+        /// a page that reads only those blocks misses nothing.
+        #[test]
+        fn blocks_met_by_a_range_hold_all_its_entries(
+            n in 1usize..1300,
+            from_seq in 0u64..2700,
+            span in 0u64..2700,
+            from_i in 0i64..1400,
+            len_i in 0i64..1400,
+        ) {
+            let texts = chain(1, n, 0);
+            let sealed = seal(&texts, 1).unwrap();
+            let range = EntryRange {
+                from_seq,
+                below_seq: from_seq + span,
+                from_ms: 1_900_000_000_000 + from_i * 1000,
+                to_ms: 1_900_000_000_000 + (from_i + len_i) * 1000,
+            };
+            let spans = sealed.checkpoint.spans();
+            for (seq, at_ms) in positions(&texts).unwrap() {
+                if range.holds(seq, at_ms) {
+                    let home = spans.iter().find(|b| b.first_seq <= seq && seq <= b.last_seq);
+                    prop_assert!(home.is_some_and(|b| range.meets_block(b)), "entry {}", seq);
+                }
             }
         }
     }
