@@ -1350,7 +1350,9 @@ function printTable(r) {
     `${f0(p.pages.n)} pages`, '-', '');
 
   const ar = r.archive;
-  const liveB = ar.file ? ar.file.stored / ar.caught.live_entries : NaN;
+  // The live entries' own bytes: the file as the retention's pruning leaves it, after VACUUM
+  // (the object's file also keeps the pages archived rows freed, which SQLite reuses).
+  const liveB = ar.file ? ar.file.pruned / ar.caught.live_entries : NaN;
   const archB = ar.archivedBytes / Math.max(1, ar.archived);
   row(`archive: seed ${f0(ARCHIVE_ENTRIES)} entries (live ${f0(ARCHIVE_LIVE)}, segments ${f0(ARCHIVE_SEGMENT)}), batch x1000`,
     `${f0(ar.seed.debitsPerSec)} debits/s`, '-', '-', '-', `seed without archiving ${f0(r.seed.debitsPerSec)} debits/s`,
@@ -1358,8 +1360,8 @@ function printTable(r) {
   row('  sealed after seeding', `${plural(ar.segments, 'segment')}, ${f0(ar.archived)} entries archived`, '-', '-', '-',
     `${f0(ar.caught.live_entries)} live entries`, `caught up ${f1(ar.caught.waitSecs)} s after seeding`, `live <= ${f0(ARCHIVE_LIVE)}`,
     verdict(ar.caught.live_entries <= ARCHIVE_LIVE));
-  row('  object bytes', `${(ar.caught.object_bytes / 1048576).toFixed(1)} MiB`, '-', '-', '-',
-    `${f0(liveB)} B per live entry (file), ${f1(archB)} B per archived entry (R2)`,
+  row('  object bytes', `${(ar.caught.object_bytes / 1048576).toFixed(1)} MiB (${(ar.file.pruned / 1048576).toFixed(1)} MiB after VACUUM)`, '-', '-', '-',
+    `${f0(liveB)} B per live entry (file after VACUUM), ${f1(archB)} B per archived entry (R2)`,
     `per 1M entries-month: DO $${((1e6 * liveB) / 1e9 * DO_GB_MONTH).toFixed(4)}, R2 $${((1e6 * archB) / 1e9 * R2_GB_MONTH).toFixed(6)}`, '-', '');
   row('  ledger pages (limit=100) from live positions', `${plural(ar.live.n, 'page')}`, f1(ar.live.p50), f1(ar.live.p99), '-', '-', '-', '', '');
   row('  ledger pages (limit=100) from archived positions', `${plural(ar.sealed.n, 'page')}`, f1(ar.sealed.p50), f1(ar.sealed.p99), '-',
