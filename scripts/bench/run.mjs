@@ -1360,7 +1360,7 @@ function printTable(r) {
   row('  sealed after seeding', `${plural(ar.segments, 'segment')}, ${f0(ar.archived)} entries archived`, '-', '-', '-',
     `${f0(ar.caught.live_entries)} live entries`, `caught up ${f1(ar.caught.waitSecs)} s after seeding`, `live <= ${f0(ARCHIVE_LIVE)}`,
     verdict(ar.caught.live_entries <= ARCHIVE_LIVE));
-  row('  object bytes', `${(ar.caught.object_bytes / 1048576).toFixed(1)} MiB (${(ar.file.pruned / 1048576).toFixed(1)} MiB after VACUUM)`, '-', '-', '-',
+  row('  object bytes', `${(ar.caught.object_bytes / 1048576).toFixed(1)} MiB (${ar.file ? (ar.file.pruned / 1048576).toFixed(1) : 'n/a'} MiB after VACUUM)`, '-', '-', '-',
     `${f0(liveB)} B per live entry (file after VACUUM), ${f1(archB)} B per archived entry (R2)`,
     `per 1M entries-month: DO $${((1e6 * liveB) / 1e9 * DO_GB_MONTH).toFixed(4)}, R2 $${((1e6 * archB) / 1e9 * R2_GB_MONTH).toFixed(6)}`, '-', '');
   row('  ledger pages (limit=100) from live positions', `${plural(ar.live.n, 'page')}`, f1(ar.live.p50), f1(ar.live.p99), '-', '-', '-', '', '');
