@@ -21,7 +21,8 @@ use worker::{SqlStorage, SqlStorageValue};
 
 mod entries;
 
-pub use entries::{entry_text, live_entries, oldest_after, restore_legacy_entries};
+use entries::entry_text;
+pub use entries::{live_entries, oldest_after, restore_legacy_entries};
 
 pub type Statement = (&'static str, Vec<SqlStorageValue>);
 

@@ -64,8 +64,8 @@ impl Instance {
     }
 
     /// The oldest live entries past the window, if a full segment of them
-    /// is due and the shard holds them; as stored, oldest first.
-    fn due_segment(&self, config: &wallet_core::WalletConfig) -> Result<Option<Vec<String>>> {
+    /// is due and the shard holds them; oldest first.
+    fn due_segment(&self, config: &wallet_core::WalletConfig) -> Result<Option<Vec<EntryRow>>> {
         let Some((next_seq, legacy)) = self
             .wallet
             .borrow()
@@ -107,18 +107,18 @@ impl Instance {
         // but never sends what was not replicated first.
         let replicated = self.replica.watermark.get().unwrap_or(0);
         let due = rows.last().is_some_and(|row| row.seq <= replicated);
-        Ok(due.then(|| rows.iter().map(wallet_store::entry_text).collect()))
+        Ok(due.then_some(rows))
     }
 
     /// Seals the next due segment; `Ok(false)` when none is due.
     async fn seal_one(&self, config: &wallet_core::WalletConfig) -> Result<bool> {
-        let Some(texts) = self.due_segment(config)? else {
+        let Some(rows) = self.due_segment(config)? else {
             return Ok(false);
         };
         let org_id = self
             .org_id()
             .ok_or_else(|| Error::RustError("no wallet".into()))?;
-        let sealed = archive::seal(&texts, Date::now().as_millis() as i64)
+        let sealed = archive::seal(&rows, Date::now().as_millis() as i64)
             .map_err(|e| Error::RustError(format!("sealing the ledger of {org_id}: {e}")))?;
         let c = &sealed.checkpoint;
         let key = archive::segment_key(&org_id, c.first_seq, c.last_seq);
@@ -131,7 +131,7 @@ impl Instance {
             .await?;
         // Read back: nothing leaves the object before R2 holds it intact.
         let stored = read_object(&bucket, &key, None).await?;
-        archive::open(&stored, c).map_err(Error::RustError)?;
+        archive::confirm(&stored, c).map_err(Error::RustError)?;
         // Alarms never overlap and entries never change: the rows are still
         // the ones sealed, whatever requests ran during the awaits.
         self.commit(wallet_store::archive_statements(c))?;

@@ -138,7 +138,7 @@ fn rows_of(columns: Vec<EntryColumns>) -> worker::Result<Vec<EntryRow>> {
 }
 
 /// An entry's text as pages and segments carry it.
-pub fn entry_text(row: &EntryRow) -> String {
+pub(super) fn entry_text(row: &EntryRow) -> String {
     serde_json::to_string(row).expect("entries serialize")
 }
 

@@ -218,20 +218,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Seals `texts` (stored entry JSON, oldest first): refuses an empty range,
-/// unreadable entries, seqs out of order and a balance chain with a gap
-/// (each entry's `balance_after` is the previous one's plus its effect).
-pub fn seal(texts: &[String], archived_at_ms: i64) -> Result<Sealed, String> {
-    let rows = texts
-        .iter()
-        .map(|t| serde_json::from_str::<EntryRow>(t).map_err(|e| format!("unreadable entry: {e}")))
-        .collect::<Result<Vec<EntryRow>, String>>()?;
+/// Seals `rows` (oldest first) as their JSON texts: refuses an empty range,
+/// an unknown kind, seqs out of order and a balance chain with a gap (each
+/// entry's `balance_after` is the previous one's plus its effect).
+pub fn seal(rows: &[EntryRow], archived_at_ms: i64) -> Result<Sealed, String> {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Err("a segment holds at least one entry".into());
     };
     let (mut added, mut removed) = (0i64, 0i64);
     let mut previous: Option<&EntryRow> = None;
-    for row in &rows {
+    for row in rows {
         let effect = signed_effect(row)?;
         if let Some(prev) = previous {
             if row.seq <= prev.seq {
@@ -248,7 +244,11 @@ pub fn seal(texts: &[String], archived_at_ms: i64) -> Result<Sealed, String> {
         }
         previous = Some(row);
     }
-    let (bytes, blocks) = compress(texts, &rows);
+    let texts: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("entries serialize"))
+        .collect();
+    let (bytes, blocks) = compress(&texts, rows);
     Ok(Sealed {
         checkpoint: Checkpoint {
             first_seq: first.seq,
@@ -324,15 +324,23 @@ pub fn open_block(
     Ok(texts)
 }
 
-/// The entry texts of a segment's bytes, checked against its checkpoint:
-/// length, SHA-256, entry count and seq range. Any difference is an error.
-pub fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+/// Whether `bytes` are the segment sealed with `checkpoint`: its length and
+/// SHA-256. Bytes read back after a put are confirmed this way: the same
+/// bytes decode to what was sealed.
+pub fn confirm(bytes: &[u8], checkpoint: &Checkpoint) -> Result<(), String> {
     if bytes.len() as u64 != checkpoint.bytes || sha256_hex(bytes) != checkpoint.sha256 {
         return Err(format!(
             "segment {}-{} does not match its checksum",
             checkpoint.first_seq, checkpoint.last_seq
         ));
     }
+    Ok(())
+}
+
+/// The entry texts of a segment's bytes, checked against its checkpoint:
+/// length, SHA-256, entry count and seq range. Any difference is an error.
+pub fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+    confirm(bytes, checkpoint)?;
     let texts = decode(bytes)?;
     let seq_of = |text: &String| {
         serde_json::from_str::<EntryRow>(text)
@@ -438,6 +446,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn parsed(texts: &[String]) -> Vec<EntryRow> {
+        texts
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect()
+    }
+
     /// A chain of entries of every kind, with every optional field set on
     /// some of them (priced usage and unbilled included).
     fn chain(start_seq: u64, n: usize, opening: i64) -> Vec<String> {
@@ -482,7 +497,7 @@ mod tests {
     #[test]
     fn a_segment_round_trips_every_field_byte_for_byte() {
         let texts = chain(5, 40, 2_000_000);
-        let sealed = seal(&texts, 1_900_000_100_000).unwrap();
+        let sealed = seal(&parsed(&texts), 1_900_000_100_000).unwrap();
         assert_eq!(open(&sealed.bytes, &sealed.checkpoint).unwrap(), texts);
         let rows: Vec<EntryRow> = texts
             .iter()
@@ -511,8 +526,8 @@ mod tests {
     #[test]
     fn sealing_is_deterministic_and_gzip_readable() {
         let texts = chain(1, 25, 0);
-        let a = seal(&texts, 1).unwrap();
-        let b = seal(&texts, 2).unwrap();
+        let a = seal(&parsed(&texts), 1).unwrap();
+        let b = seal(&parsed(&texts), 2).unwrap();
         assert_eq!(a.bytes, b.bytes, "a repeated put writes the same bytes");
         assert_eq!(a.checkpoint.sha256, b.checkpoint.sha256);
         assert_eq!(&a.bytes[..3], &[0x1f, 0x8b, 8], "gzip, deflate");
@@ -522,7 +537,7 @@ mod tests {
     #[test]
     fn an_altered_segment_is_refused() {
         let texts = chain(1, 10, 0);
-        let sealed = seal(&texts, 1).unwrap();
+        let sealed = seal(&parsed(&texts), 1).unwrap();
         let mut bad = sealed.bytes.clone();
         let middle = bad.len() / 2;
         bad[middle] ^= 1;
@@ -543,17 +558,17 @@ mod tests {
         let mut row: EntryRow = serde_json::from_str(&texts[3]).unwrap();
         row.balance_after += 1;
         texts[3] = serde_json::to_string(&row).unwrap();
-        assert!(seal(&texts, 1).unwrap_err().contains("chain"));
+        assert!(seal(&parsed(&texts), 1).unwrap_err().contains("chain"));
         let mut swapped = chain(1, 5, 0);
         swapped.swap(1, 2);
-        assert!(seal(&swapped, 1).is_err());
+        assert!(seal(&parsed(&swapped), 1).is_err());
         assert!(decode(b"").is_err());
     }
 
     #[test]
     fn a_single_entry_is_a_segment() {
         let texts = chain(9, 1, 100);
-        let sealed = seal(&texts, 1).unwrap();
+        let sealed = seal(&parsed(&texts), 1).unwrap();
         assert_eq!(
             (sealed.checkpoint.first_seq, sealed.checkpoint.last_seq),
             (9, 9)
@@ -570,7 +585,7 @@ mod tests {
             assert!(segments_query(None, Some(bad)).is_err(), "{bad}");
         }
         assert!(segments_query(Some("0"), None).is_err());
-        let sealed = seal(&chain(1, 3, 0), 1_900_000_000_000).unwrap();
+        let sealed = seal(&parsed(&chain(1, 3, 0)), 1_900_000_000_000).unwrap();
         let view = sealed.checkpoint.to_json("org_1");
         assert_eq!(view["id"], "seg_1");
         assert_eq!(view["key"], "ledger/org_1/1-5.ndjson.gz");
@@ -620,7 +635,7 @@ mod tests {
     fn a_segment_is_blocks_each_readable_alone() {
         let n = BLOCK_ENTRIES * 2 + 37;
         let texts = chain(3, n, 0);
-        let sealed = seal(&texts, 1).unwrap();
+        let sealed = seal(&parsed(&texts), 1).unwrap();
         let c = &sealed.checkpoint;
         let spans = c.spans();
         assert_eq!(spans.len(), 3);
@@ -680,7 +695,7 @@ mod tests {
             limit in 0usize..70,
         ) {
             let texts = chain(1, n, 0);
-            let sealed = seal(&texts, 1).unwrap();
+            let sealed = seal(&parsed(&texts), 1).unwrap();
             let opened = open(&sealed.bytes, &sealed.checkpoint).unwrap();
             let rows = positions(&opened).unwrap();
             let range = EntryRange {
@@ -721,7 +736,7 @@ mod tests {
             len_i in 0i64..1400,
         ) {
             let texts = chain(1, n, 0);
-            let sealed = seal(&texts, 1).unwrap();
+            let sealed = seal(&parsed(&texts), 1).unwrap();
             let range = EntryRange {
                 from_seq,
                 below_seq: from_seq + span,
