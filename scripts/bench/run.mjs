@@ -671,6 +671,8 @@ async function seedDebits(org, count, startMs, spanMs) {
   const service = token(org, 'service');
   const batches = Array.from({ length: Math.ceil(count / 1000) }, (_, b) => b);
   progress(`ledger: ${f0(count)} debits into ${org} through ${batches.length} batch requests`);
+  let done = 0;
+  const marks = []; // [debits done, ms since the start], as batches complete
   const t0 = performance.now();
   let failed = 0;
   // Two requests in flight: the Worker parses one while the object applies the other.
@@ -702,11 +704,13 @@ async function seedDebits(org, count, startMs, spanMs) {
       200,
     );
     failed += debits.length - (res.text.match(/"status":201/g) ?? []).length;
+    done += debits.length;
+    marks.push([done, performance.now() - t0]);
   });
   const secs = (performance.now() - t0) / 1000;
   if (failed) problems.push(`ledger seed of ${org}: ${failed} batch items failed`);
   await settledStorage(org);
-  return { startMs, debitsPerSec: count / secs, secs };
+  return { startMs, debitsPerSec: count / secs, secs, marks };
 }
 
 async function ledgerPage(owner, query, org = LEDGER_ORG) {
@@ -868,6 +872,12 @@ async function pagesFrom(org, low, high) {
 async function archiveScenario() {
   const startMs = Date.now() - ARCHIVE_SPAN_MS - 2 * 86_400_000;
   const seed = await seedDebits(ARCHIVE_ORG, ARCHIVE_ENTRIES - 1, startMs, ARCHIVE_SPAN_MS);
+  // Side by side in the same stream: until the live window is full no
+  // segment can be due; after it the alarm seals while the seeding goes on.
+  const [windowDone, windowMs] = seed.marks.findLast(([n]) => n < ARCHIVE_LIVE) ?? [0, 0];
+  const [allDone, allMs] = seed.marks[seed.marks.length - 1];
+  seed.withoutArchiving = windowDone / (windowMs / 1000);
+  seed.withArchiving = (allDone - windowDone) / ((allMs - windowMs) / 1000);
   progress(`archive: waiting for ${ARCHIVE_ORG}'s alarm to seal what is past ${f0(ARCHIVE_LIVE)} live entries`);
   const caught = await archiveCaughtUp(ARCHIVE_ORG, SMOKE ? 120_000 : 600_000);
   const segments = await segmentsOf(ARCHIVE_ORG);
@@ -1354,9 +1364,11 @@ function printTable(r) {
   // (the object's file also keeps the pages archived rows freed, which SQLite reuses).
   const liveB = ar.file ? ar.file.pruned / ar.caught.live_entries : NaN;
   const archB = ar.archivedBytes / Math.max(1, ar.archived);
+  const seedRatio = ar.seed.withArchiving / ar.seed.withoutArchiving;
   row(`archive: seed ${f0(ARCHIVE_ENTRIES)} entries (live ${f0(ARCHIVE_LIVE)}, segments ${f0(ARCHIVE_SEGMENT)}), batch x1000`,
-    `${f0(ar.seed.debitsPerSec)} debits/s`, '-', '-', '-', `seed without archiving ${f0(r.seed.debitsPerSec)} debits/s`,
-    ratio(ar.seed.debitsPerSec / r.seed.debitsPerSec), '>= 0.9x', verdict(ar.seed.debitsPerSec / r.seed.debitsPerSec >= 0.9));
+    `${f0(ar.seed.withArchiving)} debits/s past the window (sealing)`, '-', '-', '-',
+    `${f0(ar.seed.withoutArchiving)} debits/s filling the window (nothing to seal); ${f0(ar.seed.debitsPerSec)}/s overall, ledger seed ${f0(r.seed.debitsPerSec)}/s`,
+    ratio(seedRatio), '>= 0.9x', verdict(seedRatio >= 0.9));
   row('  sealed after seeding', `${plural(ar.segments, 'segment')}, ${f0(ar.archived)} entries archived`, '-', '-', '-',
     `${f0(ar.caught.live_entries)} live entries`, `caught up ${f1(ar.caught.waitSecs)} s after seeding`, `live <= ${f0(ARCHIVE_LIVE)}`,
     verdict(ar.caught.live_entries <= ARCHIVE_LIVE));
