@@ -51,11 +51,6 @@ pub fn error_response(err: &ApiError, retry_after: Option<i64>) -> Result<Respon
     Ok(response)
 }
 
-/// Bytes of a refused body still read (and dropped) before the 413: a
-/// client that is still sending then gets the answer, not a connection
-/// closed under its upload. Past this the connection may be cut.
-const REFUSED_BODY_DRAIN_BYTES: usize = 1 << 20;
-
 /// Reads a request body of at most `limit` bytes (the route's
 /// `body_limit`). A declared `Content-Length` over it is refused before
 /// reading; a body without one (chunked) is read chunk by chunk and refused
@@ -68,38 +63,22 @@ pub async fn read_body(req: &mut Request, limit: usize) -> std::result::Result<V
         .ok()
         .flatten()
         .and_then(|l| l.parse::<usize>().ok());
-    if req.inner().body().is_none() {
-        return match declared {
-            Some(len) if len > limit => Err(too_large.into()),
-            _ => Ok(Vec::new()),
-        };
-    }
-    let mut stream = req.stream()?;
     if declared.is_some_and(|len| len > limit) {
-        drain(&mut stream, 0).await;
         return Err(too_large.into());
     }
+    if req.inner().body().is_none() {
+        return Ok(Vec::new());
+    }
+    let mut stream = req.stream()?;
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if body.len() + chunk.len() > limit {
-            drain(&mut stream, body.len() + chunk.len()).await;
             return Err(too_large.into());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// Reads and drops the rest of a refused body, `read` bytes in, up to
-/// [`REFUSED_BODY_DRAIN_BYTES`] in all.
-async fn drain(stream: &mut worker::ByteStream, mut read: usize) {
-    while read <= REFUSED_BODY_DRAIN_BYTES {
-        match stream.next().await {
-            Some(Ok(chunk)) => read += chunk.len(),
-            Some(Err(_)) | None => return,
-        }
-    }
 }
 
 /// Sends `command` to the organization's Durable Object; its answer is final.
