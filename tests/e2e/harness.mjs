@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -502,4 +503,67 @@ export function assertRunningBalance(entriesNewestFirst, balance) {
     assert.equal(units(entry.balance_after), running, `balance_after of ${JSON.stringify(entry)}`);
   }
   assert.equal(running, units(balance), 'balance == sum of the ledger');
+}
+
+/**
+ * Sends a body without Content-Length (chunked), `chunkBytes` at a time,
+ * never ending the request until an answer arrives: a worker that buffered
+ * the whole body first would never answer. Resolves with the answer and
+ * how many bytes had been sent when it came. Through node:http, which keeps
+ * an answer that arrives while the body is still being sent.
+ */
+export function sendChunked(base, path, { method = 'POST', headers = {}, chunk, maxBytes, end = false }) {
+  return new Promise((resolve, reject) => {
+    const url = new URL(path, base);
+    let sent = 0;
+    let answered = false;
+    const req = http.request(url, { method, headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+      answered = true;
+      const sentWhenAnswered = sent;
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (text += d));
+      res.on('end', () => {
+        req.destroy();
+        let json;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        const summary = `${method} ${path} (chunked) → ${res.statusCode} ${text.slice(0, 1000)}`;
+        resolve({ status: res.statusCode, headers: res.headers, json, text, summary, sentWhenAnswered });
+      });
+    });
+    req.on('error', (err) => {
+      if (!answered) reject(err);
+    });
+    assert.equal(req.getHeader('content-length'), undefined);
+    (async () => {
+      for (const piece of chunk) {
+        if (answered) return;
+        req.write(piece);
+        sent += Buffer.byteLength(piece);
+        await sleep(2);
+      }
+      if (end) {
+        req.end();
+        return;
+      }
+      // Over the limit: keep streaming filler until the answer, up to maxBytes.
+      const filler = ' '.repeat(1024);
+      while (!answered && sent < maxBytes) {
+        req.write(filler);
+        sent += filler.length;
+        await sleep(5);
+      }
+      if (!answered) reject(new Error(`no answer after streaming ${sent} bytes without ending the request`));
+    })().catch(reject);
+    setTimeout(() => {
+      if (!answered) {
+        req.destroy();
+        reject(new Error(`no answer within 30 s (${sent} bytes sent)`));
+      }
+    }, 30_000).unref();
+  });
 }

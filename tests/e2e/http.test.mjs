@@ -4,11 +4,9 @@
 // soon as they pass it, on every route that reads a body, the
 // unauthenticated Stripe webhook included.
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, assertError, ownerToken, randomId, serviceToken, startWorker, units,
+  api, assertError, ownerToken, randomId, sendChunked, serviceToken, startWorker, units,
 } from './harness.mjs';
 
 let worker;
@@ -80,67 +78,6 @@ describe('headers on every API answer', () => {
   });
 });
 
-/**
- * Sends a body without Content-Length (chunked), `chunkBytes` at a time,
- * never ending the request until an answer arrives: a worker that buffered
- * the whole body first would never answer. Resolves with the answer and
- * how many bytes had been sent when it came.
- */
-function sendChunked(path, { method = 'POST', headers = {}, chunk, maxBytes, end = false }) {
-  return new Promise((resolve, reject) => {
-    const url = new URL(path, worker.base);
-    let sent = 0;
-    let answered = false;
-    const req = http.request(url, { method, headers: { 'content-type': 'application/json', ...headers } }, (res) => {
-      answered = true;
-      const sentWhenAnswered = sent;
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (text += d));
-      res.on('end', () => {
-        req.destroy();
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode, headers: res.headers, json, text, sentWhenAnswered });
-      });
-    });
-    req.on('error', (err) => {
-      if (!answered) reject(err);
-    });
-    assert.equal(req.getHeader('content-length'), undefined);
-    (async () => {
-      for (const piece of chunk) {
-        if (answered) return;
-        req.write(piece);
-        sent += Buffer.byteLength(piece);
-        await sleep(2);
-      }
-      if (end) {
-        req.end();
-        return;
-      }
-      // Over the limit: keep streaming filler until the answer, up to maxBytes.
-      const filler = ' '.repeat(1024);
-      while (!answered && sent < maxBytes) {
-        req.write(filler);
-        sent += filler.length;
-        await sleep(5);
-      }
-      if (!answered) reject(new Error(`no answer after streaming ${sent} bytes without ending the request`));
-    })().catch(reject);
-    setTimeout(() => {
-      if (!answered) {
-        req.destroy();
-        reject(new Error(`no answer within 30 s (${sent} bytes sent)`));
-      }
-    }, 30_000).unref();
-  });
-}
-
 describe('bodies without Content-Length', () => {
   const KIB = 1024;
   const routes = [
@@ -152,7 +89,7 @@ describe('bodies without Content-Length', () => {
   for (const route of routes) {
     test(`${route.name}: refused with 413 (limit ${route.limit}) while still streaming`, async () => {
       const balanceBefore = await w.balance(org);
-      const res = await sendChunked(route.path(), {
+      const res = await sendChunked(worker.base, route.path(), {
         method: route.method,
         headers: route.headers(),
         chunk: ['{"padding":"'],
@@ -181,7 +118,7 @@ describe('bodies without Content-Length', () => {
     const body = `{${' '.repeat(9 * 1024)}${compact.slice(1)}`;
     assert.ok(body.length > 8 * 1024, `debit body is only ${body.length} bytes`);
     const pieces = body.match(/[\s\S]{1,700}/g);
-    const res = await sendChunked(`/v1/orgs/${org}/debits`, {
+    const res = await sendChunked(worker.base, `/v1/orgs/${org}/debits`, {
       headers: { authorization: `Bearer ${serviceToken(org)}`, 'idempotency-key': randomId('key_') },
       chunk: pieces,
       end: true,
@@ -196,7 +133,7 @@ describe('bodies without Content-Length', () => {
     const debits = Array.from({ length: 300 }, (_, i) => ({ idempotency_key: randomId(`b${i}_`), feature: 'auto_triage', amount: '0.01' }));
     const body = JSON.stringify({ debits });
     assert.ok(body.length > 16 * 1024, `batch body is only ${body.length} bytes`);
-    const res = await sendChunked(`/v1/orgs/${org}/debits/batch`, {
+    const res = await sendChunked(worker.base, `/v1/orgs/${org}/debits/batch`, {
       headers: { authorization: `Bearer ${serviceToken(org)}` },
       chunk: body.match(/[\s\S]{1,4096}/g),
       end: true,

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
-  FEATURES, api, assertAmount, assertError, ownerToken, randomId, serviceToken, startWorker, token, units,
+  FEATURES, api, assertAmount, assertError, ownerToken, randomId, sendChunked, serviceToken, startWorker, token, units,
 } from './harness.mjs';
 
 let worker;
@@ -174,18 +174,12 @@ describe('body size', () => {
   });
 
   test('a chunked body over 16 KiB (no Content-Length) → 413', async () => {
-    const chunk = new TextEncoder().encode(' '.repeat(1024));
-    let sent = 0;
-    const stream = new ReadableStream({
-      pull(controller) {
-        if (sent++ < 20) controller.enqueue(chunk);
-        else controller.close();
-      },
-    });
-    const res = await w.call('POST', '/v1/orgs/{org}/debits', { org }, {
-      token: serviceToken(org),
-      rawBody: stream,
-      headers: { 'content-type': JSON_TYPE, 'idempotency-key': randomId('key_') },
+    // 20 KiB in 1 KiB chunks, then the end: the answer comes once 16 KiB
+    // are passed, while the client may still be sending.
+    const res = await sendChunked(worker.base, `/v1/orgs/${org}/debits`, {
+      headers: { authorization: `Bearer ${serviceToken(org)}`, 'idempotency-key': randomId('key_') },
+      chunk: Array.from({ length: 20 }, () => ' '.repeat(1024)),
+      end: true,
     });
     assertError(res, 413, 'payload_too_large');
     await assertUnchanged();
