@@ -6,6 +6,7 @@
 //! webhook (`webhook`) feed credits into the same Durable Objects.
 
 mod event_delivery;
+mod gzip;
 mod http;
 mod ledger_shards;
 mod org_routes;
@@ -21,6 +22,9 @@ mod wallet_store;
 mod webhook;
 
 pub use wallet_object::WalletObject;
+
+/// The static assets binding (public/): the dashboard and the API document.
+const ASSETS_BINDING: &str = "ASSETS";
 
 use http::{call_wallet, error_response, json_response, read_body, Answer, Failure};
 use serde_json::json;
@@ -171,11 +175,7 @@ async fn open_route(
     let limit = this_route.body_limit;
     match parts {
         ["healthz"] => Ok(json_response(200, &json!({"status": "ok"}))?),
-        ["openapi.json"] => {
-            let response = Response::ok(wallet_core::api::OPENAPI_JSON)?;
-            response.headers().set("content-type", "application/json")?;
-            Ok(response)
-        }
+        ["openapi.json"] => openapi_document(env).await,
         ["dev", "token"] => {
             let body = read_body(&mut req, limit).await?;
             Ok(dev_token(&body, settings)?)
@@ -191,6 +191,22 @@ async fn open_route(
         ["stripe", "webhook"] => webhook::receive(req, env, settings, limit).await,
         _ => Err(org_routes::unrouted(this_route)),
     }
+}
+
+/// `GET /openapi.json`: the document is the static asset public/openapi.json
+/// (kept out of the wasm), answered by the Worker like every API route.
+async fn openapi_document(env: &Env) -> Answer {
+    let mut asset = env
+        .assets(ASSETS_BINDING)?
+        .fetch("https://assets.internal/openapi.json", None)
+        .await?;
+    if asset.status_code() != 200 {
+        let status = asset.status_code();
+        return Err(Error::RustError(format!("the openapi.json asset answered {status}")).into());
+    }
+    let response = Response::ok(asset.text().await?)?;
+    response.headers().set("content-type", "application/json")?;
+    Ok(response)
 }
 
 /// The routes that need a bearer token, checked against the table's access

@@ -4,11 +4,12 @@
 //! every read answers as if nothing had left the object.
 //!
 //! Sealing: read the oldest `LEDGER_SEGMENT_ENTRIES` live entries (only ones
-//! the D1 shard holds already), seal them (`wallet_core::archive`), put the
-//! bytes with their SHA-256, read them back and check them, and only then
-//! commit, in one transaction, the checkpoint and the deletion of their
-//! rows. A crash anywhere leaves the rows in place; the next alarm seals the
-//! same entries to the same bytes under the same key.
+//! the D1 shard holds already), lay them out in blocks (`wallet_core::archive`),
+//! gzip each block (`crate::gzip`), put the bytes with their SHA-256, read
+//! them back and check them, and only then commit, in one transaction, the
+//! checkpoint and the deletion of their rows. A crash anywhere leaves the
+//! rows in place; the next alarm seals the same entries again under the same
+//! key, and only the checkpoint committed with them names the bytes kept.
 
 use super::*;
 use std::collections::VecDeque;
@@ -118,7 +119,14 @@ impl Instance {
         let org_id = self
             .org_id()
             .ok_or_else(|| Error::RustError("no wallet".into()))?;
-        let sealed = archive::seal(&rows, Date::now().as_millis() as i64)
+        let unsealed = archive::lay_out(&rows, Date::now().as_millis() as i64)
+            .map_err(|e| Error::RustError(format!("sealing the ledger of {org_id}: {e}")))?;
+        let mut members = Vec::with_capacity(unsealed.block_texts().len());
+        for text in unsealed.block_texts() {
+            members.push(crate::gzip::compress(text).await?);
+        }
+        let sealed = unsealed
+            .seal(members)
             .map_err(|e| Error::RustError(format!("sealing the ledger of {org_id}: {e}")))?;
         let c = &sealed.checkpoint;
         let key = archive::segment_key(&org_id, c.first_seq, c.last_seq);
@@ -291,7 +299,13 @@ impl Instance {
         let key = archive::segment_key(&org_id, c.first_seq, c.last_seq);
         let bucket = self.env.bucket(ARCHIVE_BINDING)?;
         let bytes = read_object(&bucket, &key, (!span.whole).then_some(span)).await?;
-        let texts = archive::open_block(&bytes, span, c).map_err(Error::RustError)?;
+        let limit = if span.whole {
+            archive::MAX_DECODED_BYTES
+        } else {
+            archive::MAX_BLOCK_DECODED_BYTES
+        };
+        let text = crate::gzip::decompress(&bytes, limit).await?;
+        let texts = archive::open_block(&bytes, text, span, c).map_err(Error::RustError)?;
         let positions = archive::positions(&texts).map_err(Error::RustError)?;
         let block = Rc::new(OpenBlock {
             segment_first_seq: c.first_seq,

@@ -222,7 +222,7 @@ test("the client's error codes and statuses are exactly the API's (api.rs), and 
   assert.ok(Object.keys(declared).length >= 20, 'api.rs parsed');
   assert.deepEqual(Object.fromEntries(Object.entries(ERROR_STATUS).sort()), Object.fromEntries(Object.entries(declared).sort()));
   // Every code a response of the OpenAPI document names is the client's, with that status.
-  const doc = JSON.parse(fs.readFileSync(path.join(ROOT, 'crates/wallet-core/src/openapi.json'), 'utf8'));
+  const doc = JSON.parse(fs.readFileSync(path.join(ROOT, 'public/openapi.json'), 'utf8'));
   let named = 0;
   for (const operations of Object.values(doc.paths)) {
     for (const operation of Object.values(operations)) {
@@ -251,7 +251,7 @@ function interfaceProperties(source, name) {
 
 test("the client's reply and body types have exactly the OpenAPI schemas' properties, required where they are", () => {
   const source = fs.readFileSync(path.join(ROOT, 'clients/typescript/src/types.ts'), 'utf8');
-  const { schemas } = JSON.parse(fs.readFileSync(path.join(ROOT, 'crates/wallet-core/src/openapi.json'), 'utf8')).components;
+  const { schemas } = JSON.parse(fs.readFileSync(path.join(ROOT, 'public/openapi.json'), 'utf8')).components;
   // OpenAPI schema → the client's interface (the same name unless given).
   const names = {
     Wallet: 'Wallet', FeatureCap: 'FeatureCap', LedgerEntry: 'LedgerEntry', Hold: 'Hold', Usage: 'Usage',

@@ -1,14 +1,20 @@
 //! The ledger's sealed segments (SPEC §11): what an organization's oldest
 //! entries become when they leave its Durable Object for R2.
 //!
-//! Format (`.ndjson.gz`): a gzip stream (no name, mtime 0, level 1) of the
-//! entries' stored JSON texts, oldest first, one per line, each ended by
-//! `\n`. The texts are kept byte for byte, so a ledger page read from a
-//! segment is the page read before archiving. The same entries always seal
-//! to the same bytes, so a put repeated after a crash writes what the first
-//! one wrote. A segment is known by its [`Checkpoint`]: its seq range,
+//! Format (`.ndjson.gz`): a gzip stream of the entries' stored JSON texts,
+//! oldest first, one per line, each ended by `\n`. The texts are kept byte
+//! for byte, so a ledger page read from a segment is the page read before
+//! archiving. A segment is known by its [`Checkpoint`]: its seq range,
 //! counts, credits in and out, the balance at its end, the SHA-256 and
 //! length of its bytes, and its blocks.
+//!
+//! Gzip itself is not done here: the Worker uses the runtime's own engine
+//! (`CompressionStream`, `src/gzip.rs`), which keeps a compressor out of the
+//! wasm. Sealing is two steps around it: [`lay_out`] checks the entries and
+//! gives each block's text, the shell compresses each into one gzip member,
+//! and [`Unsealed::seal`] joins the members and records where each begins.
+//! Reading is the reverse: the shell decompresses what it read, and
+//! [`open_block`] checks the text against the checkpoint.
 //!
 //! Blocks: the stream is a series of gzip members of [`BLOCK_ENTRIES`]
 //! entries each (concatenated members are one gzip stream to any reader),
@@ -22,10 +28,8 @@ use crate::money::Credits;
 use crate::paging::{list_limit, Invalid};
 use crate::time::{from_millis, rfc3339};
 use crate::wallet::EntryKind;
-use flate2::{read::MultiGzDecoder, Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
 
 /// The segment format's file extension, part of every key.
 pub const SEGMENT_EXTENSION: &str = "ndjson.gz";
@@ -33,11 +37,13 @@ pub const SEGMENT_EXTENSION: &str = "ndjson.gz";
 /// Most bytes one segment may decode to: far more than the largest segment
 /// the settings allow (1,000,000 entries of ~0.5 KB), so a corrupt or
 /// hostile object cannot exhaust memory.
-const MAX_DECODED_BYTES: u64 = 2 << 30;
+pub const MAX_DECODED_BYTES: u64 = 2 << 30;
 
-/// The gzip level segments are sealed at (part of the format: the same
-/// entries must always seal to the same bytes).
-const SEAL_LEVEL: u32 = 1;
+/// Most bytes one block may decode to: its entries are each far below 64 KiB.
+pub const MAX_BLOCK_DECODED_BYTES: u64 = BLOCK_ENTRIES as u64 * 64 * 1024;
+
+/// The gzip header's first three bytes: magic and deflate.
+const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
 
 /// Entries per block of a segment.
 pub const BLOCK_ENTRIES: usize = 500;
@@ -218,14 +224,54 @@ pub struct Sealed {
     pub checkpoint: Checkpoint,
 }
 
+/// A segment checked and cut into blocks, waiting for each block's text to
+/// be compressed: its checkpoint lacks the bytes' length, SHA-256 and the
+/// blocks' offsets until [`Unsealed::seal`].
+#[derive(Debug)]
+pub struct Unsealed {
+    checkpoint: Checkpoint,
+    texts: Vec<Vec<u8>>,
+}
+
+impl Unsealed {
+    /// Each block's text, oldest first: its entries, each ended by `\n`.
+    pub fn block_texts(&self) -> &[Vec<u8>] {
+        &self.texts
+    }
+
+    /// The segment made of `members`, each the gzip member of the block
+    /// text at the same position.
+    pub fn seal(self, members: Vec<Vec<u8>>) -> Result<Sealed, String> {
+        if members.len() != self.texts.len() {
+            return Err(format!(
+                "{} blocks were compressed into {} members",
+                self.texts.len(),
+                members.len()
+            ));
+        }
+        if let Some(i) = members.iter().position(|m| !m.starts_with(&GZIP_MAGIC)) {
+            return Err(format!("block {i} is not a gzip member"));
+        }
+        let mut checkpoint = self.checkpoint;
+        let mut bytes = Vec::with_capacity(members.iter().map(Vec::len).sum());
+        for (block, member) in checkpoint.blocks.iter_mut().zip(&members) {
+            block.offset = bytes.len() as u64;
+            bytes.extend_from_slice(member);
+        }
+        checkpoint.sha256 = sha256_hex(&bytes);
+        checkpoint.bytes = bytes.len() as u64;
+        Ok(Sealed { bytes, checkpoint })
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Seals `rows` (oldest first) as their JSON texts: refuses an empty range,
-/// an unknown kind, seqs out of order and a balance chain with a gap (each
-/// entry's `balance_after` is the previous one's plus its effect).
-pub fn seal(rows: &[EntryRow], archived_at_ms: i64) -> Result<Sealed, String> {
+/// Lays `rows` (oldest first) out as blocks of their JSON texts: refuses an
+/// empty range, an unknown kind, seqs out of order and a balance chain with
+/// a gap (each entry's `balance_after` is the previous one's plus its effect).
+pub fn lay_out(rows: &[EntryRow], archived_at_ms: i64) -> Result<Unsealed, String> {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Err("a segment holds at least one entry".into());
     };
@@ -248,12 +294,8 @@ pub fn seal(rows: &[EntryRow], archived_at_ms: i64) -> Result<Sealed, String> {
         }
         previous = Some(row);
     }
-    let texts: Vec<String> = rows
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("entries serialize"))
-        .collect();
-    let (bytes, blocks) = compress(&texts, rows);
-    Ok(Sealed {
+    let (texts, blocks) = block_texts(rows);
+    Ok(Unsealed {
         checkpoint: Checkpoint {
             first_seq: first.seq,
             last_seq: last.seq,
@@ -263,12 +305,12 @@ pub fn seal(rows: &[EntryRow], archived_at_ms: i64) -> Result<Sealed, String> {
             balance_after: last.balance_after,
             first_at_ms: first.created_at_ms,
             last_at_ms: last.created_at_ms,
-            sha256: sha256_hex(&bytes),
-            bytes: bytes.len() as u64,
+            sha256: String::new(),
+            bytes: 0,
             archived_at_ms,
             blocks,
         },
-        bytes,
+        texts,
     })
 }
 
@@ -279,45 +321,39 @@ pub fn signed_effect(row: &EntryRow) -> Result<i64, String> {
     Ok(kind.signed(row.amount))
 }
 
-/// The segment's bytes, one gzip member per block, and where each begins.
-fn compress(texts: &[String], rows: &[EntryRow]) -> (Vec<u8>, Vec<Block>) {
-    let mut bytes = Vec::new();
-    let mut blocks = Vec::with_capacity(texts.len().div_ceil(BLOCK_ENTRIES));
-    for (chunk, chunk_rows) in texts.chunks(BLOCK_ENTRIES).zip(rows.chunks(BLOCK_ENTRIES)) {
-        blocks.push(Block {
-            first_seq: chunk_rows[0].seq,
-            first_at_ms: chunk_rows[0].created_at_ms,
-            offset: bytes.len() as u64,
-        });
-        // Level 1: sealing runs in the object between debits, and the
-        // fastest level takes about a third of level 6's time for ~15 more
-        // bytes per entry in R2 (measured on `make bench`'s entries).
-        let mut encoder = GzBuilder::new()
-            .mtime(0)
-            .write(bytes, Compression::new(SEAL_LEVEL));
-        for text in chunk {
-            encoder
-                .write_all(text.as_bytes())
-                .and_then(|()| encoder.write_all(b"\n"))
-                .expect("writing to memory cannot fail");
-        }
-        bytes = encoder.finish().expect("writing to memory cannot fail");
-    }
-    (bytes, blocks)
+/// Each block's text and where it begins (offsets are set when sealed).
+fn block_texts(rows: &[EntryRow]) -> (Vec<Vec<u8>>, Vec<Block>) {
+    rows.chunks(BLOCK_ENTRIES)
+        .map(|chunk| {
+            let mut text = Vec::new();
+            for row in chunk {
+                serde_json::to_writer(&mut text, row).expect("entries serialize");
+                text.push(b'\n');
+            }
+            let block = Block {
+                first_seq: chunk[0].seq,
+                first_at_ms: chunk[0].created_at_ms,
+                offset: 0,
+            };
+            (text, block)
+        })
+        .unzip()
 }
 
-/// The entry texts of one block's bytes (a ranged read of `span`), checked
-/// against it: a whole segment against its checkpoint (SHA-256 included),
-/// a block by its gzip CRC-32 and length, its entry count and its seqs.
+/// The entry texts of one block, from its bytes (a ranged read of `span`)
+/// and their decompressed `text`, checked against it: a whole segment
+/// against its checkpoint (SHA-256 included), a block by its length, entry
+/// count and seqs (its gzip CRC-32 and length were checked decompressing).
 pub fn open_block(
     bytes: &[u8],
+    text: Vec<u8>,
     span: &BlockSpan,
     checkpoint: &Checkpoint,
 ) -> Result<Vec<String>, String> {
     if span.whole {
-        return open(bytes, checkpoint);
+        return open(bytes, text, checkpoint);
     }
-    let texts = decode(bytes)?;
+    let texts = texts_of(text)?;
     let seqs = positions(&texts)?;
     let fits = bytes.len() as u64 == span.length
         && texts.len() <= BLOCK_ENTRIES
@@ -346,11 +382,11 @@ pub fn confirm(bytes: &[u8], checkpoint: &Checkpoint) -> Result<(), String> {
     Ok(())
 }
 
-/// The entry texts of a segment's bytes, checked against its checkpoint:
+/// The entry texts of a whole segment, checked against its checkpoint:
 /// length, SHA-256, entry count and seq range. Any difference is an error.
-pub fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+fn open(bytes: &[u8], text: Vec<u8>, checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
     confirm(bytes, checkpoint)?;
-    let texts = decode(bytes)?;
+    let texts = texts_of(text)?;
     let seq_of = |text: &String| {
         serde_json::from_str::<EntryRow>(text)
             .map(|r| r.seq)
@@ -370,13 +406,9 @@ pub fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String
     Ok(texts)
 }
 
-/// The entry texts of a segment's bytes (no checks against a checkpoint).
-pub fn decode(bytes: &[u8]) -> Result<Vec<String>, String> {
-    let mut text = String::new();
-    MultiGzDecoder::new(bytes)
-        .take(MAX_DECODED_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("segment is not readable: {e}"))?;
+/// The entry texts of a segment's (or block's) decompressed text.
+pub fn texts_of(text: Vec<u8>) -> Result<Vec<String>, String> {
+    let text = String::from_utf8(text).map_err(|_| "segment is not UTF-8 text".to_string())?;
     let Some(body) = text.strip_suffix('\n') else {
         return Err("segment is empty or truncated".into());
     };
@@ -454,6 +486,48 @@ pub fn positions(texts: &[String]) -> Result<Vec<(u64, i64)>, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::io::{Read, Write};
+
+    /// One gzip member, as the runtime's `CompressionStream` writes it.
+    fn gzip(text: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// Every member's text, CRC-32 and length checked (as the Worker's
+    /// `DecompressionStream` does).
+    fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let mut text = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("not gzip: {e}"))?;
+        Ok(text)
+    }
+
+    /// Both steps of sealing, each block compressed on its own.
+    fn seal(rows: &[EntryRow], archived_at_ms: i64) -> Result<Sealed, String> {
+        let unsealed = lay_out(rows, archived_at_ms)?;
+        let members = unsealed.block_texts().iter().map(|t| gzip(t)).collect();
+        unsealed.seal(members)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<String>, String> {
+        texts_of(gunzip(bytes)?)
+    }
+
+    fn open(bytes: &[u8], checkpoint: &Checkpoint) -> Result<Vec<String>, String> {
+        super::open(bytes, gunzip(bytes)?, checkpoint)
+    }
+
+    /// A block read as the Worker reads it: decompressed, then checked.
+    fn read_block(
+        bytes: &[u8],
+        span: &BlockSpan,
+        checkpoint: &Checkpoint,
+    ) -> Result<Vec<String>, String> {
+        open_block(bytes, gunzip(bytes)?, span, checkpoint)
+    }
 
     fn parsed(texts: &[String]) -> Vec<EntryRow> {
         texts
@@ -572,6 +646,31 @@ mod tests {
         swapped.swap(1, 2);
         assert!(seal(&parsed(&swapped), 1).is_err());
         assert!(decode(b"").is_err());
+        assert!(texts_of(Vec::new()).is_err());
+        assert!(texts_of(b"{\"seq\":1}".to_vec()).is_err(), "truncated");
+        assert!(texts_of(vec![0xff, b'\n']).is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn sealing_takes_one_gzip_member_per_block() {
+        let rows = parsed(&chain(1, BLOCK_ENTRIES + 1, 0));
+        let unsealed = lay_out(&rows, 1).unwrap();
+        let texts = unsealed.block_texts().to_vec();
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[1].iter().filter(|b| **b == b'\n').count(), 1);
+        let members: Vec<Vec<u8>> = texts.iter().map(|t| gzip(t)).collect();
+        let fewer = lay_out(&rows, 1).unwrap().seal(members[..1].to_vec());
+        assert!(fewer.unwrap_err().contains("2 blocks"));
+        let plain = lay_out(&rows, 1).unwrap().seal(texts.clone());
+        assert!(plain.unwrap_err().contains("not a gzip member"));
+        let sealed = unsealed.seal(members.clone()).unwrap();
+        let c = &sealed.checkpoint;
+        assert_eq!(c.blocks[1].offset, members[0].len() as u64);
+        assert_eq!(c.bytes, (members[0].len() + members[1].len()) as u64);
+        assert_eq!(
+            sealed.bytes,
+            [members[0].clone(), members[1].clone()].concat()
+        );
     }
 
     #[test]
@@ -661,7 +760,7 @@ mod tests {
         );
         assert_eq!(decode(&sealed.bytes).unwrap(), texts);
         for (i, span) in spans.iter().enumerate() {
-            let block = open_block(block_bytes(&sealed.bytes, span), span, c).unwrap();
+            let block = read_block(block_bytes(&sealed.bytes, span), span, c).unwrap();
             let expected: Vec<String> = texts.chunks(BLOCK_ENTRIES).nth(i).unwrap().to_vec();
             assert_eq!(block, expected, "block {i}");
             assert_eq!(&block_bytes(&sealed.bytes, span)[..3], &[0x1f, 0x8b, 8]);
@@ -669,11 +768,11 @@ mod tests {
         // A changed byte fails the member's CRC; a block under another span is refused.
         let mut bad = sealed.bytes.clone();
         bad[(spans[1].offset + spans[1].length / 2) as usize] ^= 1;
-        assert!(open_block(block_bytes(&bad, &spans[1]), &spans[1], c).is_err());
-        assert!(open_block(block_bytes(&sealed.bytes, &spans[1]), &spans[0], c).is_err());
+        assert!(read_block(block_bytes(&bad, &spans[1]), &spans[1], c).is_err());
+        assert!(read_block(block_bytes(&sealed.bytes, &spans[1]), &spans[0], c).is_err());
         let mut shorter = spans[1];
         shorter.length -= 1;
-        assert!(open_block(block_bytes(&sealed.bytes, &shorter), &shorter, c).is_err());
+        assert!(read_block(block_bytes(&sealed.bytes, &shorter), &shorter, c).is_err());
         // A checkpoint sealed before blocks is read whole, by its SHA-256.
         let old = Checkpoint {
             blocks: Vec::new(),
@@ -682,8 +781,8 @@ mod tests {
         let whole = old.spans();
         assert_eq!(whole.len(), 1);
         assert!(whole[0].whole && whole[0].length == c.bytes);
-        assert_eq!(open_block(&sealed.bytes, &whole[0], &old).unwrap(), texts);
-        assert!(open_block(&bad, &whole[0], &old).is_err());
+        assert_eq!(read_block(&sealed.bytes, &whole[0], &old).unwrap(), texts);
+        assert!(read_block(&bad, &whole[0], &old).is_err());
     }
 
     #[test]
