@@ -51,6 +51,31 @@ pub fn error_response(err: &ApiError, retry_after: Option<i64>) -> Result<Respon
     Ok(response)
 }
 
+/// A request's query parameters, read by the runtime's URL parser
+/// (`URLSearchParams`: form-urlencoded, `+` as a space, as browsers read them).
+#[derive(Clone)]
+pub struct SearchParams(web_sys::UrlSearchParams);
+
+impl SearchParams {
+    pub fn of(req: &Request) -> Result<Self> {
+        let url = req.inner().url();
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        let query = query.split_once('#').map_or(query, |(query, _)| query);
+        Ok(Self(web_sys::UrlSearchParams::new_with_str(query)?))
+    }
+
+    /// The first value of parameter `name`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name)
+    }
+}
+
+/// The segments of a request's path, as sent (still percent-encoded):
+/// `/v1/orgs/a` is `["v1", "orgs", "a"]`, `/` is `[""]`.
+pub fn path_segments(path: &str) -> Vec<&str> {
+    path.strip_prefix('/').unwrap_or(path).split('/').collect()
+}
+
 /// Reads a request body of at most `limit` bytes (the route's
 /// `body_limit`). A declared `Content-Length` over it is refused before
 /// reading; a body without one (chunked) is read chunk by chunk and refused

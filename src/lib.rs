@@ -26,7 +26,10 @@ pub use wallet_object::WalletObject;
 /// The static assets binding (public/): the dashboard and the API document.
 const ASSETS_BINDING: &str = "ASSETS";
 
-use http::{call_wallet, error_response, json_response, read_body, Answer, Failure};
+use http::{
+    call_wallet, error_response, json_response, path_segments, read_body, Answer, Failure,
+    SearchParams,
+};
 use serde_json::json;
 use settings::{settings, Settings};
 use wallet_core::api::{
@@ -80,10 +83,6 @@ fn with_standard_headers(response: Response) -> Result<Response> {
     Ok(response.with_headers(headers))
 }
 
-fn path_segments(path: &str) -> Vec<&str> {
-    path.trim_start_matches('/').split('/').collect()
-}
-
 /// The time a request is decided at: the clock, or `X-Dev-Now` in development.
 fn request_now(req: &Request, settings: &Settings) -> std::result::Result<i64, ApiError> {
     let clock = Date::now().as_millis() as i64;
@@ -121,12 +120,8 @@ fn authorize(claims: &Claims, org: &str, allowed: &[Role]) -> std::result::Resul
 }
 
 async fn route(req: Request, env: &Env, settings: &Settings) -> Answer {
-    let url = req.url()?;
-    let segments: Vec<String> = url
-        .path_segments()
-        .map(|s| s.map(str::to_string).collect())
-        .unwrap_or_default();
-    let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let path = req.path();
+    let parts = path_segments(&path);
     // Development and benchmark routes do not exist outside development.
     if matches!(parts.first(), Some(&("dev" | "bench"))) && !settings.development {
         return Err(ApiError::NotFound.into());
@@ -157,9 +152,7 @@ async fn route(req: Request, env: &Env, settings: &Settings) -> Answer {
     };
     match this_route.access {
         Access::Open => open_route(req, env, settings, &parts, this_route).await,
-        Access::Token | Access::Org(_) => {
-            token_route(req, url, env, settings, &parts, this_route).await
-        }
+        Access::Token | Access::Org(_) => token_route(req, env, settings, &parts, this_route).await,
     }
 }
 
@@ -213,7 +206,6 @@ async fn openapi_document(env: &Env) -> Answer {
 /// before anything else is read.
 async fn token_route(
     mut req: Request,
-    url: Url,
     env: &Env,
     settings: &Settings,
     parts: &[&str],
@@ -247,8 +239,8 @@ async fn token_route(
             authorize(&claims, org, roles)?;
             let method = req.method();
             let call = org_routes::OrgCall {
+                query: SearchParams::of(&req)?,
                 req,
-                url,
                 env,
                 settings,
                 route: this_route,

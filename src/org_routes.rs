@@ -3,7 +3,7 @@
 //! organization's Durable Object, a report or Stripe must do. Grouped as the
 //! product is: settings, spending, buying, reports.
 
-use crate::http::{call_wallet, read_body, Answer, Failure};
+use crate::http::{call_wallet, read_body, Answer, Failure, SearchParams};
 use crate::read_limits::{self, ReadClass};
 use crate::settings::Settings;
 use crate::{purchases, reports};
@@ -17,25 +17,18 @@ use wallet_core::audit::Actor;
 use wallet_core::auto_top_up::AutoTopUpBody;
 use wallet_core::events::AlertsBody;
 use wallet_core::token::Claims;
-use worker::{console_error, Env, Method, Request, Url};
+use worker::{console_error, Env, Method, Request};
 
 /// One authorized request to an organization's route.
 pub struct OrgCall<'a> {
     pub req: Request,
-    pub url: Url,
+    pub query: SearchParams,
     pub env: &'a Env,
     pub settings: &'a Settings,
     pub route: &'static Route,
     pub claims: Claims,
     pub org: String,
     pub now_ms: i64,
-}
-
-/// The first value of query parameter `name`.
-fn query_of(url: &Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 impl OrgCall<'_> {
@@ -202,8 +195,8 @@ async fn buying_route(mut call: OrgCall<'_>, rest: &[&str], method: Method) -> A
 async fn report_route(mut call: OrgCall<'_>, rest: &[&str], method: Method) -> Answer {
     let (env, settings, now_ms) = (call.env, call.settings, call.now_ms);
     let org = call.org.clone();
-    let url = call.url.clone();
-    let q = |name: &str| query_of(&url, name);
+    let params = call.query.clone();
+    let q = |name: &str| params.get(name);
     match (rest, method) {
         (["events"], Method::Get) => {
             let (limit, after) = (q("limit"), q("starting_after"));

@@ -3,6 +3,7 @@
 //! stable error codes every rejection maps to.
 
 use crate::config::WalletConfig;
+use crate::json_path::path_of_error;
 use crate::money::Credits;
 use crate::purchase::{ChargeOutcome, Purchase};
 use crate::rate_card::{Usage, UsageEstimate, MAX_TOKENS};
@@ -632,19 +633,15 @@ pub fn parse_body_within<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Res
         );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Syntax
-            | serde_json::error::Category::Eof
-            | serde_json::error::Category::Io => ApiError::InvalidJson(inner.to_string()),
-            // A field error in a body that is not even JSON is a JSON error.
-            serde_json::error::Category::Data => {
-                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                    Err(syntax) => ApiError::InvalidJson(syntax.to_string()),
-                    Ok(_) => data_error(&path, &inner.to_string()),
-                }
+    let value = T::deserialize(&mut de).map_err(|err| match err.classify() {
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => ApiError::InvalidJson(err.to_string()),
+        // A field error in a body that is not even JSON is a JSON error.
+        serde_json::error::Category::Data => {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(syntax) => ApiError::InvalidJson(syntax.to_string()),
+                Ok(_) => data_error(&path_of_error(bytes, &err), &err.to_string()),
             }
         }
     })?;
@@ -1000,10 +997,10 @@ fn batch_item(value: Value, config: &WalletConfig) -> Result<BatchSlot, ApiError
     if !value.is_object() {
         return Err(ApiError::invalid("item", "must be a JSON object"));
     }
-    let item: BatchItemBody = serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        data_error(&path, &err.into_inner().to_string())
-    })?;
+    // From its text, so a data error's position names the field.
+    let text = serde_json::to_vec(&value).expect("a JSON value serializes");
+    let item: BatchItemBody = serde_json::from_slice(&text)
+        .map_err(|err| data_error(&path_of_error(&text, &err), &err.to_string()))?;
     let idempotency_key = check_idempotency_key(Some(&item.idempotency_key)).map_err(|_| {
         ApiError::invalid(
             "idempotency_key",
@@ -1522,11 +1519,142 @@ mod tests {
     /// static asset, read through the `ASSETS` binding (kept out of the wasm).
     const OPENAPI_JSON: &str = include_str!("../../../public/openapi.json");
     use super::*;
+    use proptest::prelude::*;
 
     fn field_of(err: ApiError) -> String {
         match err {
             ApiError::InvalidRequest { field, .. } => field,
             other => panic!("expected invalid_request, got {other:?}"),
+        }
+    }
+
+    /// `parse_body` as it was with the path tracked while deserializing
+    /// (serde_path_to_error): the reference the error-path scan must match.
+    fn parse_tracking_paths<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return parse_body(bytes);
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                        Err(syntax) => ApiError::InvalidJson(syntax.to_string()),
+                        Ok(_) => data_error(&path, &inner.to_string()),
+                    }
+                }
+                _ => ApiError::InvalidJson(inner.to_string()),
+            }
+        })?;
+        de.end().map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        Ok(value)
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e6f64..1e6).prop_map(|f| json!(f)),
+            "[a-z0-9 .,:{}\\[\\]\"\\\\-]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_\"]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Valid bodies of every route, each with nested objects where it has them.
+    fn valid_bodies() -> Vec<Value> {
+        vec![
+            json!({"feature": "chat", "amount": "1.5", "user_id": "u", "project_id": "p",
+                   "metadata": {"k": "v"},
+                   "usage": {"model": "gpt-4o", "input_tokens": 10, "cached_input_tokens": 2, "output_tokens": 3}}),
+            json!({"feature": "chat", "amount": "2", "ttl_seconds": 60, "user_id": "u"}),
+            json!({"amount": "1", "usage": {"model": "gpt-4o", "input_tokens": 1, "output_tokens": 1}}),
+            json!({"org_id": "org_1", "owner_id": "u", "stripe_customer_id": "cus_1"}),
+            json!({"daily_cap": "10"}),
+            json!({"caps": {"chat": "5", "triage": null}}),
+            json!({"lists": [1, 2, 3], "nested": {"more": [[4], [5, 6]]}}),
+        ]
+    }
+
+    /// Every place in `value` where a value sits: (path of keys/indexes).
+    fn places(value: &Value, at: Vec<Value>, out: &mut Vec<Vec<Value>>) {
+        match value {
+            Value::Object(map) => map.iter().for_each(|(k, v)| {
+                let mut here = at.clone();
+                here.push(json!(k));
+                out.push(here.clone());
+                places(v, here, out);
+            }),
+            Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| {
+                let mut here = at.clone();
+                here.push(json!(i));
+                out.push(here.clone());
+                places(v, here, out);
+            }),
+            _ => {}
+        }
+    }
+
+    fn replace_at(value: &mut Value, path: &[Value], with: Value) {
+        let slot = path.iter().fold(value, |v, step| match step {
+            Value::String(k) => &mut v[k.as_str()],
+            step => &mut v[step.as_u64().unwrap() as usize],
+        });
+        *slot = with;
+    }
+
+    fn check_same_errors<T: DeserializeOwned>(text: &str) {
+        let scanned = parse_body::<T>(text.as_bytes()).err();
+        let tracked = parse_tracking_paths::<T>(text.as_bytes()).err();
+        assert_eq!(scanned, tracked, "{text}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Whatever value is put anywhere in a valid body (or added to it),
+        /// compact or pretty, the error names the field serde_path_to_error
+        /// names.
+        #[test]
+        fn error_paths_match_paths_tracked_while_deserializing(
+            body in 0usize..7,
+            pick in any::<prop::sample::Index>(),
+            with in any_json(),
+            added in proptest::option::of("[a-z_]{1,6}"),
+            pretty in any::<bool>(),
+        ) {
+            let mut value = valid_bodies()[body].clone();
+            let mut spots = Vec::new();
+            places(&value, Vec::new(), &mut spots);
+            match added {
+                Some(key) => { value[key.as_str()] = with; }
+                None => replace_at(&mut value, &spots[pick.index(spots.len())], with),
+            }
+            let text = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            check_same_errors::<DebitBody>(&text);
+            check_same_errors::<HoldBody>(&text);
+            check_same_errors::<CaptureBody>(&text);
+            check_same_errors::<SignupBody>(&text);
+            check_same_errors::<DailyCapBody>(&text);
+            check_same_errors::<FeatureCapsBody>(&text);
+            check_same_errors::<BatchItemBody>(&text);
+            check_same_errors::<crate::auto_top_up::AutoTopUpBody>(&text);
+            check_same_errors::<crate::events::AlertsBody>(&text);
+            // Arrays within arrays, so indexes are named too.
+            check_same_errors::<std::collections::BTreeMap<String, Vec<u8>>>(&text);
+            check_same_errors::<std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<Vec<u8>>>>>(&text);
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod decision;
 pub mod deployment;
+mod json_path;
 
 pub use wallet_domain::{
     archive, audit, auto_top_up, config, csv, events, ids, ledger, money, paging, purchase,
