@@ -22,7 +22,7 @@ use worker::{SqlStorage, SqlStorageValue};
 mod entries;
 
 use entries::entry_text;
-pub use entries::{live_entries, oldest_after, restore_legacy_entries};
+pub use entries::{has_entries_after, live_entries, oldest_after, restore_legacy_entries};
 
 pub type Statement = (&'static str, Vec<SqlStorageValue>);
 
@@ -1042,22 +1042,6 @@ fn check_against_checkpoint(sql: &SqlStorage, balance: Credits) -> worker::Resul
         )));
     }
     Ok(())
-}
-
-/// Whether any entry is newer than `seq`.
-pub fn has_entries_after(sql: &SqlStorage, seq: u64) -> worker::Result<bool> {
-    #[derive(Deserialize)]
-    struct Seq {
-        #[allow(dead_code)]
-        seq: i64,
-    }
-    let rows: Vec<Seq> = sql
-        .exec(
-            "SELECT seq FROM ops WHERE seq > ? AND kind IS NOT NULL ORDER BY seq LIMIT 1",
-            vec![int(seq as i64)],
-        )?
-        .to_array()?;
-    Ok(!rows.is_empty())
 }
 
 /// Up to `limit` entries after `after_seq`, oldest first, parsed.

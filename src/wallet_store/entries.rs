@@ -96,7 +96,7 @@ pub(super) fn insert_op(op: &OpRow) -> Statement {
            balance_after, feature, user_id, project_id, metadata, model, input_tokens,
            cached_input_tokens, output_tokens, rate_id, extra)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        vec![
+        [
             int(op.seq as i64),
             opt_text(op.idempotency.as_ref().map(|(k, _)| k.as_str())),
             opt_text(op.idempotency.as_ref().map(|(_, f)| f.as_str())),
@@ -105,21 +105,31 @@ pub(super) fn insert_op(op: &OpRow) -> Statement {
             opt_int(totals.map(|t| t.spent_today.units())),
             opt_int(totals.map(|t| t.cap_remaining.units())),
             int(op.created_at_ms),
-            opt_text(columns.kind.as_deref()),
-            opt_int(columns.amount),
-            opt_int(columns.balance_after),
-            opt_text(columns.feature.as_deref()),
-            opt_text(columns.user_id.as_deref()),
-            opt_text(columns.project_id.as_deref()),
-            opt_text(columns.metadata.as_deref()),
-            opt_text(columns.model.as_deref()),
-            opt_count(columns.input_tokens),
-            opt_count(columns.cached_input_tokens),
-            opt_count(columns.output_tokens),
-            opt_text(columns.rate_id.as_deref()),
-            opt_text(columns.extra.as_deref()),
-        ],
+        ]
+        .into_iter()
+        .chain(entry_values(&columns))
+        .collect(),
     )
+}
+
+/// An entry's values from `kind` to `extra`, in the order of
+/// [`entry_columns!`] after `seq, created_at_ms`.
+fn entry_values(c: &EntryColumns) -> [SqlStorageValue; 13] {
+    [
+        opt_text(c.kind.as_deref()),
+        opt_int(c.amount),
+        opt_int(c.balance_after),
+        opt_text(c.feature.as_deref()),
+        opt_text(c.user_id.as_deref()),
+        opt_text(c.project_id.as_deref()),
+        opt_text(c.metadata.as_deref()),
+        opt_text(c.model.as_deref()),
+        opt_count(c.input_tokens),
+        opt_count(c.cached_input_tokens),
+        opt_count(c.output_tokens),
+        opt_text(c.rate_id.as_deref()),
+        opt_text(c.extra.as_deref()),
+    ]
 }
 
 fn corrupt_entry(message: String) -> worker::Error {
@@ -264,6 +274,17 @@ pub fn live_entries(sql: &SqlStorage, after_seq: u64) -> worker::Result<u64> {
     Ok(rows.first().map_or(0, |r| r.n.max(0) as u64))
 }
 
+/// Whether any entry is newer than `seq`.
+pub fn has_entries_after(sql: &SqlStorage, seq: u64) -> worker::Result<bool> {
+    let rows: Vec<Count> = sql
+        .exec(
+            "SELECT EXISTS (SELECT 1 FROM ops WHERE seq > ? AND kind IS NOT NULL) AS n",
+            vec![int(seq as i64)],
+        )?
+        .to_array()?;
+    Ok(rows.first().is_some_and(|r| r.n != 0))
+}
+
 #[derive(Deserialize)]
 struct Sum {
     total: Option<i64>,
@@ -315,23 +336,10 @@ pub fn restore_legacy_entries(
                output_tokens = excluded.output_tokens, rate_id = excluded.rate_id,
                extra = excluded.extra, created_at_ms = excluded.created_at_ms
              WHERE ops.kind IS NULL",
-            vec![
-                int(c.seq as i64),
-                int(c.created_at_ms),
-                opt_text(c.kind.as_deref()),
-                opt_int(c.amount),
-                opt_int(c.balance_after),
-                opt_text(c.feature.as_deref()),
-                opt_text(c.user_id.as_deref()),
-                opt_text(c.project_id.as_deref()),
-                opt_text(c.metadata.as_deref()),
-                opt_text(c.model.as_deref()),
-                opt_count(c.input_tokens),
-                opt_count(c.cached_input_tokens),
-                opt_count(c.output_tokens),
-                opt_text(c.rate_id.as_deref()),
-                opt_text(c.extra.as_deref()),
-            ],
+            [int(c.seq as i64), int(c.created_at_ms)]
+                .into_iter()
+                .chain(entry_values(&c))
+                .collect::<Vec<_>>(),
         )?;
         written += cursor.rows_written();
     }
