@@ -129,6 +129,15 @@ mod tests {
     }
 
     #[test]
+    fn a_body_cut_inside_a_string_still_has_a_path() {
+        let json = br#"{"a": {"b": "unterminated \"#;
+        assert_eq!(path_at(json, json.len()), "a.b");
+        assert_eq!(path_at(json, 4), "a");
+        assert_eq!(path_at(br#"{"k"#, 3), "");
+        assert_eq!(path_at(br#"{"k": "v"#, 9), "k");
+    }
+
+    #[test]
     fn offsets_count_lines_and_columns() {
         let json = b"{\n  \"a\": 1,\n  \"b\": true\n}";
         assert_eq!(offset_of(json, 1, 0), 0);

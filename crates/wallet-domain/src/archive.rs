@@ -786,6 +786,76 @@ mod tests {
     }
 
     #[test]
+    fn a_block_text_is_checked_against_its_span_each_way() {
+        let texts = chain(3, BLOCK_ENTRIES + 2, 0);
+        let sealed = seal(&parsed(&texts), 1).unwrap();
+        let c = &sealed.checkpoint;
+        let span = c.spans()[0];
+        let bytes = block_bytes(&sealed.bytes, &span);
+        let lines = |texts: &[String]| {
+            texts
+                .iter()
+                .flat_map(|t| [t.as_bytes(), b"\n"].concat())
+                .collect::<Vec<u8>>()
+        };
+        let own = &texts[..BLOCK_ENTRIES];
+        assert_eq!(open_block(bytes, lines(own), &span, c).unwrap(), own);
+        // Each check alone refuses: the bytes' length, the entry count, the
+        // first seq, a seq past the span, seqs out of order.
+        let longer = [bytes, &[0]].concat();
+        assert!(open_block(&longer, lines(own), &span, c).is_err(), "length");
+        let wide = BlockSpan {
+            last_seq: u64::MAX,
+            ..span
+        };
+        let too_many = &texts[..BLOCK_ENTRIES + 1];
+        assert!(
+            open_block(bytes, lines(too_many), &wide, c).is_err(),
+            "count"
+        );
+        assert!(
+            open_block(bytes, lines(&texts[1..=BLOCK_ENTRIES]), &wide, c).is_err(),
+            "first"
+        );
+        let past = BlockSpan {
+            last_seq: span.last_seq - 3,
+            ..span
+        };
+        assert!(
+            open_block(bytes, lines(own), &past, c).is_err(),
+            "past the span"
+        );
+        let mut swapped = own.to_vec();
+        swapped.swap(1, 2);
+        assert!(
+            open_block(bytes, lines(&swapped), &span, c).is_err(),
+            "order"
+        );
+        let mut repeated = own.to_vec();
+        repeated[2] = repeated[1].clone();
+        assert!(
+            open_block(bytes, lines(&repeated), &span, c).is_err(),
+            "a seq twice"
+        );
+    }
+
+    #[test]
+    fn credits_in_and_out_are_counted_apart() {
+        let texts = chain(1, 30, 1_000_000);
+        let rows = parsed(&texts);
+        let sealed = seal(&rows, 1).unwrap();
+        let sum = |adding: bool| -> i64 {
+            rows.iter()
+                .filter(|r| EntryKind::parse(&r.kind).unwrap().adds_credits() == adding)
+                .map(|r| r.amount)
+                .sum()
+        };
+        assert!(sum(true) > 0 && sum(false) > 0);
+        assert_eq!(sealed.checkpoint.credits_added, sum(true));
+        assert_eq!(sealed.checkpoint.credits_removed, sum(false));
+    }
+
+    #[test]
     fn keys_name_the_org_and_range() {
         assert_eq!(segment_key("org_1", 1, 500), "ledger/org_1/1-500.ndjson.gz");
     }
