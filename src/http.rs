@@ -53,7 +53,6 @@ pub fn error_response(err: &ApiError, retry_after: Option<i64>) -> Result<Respon
 
 /// A request's query parameters, read by the runtime's URL parser
 /// (`URLSearchParams`: form-urlencoded, `+` as a space, as browsers read them).
-#[derive(Clone)]
 pub struct SearchParams(web_sys::UrlSearchParams);
 
 impl SearchParams {

@@ -26,10 +26,7 @@ pub use wallet_object::WalletObject;
 /// The static assets binding (public/): the dashboard and the API document.
 const ASSETS_BINDING: &str = "ASSETS";
 
-use http::{
-    call_wallet, error_response, json_response, path_segments, read_body, Answer, Failure,
-    SearchParams,
-};
+use http::{call_wallet, error_response, json_response, path_segments, read_body, Answer, Failure};
 use serde_json::json;
 use settings::{settings, Settings};
 use wallet_core::api::{
@@ -239,7 +236,6 @@ async fn token_route(
             authorize(&claims, org, roles)?;
             let method = req.method();
             let call = org_routes::OrgCall {
-                query: SearchParams::of(&req)?,
                 req,
                 env,
                 settings,

@@ -22,7 +22,6 @@ use worker::{console_error, Env, Method, Request};
 /// One authorized request to an organization's route.
 pub struct OrgCall<'a> {
     pub req: Request,
-    pub query: SearchParams,
     pub env: &'a Env,
     pub settings: &'a Settings,
     pub route: &'static Route,
@@ -195,7 +194,8 @@ async fn buying_route(mut call: OrgCall<'_>, rest: &[&str], method: Method) -> A
 async fn report_route(mut call: OrgCall<'_>, rest: &[&str], method: Method) -> Answer {
     let (env, settings, now_ms) = (call.env, call.settings, call.now_ms);
     let org = call.org.clone();
-    let params = call.query.clone();
+    // Read here only: a debit never pays for parsing a query.
+    let params = SearchParams::of(&call.req)?;
     let q = |name: &str| params.get(name);
     match (rest, method) {
         (["events"], Method::Get) => {

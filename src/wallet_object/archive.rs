@@ -299,12 +299,7 @@ impl Instance {
         let key = archive::segment_key(&org_id, c.first_seq, c.last_seq);
         let bucket = self.env.bucket(ARCHIVE_BINDING)?;
         let bytes = read_object(&bucket, &key, (!span.whole).then_some(span)).await?;
-        let limit = if span.whole {
-            archive::MAX_DECODED_BYTES
-        } else {
-            archive::MAX_BLOCK_DECODED_BYTES
-        };
-        let text = crate::gzip::decompress(&bytes, limit).await?;
+        let text = crate::gzip::decompress(&bytes, span.decoded_limit_bytes()).await?;
         let texts = archive::open_block(&bytes, text, span, c).map_err(Error::RustError)?;
         let positions = archive::positions(&texts).map_err(Error::RustError)?;
         let block = Rc::new(OpenBlock {

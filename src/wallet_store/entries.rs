@@ -258,31 +258,26 @@ pub fn oldest_after(sql: &SqlStorage, after_seq: u64, limit: u64) -> worker::Res
     rows_of(columns)
 }
 
-#[derive(Deserialize)]
-struct Count {
-    n: i64,
+/// The number `query` (one `?`, bound to `seq`) selects as `n`.
+fn number_after(sql: &SqlStorage, query: &str, seq: u64) -> worker::Result<i64> {
+    #[derive(Deserialize)]
+    struct Number {
+        n: i64,
+    }
+    let rows: Vec<Number> = sql.exec(query, vec![int(seq as i64)])?.to_array()?;
+    Ok(rows.first().map_or(0, |r| r.n))
 }
 
 /// The entries still in the object (after `after_seq`, the archived ones').
 pub fn live_entries(sql: &SqlStorage, after_seq: u64) -> worker::Result<u64> {
-    let rows: Vec<Count> = sql
-        .exec(
-            "SELECT count(*) AS n FROM ops WHERE seq > ? AND kind IS NOT NULL",
-            vec![int(after_seq as i64)],
-        )?
-        .to_array()?;
-    Ok(rows.first().map_or(0, |r| r.n.max(0) as u64))
+    let query = "SELECT count(*) AS n FROM ops WHERE seq > ? AND kind IS NOT NULL";
+    Ok(number_after(sql, query, after_seq)?.max(0) as u64)
 }
 
 /// Whether any entry is newer than `seq`.
 pub fn has_entries_after(sql: &SqlStorage, seq: u64) -> worker::Result<bool> {
-    let rows: Vec<Count> = sql
-        .exec(
-            "SELECT EXISTS (SELECT 1 FROM ops WHERE seq > ? AND kind IS NOT NULL) AS n",
-            vec![int(seq as i64)],
-        )?
-        .to_array()?;
-    Ok(rows.first().is_some_and(|r| r.n != 0))
+    let query = "SELECT EXISTS (SELECT 1 FROM ops WHERE seq > ? AND kind IS NOT NULL) AS n";
+    Ok(number_after(sql, query, seq)? != 0)
 }
 
 #[derive(Deserialize)]

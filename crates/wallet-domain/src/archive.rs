@@ -37,10 +37,10 @@ pub const SEGMENT_EXTENSION: &str = "ndjson.gz";
 /// Most bytes one segment may decode to: far more than the largest segment
 /// the settings allow (1,000,000 entries of ~0.5 KB), so a corrupt or
 /// hostile object cannot exhaust memory.
-pub const MAX_DECODED_BYTES: u64 = 2 << 30;
+const MAX_DECODED_BYTES: u64 = 2 << 30;
 
 /// Most bytes one block may decode to: its entries are each far below 64 KiB.
-pub const MAX_BLOCK_DECODED_BYTES: u64 = BLOCK_ENTRIES as u64 * 64 * 1024;
+const MAX_BLOCK_DECODED_BYTES: u64 = BLOCK_ENTRIES as u64 * 64 * 1024;
 
 /// The gzip header's first three bytes: magic and deflate.
 const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
@@ -68,6 +68,18 @@ pub struct BlockSpan {
     pub last_at_ms: i64,
     /// The whole segment (one sealed before blocks): checked by its SHA-256.
     pub whole: bool,
+}
+
+impl BlockSpan {
+    /// Most bytes its gzip may decompress to, so a corrupt or hostile
+    /// object cannot exhaust memory.
+    pub fn decoded_limit_bytes(&self) -> u64 {
+        if self.whole {
+            MAX_DECODED_BYTES
+        } else {
+            MAX_BLOCK_DECODED_BYTES
+        }
+    }
 }
 
 /// One sealed segment's record, kept by the object (and listed by
@@ -781,6 +793,10 @@ mod tests {
         let whole = old.spans();
         assert_eq!(whole.len(), 1);
         assert!(whole[0].whole && whole[0].length == c.bytes);
+        // A block decodes to far less than a whole segment may.
+        let block_text = gunzip(block_bytes(&sealed.bytes, &spans[0])).unwrap();
+        assert!(block_text.len() as u64 <= spans[0].decoded_limit_bytes());
+        assert!(spans[0].decoded_limit_bytes() < whole[0].decoded_limit_bytes());
         assert_eq!(read_block(&sealed.bytes, &whole[0], &old).unwrap(), texts);
         assert!(read_block(&bad, &whole[0], &old).is_err());
     }
